@@ -1,0 +1,249 @@
+"""The ``mnas`` command line.
+
+Bad input (a malformed block string, a choice outside the space, an unknown name) prints
+one line, ``mnas: error: ...``, to standard error and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mnas import references
+from mnas.arch import Architecture, decode
+from mnas.cost import count
+from mnas.space import SearchSpace
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported on one line, exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, UsageError) as err:
+        message = " ".join(str(err).split())
+        print(f"mnas: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# --- arch ------------------------------------------------------------------------------
+
+
+def _arch_from_args(args: argparse.Namespace) -> tuple[str | None, Architecture]:
+    if args.name and args.blocks:
+        raise UsageError("give an architecture NAME or --blocks, not both")
+    if args.name:
+        return args.name, references.get(args.name)
+    if args.blocks:
+        return None, decode(args.blocks)
+    raise UsageError(
+        f"give an architecture NAME ({', '.join(references.names())}) or --blocks 'S1 S2 ...'"
+    )
+
+
+def _cmd_arch_describe(args: argparse.Namespace) -> int:
+    name, arch = _arch_from_args(args)
+    report = count(arch, width=args.width, resolution=args.resolution, num_classes=args.classes)
+    if args.json:
+        out: dict[str, Any] = {
+            "name": name,
+            "id": arch.id,
+            "canonical": arch.canonical,
+            "params": report.params,
+            "macs": report.macs,
+            "width": args.width,
+            "resolution": args.resolution,
+            "classes": args.classes,
+            "stem": {"params": report.stem.params, "macs": report.stem.macs},
+            "blocks": [
+                {
+                    "index": b.index,
+                    "block": b.block,
+                    "layers": b.layers,
+                    "params": b.params,
+                    "macs": b.macs,
+                    "out_channels": b.out_channels,
+                    "out_size": b.out_size,
+                }
+                for b in report.blocks
+            ],
+            "head": {"params": report.head.params, "macs": report.head.macs},
+        }
+        print(json.dumps(out))
+        return 0
+    console = Console()
+    title = f"{name or 'architecture'} {arch.id}  (width {args.width:g}, " \
+            f"{args.resolution}x{args.resolution}, {args.classes} classes)"
+    table = Table(title=title)
+    for column in ("#", "block", "layers", "out", "params", "MACs"):
+        if column == "block":
+            table.add_column(column, overflow="fold")
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
+    table.add_row("", "stem", "1", "", f"{report.stem.params:,}", f"{report.stem.macs:,}")
+    for b in report.blocks:
+        table.add_row(str(b.index), b.block, str(b.layers),
+                      f"{b.out_size}x{b.out_size}x{b.out_channels}",
+                      f"{b.params:,}", f"{b.macs:,}")
+    table.add_row("", "head", "", f"{args.classes}", f"{report.head.params:,}",
+                  f"{report.head.macs:,}")
+    console.print(table)
+    console.print(f"parameters: {report.params:,} ({report.params / 1e6:.2f}M)")
+    console.print(f"multiply-adds: {report.macs:,} ({report.macs / 1e6:.1f}M)")
+    console.print(f"canonical: {arch.canonical}", soft_wrap=True)
+    return 0
+
+
+def _cmd_arch_sample(args: argparse.Namespace) -> int:
+    if args.count < 1:
+        raise UsageError(f"--count: must be at least 1, got {args.count}")
+    space = SearchSpace()
+    rng = random.Random(args.seed)
+    for _ in range(args.count):
+        arch = space.sample(rng)
+        print(" ".join(str(b) for b in arch.blocks))
+    return 0
+
+
+def _cmd_arch_list(args: argparse.Namespace) -> int:
+    for name in references.names():
+        arch = references.get(name)
+        report = count(arch)
+        print(f"{name:<14} {arch.id}  {report.params / 1e6:5.2f}M params  "
+              f"{report.macs / 1e6:6.1f}M MACs")
+    return 0
+
+
+def _cmd_arch_export(args: argparse.Namespace) -> int:
+    _, arch = _arch_from_args(args)
+    try:
+        from services.latency.export import export_arch
+    except ImportError as err:
+        raise UsageError(
+            f"exporting needs the latency extra (pip install 'mnas[latency]'): {err}"
+        ) from None
+    data = export_arch(arch, num_classes=args.classes, resolution=args.resolution,
+                       width=args.width)
+    path = Path(args.output)
+    path.write_bytes(data)
+    print(f"wrote {path} ({len(data):,} bytes, {arch.id})")
+    return 0
+
+
+# --- space -----------------------------------------------------------------------------
+
+
+def _cmd_space_describe(args: argparse.Namespace) -> int:
+    space = SearchSpace()
+    summary = space.describe()
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    console = Console()
+    table = Table(title="factorized hierarchical search space (MobileNetV2 reference)")
+    table.add_column("block", justify="right")
+    table.add_column("t,c,n,s", no_wrap=True)
+    for kind in ("op", "kernel", "se", "skip", "filters", "layers"):
+        table.add_column(kind, min_width=8 if kind == "skip" else None)
+    for block in summary["blocks"]:  # type: ignore[attr-defined]
+        ref = block["reference"]
+        choices = block["choices"]
+        table.add_row(
+            str(block["block"]),
+            f"{ref['expansion']},{ref['filters']},{ref['layers']},{ref['stride']}",
+            " ".join(choices["op"]),
+            " ".join(choices["kernel"]),
+            " ".join(choices["se"]),
+            " ".join(choices["skip"]),
+            " ".join(str(f) for f in block["filters"]),
+            " ".join(str(n) for n in block["layers"]),
+        )
+    console.print(table)
+    console.print(f"choices per block: {space.choices_per_block}")
+    console.print(f"size: {space.size} (10^{space.log10_size:.2f})", soft_wrap=True)
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------
+
+
+def _add_arch_selector(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help=f"a reference: {', '.join(references.names())}")
+    p.add_argument("--blocks", help="block strings, e.g. 'r1_k3_s11_e1_i32_o16_noskip ...'")
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
+    p.add_argument("--resolution", type=int, default=224, help="input size (default 224)")
+    p.add_argument("--classes", type=int, default=1000, help="number of classes (default 1000)")
+
+
+def _print_help_by_default(p: argparse.ArgumentParser) -> None:
+    def show(_: argparse.Namespace) -> int:
+        p.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    p.set_defaults(run=show)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mnas", description="Platform-aware neural architecture search (MnasNet)."
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    arch = commands.add_parser("arch", help="describe, sample and export architectures")
+    _print_help_by_default(arch)
+    arch_commands = arch.add_subparsers(title="commands", metavar="COMMAND")
+
+    describe = arch_commands.add_parser(
+        "describe", help="parameters, multiply-adds and a per-block table"
+    )
+    _add_arch_selector(describe)
+    describe.add_argument("--json", action="store_true", help="print one JSON object")
+    describe.set_defaults(run=_cmd_arch_describe)
+
+    sample = arch_commands.add_parser(
+        "sample", help="random architectures from the default space, one per line"
+    )
+    sample.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    sample.add_argument("--count", type=int, default=1, help="how many (default 1)")
+    sample.set_defaults(run=_cmd_arch_sample)
+
+    listing = arch_commands.add_parser("list", help="the named reference architectures")
+    listing.set_defaults(run=_cmd_arch_list)
+
+    export = arch_commands.add_parser(
+        "export", help="write the .tflite file the latency service would measure"
+    )
+    _add_arch_selector(export)
+    export.add_argument("-o", "--output", required=True, help="output .tflite path")
+    export.set_defaults(run=_cmd_arch_export)
+
+    space = commands.add_parser("space", help="the search space")
+    _print_help_by_default(space)
+    space_commands = space.add_subparsers(title="commands", metavar="COMMAND")
+    space_describe = space_commands.add_parser("describe", help="per-block choices and size")
+    space_describe.add_argument("--json", action="store_true", help="print one JSON object")
+    space_describe.set_defaults(run=_cmd_space_describe)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The ``mnas`` command line: arch describe/sample/list, space describe, and errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnas.arch import decode
+from mnas.cli import main
+from mnas.space import SearchSpace
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_describe_json_reports_published_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "arch", "describe", "mnasnet-a1", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["params"] == 3_887_038
+    assert data["macs"] == 311_579_072
+    assert data["id"] == "1a70457298853e66"
+    assert len(data["blocks"]) == 7
+    assert data["blocks"][0]["block"] == "r1_k3_s11_e1_i32_o16_noskip"
+    code, out, _ = run(capsys, "arch", "describe", "mnasnet-a1", "--width", "1.4", "--json")
+    assert round(json.loads(out)["params"] / 1e5) == 61
+
+
+def test_describe_blocks_with_build_parameters(capsys: pytest.CaptureFixture[str]) -> None:
+    blocks = "r1_k3_s11_e1_i32_o16_noskip r2_k5_s22_e6_i16_o24_se0.25_poolskip"
+    code, out, _ = run(capsys, "arch", "describe", "--blocks", blocks, "--resolution", "28",
+                       "--classes", "10", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["resolution"] == 28 and data["classes"] == 10
+    assert [b["out_size"] for b in data["blocks"]] == [14, 7]
+    assert data["canonical"] == decode(blocks).canonical
+
+
+def test_describe_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "arch", "describe", "mobilenetv2")
+    assert code == 0
+    assert "3,504,872" in out
+    assert "r4_k3_s22_e6_i32_o64" in out
+
+
+def test_sample_prints_canonical_block_strings_from_the_space(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(capsys, "arch", "sample", "--seed", "5", "--count", "4")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 4
+    space = SearchSpace()
+    for line in lines:
+        arch = decode(line)
+        assert " ".join(str(b) for b in arch.blocks) == line
+        space.to_decisions(arch)  # raises if outside the space
+    _, again, _ = run(capsys, "arch", "sample", "--seed", "5", "--count", "4")
+    assert again == out
+
+
+def test_space_describe_json_gives_the_size(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "space", "describe", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["size"] == 432**7
+    assert data["choices_per_block"] == 432
+    assert data["num_blocks"] == 7
+    code, out, _ = run(capsys, "space", "describe")
+    assert str(432**7) in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["arch", "describe", "--blocks", "r1_k4_s11_e1_i32_o16"], "kernel"),
+        (["arch", "describe", "--blocks", "r1_k3_s11_e1_i32_o16_bogus"], "'bogus'"),
+        (["arch", "describe", "resnet50"], "unknown architecture 'resnet50'"),
+        (["arch", "describe"], "--blocks"),
+        (["arch", "describe", "mnasnet-a1", "--blocks", "r1_k3_s11_e1_i32_o16"], "not both"),
+        (["arch", "describe", "mnasnet-a1", "--width", "-1"], "width"),
+        (["arch", "sample", "--count", "0"], "--count"),
+    ],
+)
+def test_bad_input_prints_one_line_and_exits_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("mnas: error: ")
+    assert needle in lines[0]
+
+
+def test_installed_console_script_exits_2_on_bad_block() -> None:
+    script = Path(sys.executable).parent / "mnas"
+    result = subprocess.run(
+        [str(script), "arch", "describe", "--blocks", "r1_k3_s11_e1_i32_o16_se9"],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "mnas: error: block 'r1_k3_s11_e1_i32_o16_se9': token 'se9' must be in (0, 1]"
+    ]
