@@ -1,0 +1,1 @@
+"""Plumbing every service shares: the gRPC server, its RPC metrics, and shutdown."""

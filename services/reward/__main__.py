@@ -1,0 +1,22 @@
+"""``python -m services.reward --port P [--metrics-port M]``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from services.common.cli import base_parser, configure_logging
+from services.common.server import serve
+from services.reward.server import make_server
+
+
+def main() -> None:
+    args = base_parser("python -m services.reward", "The mnas reward service.").parse_args()
+    configure_logging(args.log_level)
+    registry = CollectorRegistry()
+    running = make_server(registry=registry, port=args.port, host=args.host)
+    serve(running, registry=registry, metrics_port=args.metrics_port, metrics_host=args.host,
+          grace=args.grace)
+
+
+if __name__ == "__main__":
+    main()

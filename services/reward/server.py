@@ -1,0 +1,76 @@
+"""The Reward servicer: proto in, :func:`rewards.reward`, proto out."""
+
+from __future__ import annotations
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from mnas.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+from services.common.server import RunningServer, build_server
+from services.reward.rewards import Kind, Objective, reward
+
+__all__ = ["SERVICE_NAME", "RewardServicer", "make_server", "objective_from_proto"]
+
+SERVICE_NAME = "mnas.v1.Reward"
+
+_KINDS = {
+    common_pb2.OBJECTIVE_KIND_SOFT: Kind.SOFT,
+    common_pb2.OBJECTIVE_KIND_HARD: Kind.HARD,
+    common_pb2.OBJECTIVE_KIND_ABSOLUTE: Kind.ABSOLUTE,
+}
+
+
+def objective_from_proto(message: common_pb2.Objective, path: str = "objective") -> Objective:
+    """The domain objective; ``ValueError`` names the field under ``path``."""
+    kind = _KINDS.get(message.kind)
+    if kind is None:
+        raise ValueError(
+            f"{path}.kind: must be OBJECTIVE_KIND_SOFT, _HARD or _ABSOLUTE, got {message.kind}"
+        )
+    try:
+        return Objective.of(
+            kind,
+            message.target_latency_seconds,
+            alpha=message.alpha if message.HasField("alpha") else None,
+            beta=message.beta if message.HasField("beta") else None,
+        )
+    except ValueError as err:
+        raise ValueError(f"{path}.{err}") from None
+
+
+class RewardServicer(reward_pb2_grpc.RewardServicer):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._scored = Counter(
+            "mnas_reward_scores_total", "Rewards computed, by objective kind.", ("kind",),
+            registry=registry,
+        )
+        self._rewards = Histogram(
+            "mnas_reward_value_ratio", "Rewards computed.",
+            buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=registry,
+        )
+
+    def Score(
+        self, request: reward_pb2.ScoreRequest, context: grpc.ServicerContext
+    ) -> reward_pb2.ScoreResponse:
+        try:
+            objective = objective_from_proto(request.objective)
+            value = reward(request.accuracy, request.latency_seconds, objective)
+        except ValueError as err:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        self._scored.labels(objective.kind.value).inc()
+        self._rewards.observe(value)
+        return reward_pb2.ScoreResponse(reward=value)
+
+
+def make_server(
+    *, registry: CollectorRegistry, port: int = 0, host: str = "127.0.0.1"
+) -> RunningServer:
+    servicer = RewardServicer(registry)
+    return build_server(
+        service_names=[SERVICE_NAME],
+        add_servicers=lambda s: reward_pb2_grpc.add_RewardServicer_to_server(servicer, s),
+        registry=registry,
+        port=port,
+        host=host,
+    )
