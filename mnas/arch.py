@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 MAX_KERNEL = 11
-MAX_STRIDE = 4
+MAX_STRIDE = 2
 
 
 class Op(enum.Enum):

@@ -41,8 +41,15 @@ def test_published_block_strings_decode_and_encode_unchanged(text: str) -> None:
 def test_decoded_fields_follow_the_official_meaning() -> None:
     block = decode_block("r3_k5_s22_e3_i24_o40_se0.25")
     assert block == BlockSpec(
-        op=Op.MBCONV, repeats=3, kernel=5, stride=2, expansion=3, input_filters=24,
-        output_filters=40, se_ratio=0.25, skip=Skip.IDENTITY,
+        op=Op.MBCONV,
+        repeats=3,
+        kernel=5,
+        stride=2,
+        expansion=3,
+        input_filters=24,
+        output_filters=40,
+        se_ratio=0.25,
+        skip=Skip.IDENTITY,
     )
     first = decode_block("r1_k3_s11_e1_i32_o16_noskip")
     assert (first.op, first.skip, first.expansion) == (Op.DCONV, Skip.NONE, 1)
@@ -84,7 +91,10 @@ def test_id_is_stable_and_distinguishes_settings() -> None:
 def test_bare_blocks_take_defaults_then_mnasnet_values() -> None:
     arch = decode("r1_k3_s11_e1_i32_o16 r2_k3_s22_e6_i16_o24")
     assert (arch.stem_filters, arch.head_filters, arch.activation, arch.dropout) == (
-        32, 1280, Activation.RELU, 0.2,
+        32,
+        1280,
+        Activation.RELU,
+        0.2,
     )
     arch = decode("stem:16 r1_k3_s11_e1_i16_o16 act:relu6", dropout=0.0)
     assert (arch.stem_filters, arch.activation, arch.dropout) == (16, Activation.RELU6, 0.0)
@@ -112,6 +122,7 @@ BAD_BLOCKS = [
     ("r1_k3_s11_e1_i32_o16__", "malformed token ''"),
     ("r_k3_s11_e1_i32_o16", "'r' has no value"),
     ("r1_k3_s55_e1_i32_o16", "stride"),
+    ("r1_k3_s33_e1_i32_o16", "stride"),
     ("r1_k13_s11_e1_i32_o16", "kernel"),
     ("r1_k3_s11_e0_i32_o16", "expansion"),
 ]
@@ -157,20 +168,43 @@ def test_round_filters_follows_the_official_rule() -> None:
 
 blocks = st.builds(
     lambda op, r, k, s, e, i, o, se, skip: BlockSpec(
-        op=op, repeats=r, kernel=k, stride=s, expansion=e if op is Op.MBCONV else 1,
-        input_filters=i, output_filters=o, se_ratio=se, skip=skip,
+        op=op,
+        repeats=r,
+        kernel=k,
+        stride=s,
+        expansion=e if op is Op.MBCONV else 1,
+        input_filters=i,
+        output_filters=o,
+        se_ratio=se,
+        skip=skip,
     ),
-    st.sampled_from(Op), st.integers(1, 9), st.sampled_from([1, 3, 5, 7]),
-    st.integers(1, 4), st.integers(2, 12), st.integers(1, 2048), st.integers(1, 2048),
-    st.one_of(st.just(0.0), st.floats(0.01, 1.0, allow_nan=False)), st.sampled_from(Skip),
+    st.sampled_from(Op),
+    st.integers(1, 9),
+    st.sampled_from([1, 3, 5, 7]),
+    st.integers(1, 2),
+    st.integers(2, 12),
+    st.integers(1, 2048),
+    st.integers(1, 2048),
+    st.one_of(st.just(0.0), st.floats(0.01, 1.0, allow_nan=False)),
+    st.sampled_from(Skip),
 )
 
 
-@given(st.lists(blocks, min_size=1, max_size=9), st.integers(1, 128),
-       st.integers(1, 4096), st.sampled_from(Activation), st.floats(0.0, 0.99))
+@given(
+    st.lists(blocks, min_size=1, max_size=9),
+    st.integers(1, 128),
+    st.integers(1, 4096),
+    st.sampled_from(Activation),
+    st.floats(0.0, 0.99),
+)
 def test_any_architecture_round_trips(block_list, stem, head, act, dropout) -> None:
-    arch = Architecture(blocks=tuple(block_list), stem_filters=stem, head_filters=head,
-                        activation=act, dropout=dropout)
+    arch = Architecture(
+        blocks=tuple(block_list),
+        stem_filters=stem,
+        head_filters=head,
+        activation=act,
+        dropout=dropout,
+    )
     assert decode(encode(arch)) == arch
     for block in block_list:
         assert decode_block(encode_block(block)) == block
