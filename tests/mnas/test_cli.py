@@ -35,8 +35,18 @@ def test_describe_json_reports_published_figures(capsys: pytest.CaptureFixture[s
 
 def test_describe_blocks_with_build_parameters(capsys: pytest.CaptureFixture[str]) -> None:
     blocks = "r1_k3_s11_e1_i32_o16_noskip r2_k5_s22_e6_i16_o24_se0.25_poolskip"
-    code, out, _ = run(capsys, "arch", "describe", "--blocks", blocks, "--resolution", "28",
-                       "--classes", "10", "--json")
+    code, out, _ = run(
+        capsys,
+        "arch",
+        "describe",
+        "--blocks",
+        blocks,
+        "--resolution",
+        "28",
+        "--classes",
+        "10",
+        "--json",
+    )
     assert code == 0
     data = json.loads(out)
     assert data["resolution"] == 28 and data["classes"] == 10
@@ -106,9 +116,42 @@ def test_installed_console_script_exits_2_on_bad_block() -> None:
     script = Path(sys.executable).parent / "mnas"
     result = subprocess.run(
         [str(script), "arch", "describe", "--blocks", "r1_k3_s11_e1_i32_o16_se9"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "mnas: error: block 'r1_k3_s11_e1_i32_o16_se9': token 'se9' must be in (0, 1]"
     ]
+
+
+def test_export_writes_a_tflite_file_that_litert_runs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    out = tmp_path / "small.tflite"
+    code, stdout, _ = run(
+        capsys,
+        "arch",
+        "export",
+        "mnasnet-small",
+        "-o",
+        str(out),
+        "--resolution",
+        "64",
+        "--classes",
+        "10",
+    )
+    assert code == 0
+    assert str(out) in stdout
+    interpreter = Interpreter(model_path=str(out), num_threads=1)
+    interpreter.allocate_tensors()
+    (inp,) = interpreter.get_input_details()
+    assert list(inp["shape"]) == [1, 64, 64, 3]
+    interpreter.set_tensor(inp["index"], np.zeros(inp["shape"], np.float32))
+    interpreter.invoke()
+    (output,) = interpreter.get_output_details()
+    assert interpreter.get_tensor(output["index"]).shape == (1, 10)
