@@ -44,13 +44,17 @@ class SameConv2d(nn.Conv2d):
     """``nn.Conv2d`` with TensorFlow "same" padding, for any stride and input size."""
 
     def __init__(
-        self, cin: int, cout: int, kernel: int, stride: int = 1, *, groups: int = 1,
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int = 1,
+        *,
+        groups: int = 1,
         bias: bool = False,
     ) -> None:
         static = kernel // 2 if stride == 1 else 0
-        super().__init__(
-            cin, cout, kernel, stride, padding=static, groups=groups, bias=bias
-        )
+        super().__init__(cin, cout, kernel, stride, padding=static, groups=groups, bias=bias)
         self._dynamic = stride > 1 and kernel > 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +77,13 @@ class ConvBN(nn.Module):
     """Convolution, batch norm and an optional activation."""
 
     def __init__(
-        self, cin: int, cout: int, kernel: int, stride: int = 1, *, groups: int = 1,
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int = 1,
+        *,
+        groups: int = 1,
         activation: Activation | None = None,
     ) -> None:
         super().__init__()
@@ -130,16 +140,21 @@ class Layer(nn.Module):
         self.project: nn.Module | None = None
         if layer.op is Op.CONV:
             self.conv = ConvBN(
-                layer.in_channels, layer.out_channels, layer.kernel, layer.stride,
+                layer.in_channels,
+                layer.out_channels,
+                layer.kernel,
+                layer.stride,
                 activation=activation,
             )
         else:
             if layer.expands:
-                self.expand = ConvBN(layer.in_channels, layer.mid_channels, 1,
-                                     activation=activation)
+                self.expand = ConvBN(
+                    layer.in_channels, layer.mid_channels, 1, activation=activation
+                )
             mid = layer.mid_channels
-            self.dw = ConvBN(mid, mid, layer.kernel, layer.stride, groups=mid,
-                             activation=activation)
+            self.dw = ConvBN(
+                mid, mid, layer.kernel, layer.stride, groups=mid, activation=activation
+            )
         self.se = (
             SqueezeExcite(layer.mid_channels, layer.se_channels) if layer.se_channels else None
         )
@@ -182,8 +197,9 @@ class MnasModel(nn.Module):
         self.resolution = resolution
         self.num_classes = num_classes
         self.width = width
-        self.stem = ConvBN(IMAGE_CHANNELS, net.stem_channels, STEM_KERNEL, STEM_STRIDE,
-                           activation=arch.activation)
+        self.stem = ConvBN(
+            IMAGE_CHANNELS, net.stem_channels, STEM_KERNEL, STEM_STRIDE, activation=arch.activation
+        )
         blocks: list[nn.Sequential] = []
         for b in range(len(arch.blocks)):
             layers = [Layer(layer, arch.activation) for layer in net.layers if layer.block == b]

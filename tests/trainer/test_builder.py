@@ -25,9 +25,10 @@ def n_params(module: torch.nn.Module) -> int:
 def test_reference_parameter_counts_match_the_analytic_count(name: str) -> None:
     arch = references.get(name)
     assert n_params(build_torch(arch)) == count(arch).params
-    assert n_params(build_torch(arch, width=1.4, num_classes=10)) == count(
-        arch, width=1.4, num_classes=10
-    ).params
+    assert (
+        n_params(build_torch(arch, width=1.4, num_classes=10))
+        == count(arch, width=1.4, num_classes=10).params
+    )
 
 
 def random_archs(n: int, seed: int = 0) -> list[Architecture]:
@@ -67,16 +68,22 @@ def test_same_conv_pads_like_tensorflow(size: int, kernel: int) -> None:
     assert y.shape[-1] == -(-size // 2)
     total = max((y.shape[-1] - 1) * 2 + kernel - size, 0)
     before = total // 2
-    expected = F.conv2d(F.pad(x, (before, total - before, before, total - before)), conv.weight,
-                        stride=2)
+    expected = F.conv2d(
+        F.pad(x, (before, total - before, before, total - before)), conv.weight, stride=2
+    )
     torch.testing.assert_close(y, expected)
 
 
 def test_identity_shortcut_only_where_stride_1_and_filters_match() -> None:
     arch = decode("r2_k3_s22_e6_i32_o24 r2_k3_s11_e6_i24_o24 r1_k3_s11_e1_i24_o24_noskip")
     shortcuts = [layer.shortcut for layer in plan(arch).layers]
-    assert shortcuts == [Shortcut.NONE, Shortcut.IDENTITY, Shortcut.IDENTITY,
-                         Shortcut.IDENTITY, Shortcut.NONE]
+    assert shortcuts == [
+        Shortcut.NONE,
+        Shortcut.IDENTITY,
+        Shortcut.IDENTITY,
+        Shortcut.IDENTITY,
+        Shortcut.NONE,
+    ]
 
 
 def test_pool_skip_adds_the_pooled_projected_input() -> None:
@@ -110,4 +117,3 @@ def test_batch_norm_uses_the_mnasnet_settings() -> None:
     model = build_torch(references.get("mnasnet-a1"))
     bn = model.stem.bn
     assert (bn.eps, bn.momentum) == (1e-3, 0.01)
-

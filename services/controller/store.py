@@ -1,0 +1,432 @@
+"""The controller's store: searches and trials in SQLite (local) or PostgreSQL (cluster).
+
+Records are the protobuf messages themselves, kept as JSON text, next to the few columns
+that queries need (state, architecture id, reward, times). The controller is the only
+writer; a store opened again on the same database sees everything committed before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.schema import CreateSchema
+from sqlalchemy.sql.elements import ColumnElement
+
+from mnas.v1.common_pb2 import Search, Trial, TrialState
+
+__all__ = ["AlreadyExistsError", "NotFoundError", "Store", "StoreError"]
+
+_logger = logging.getLogger(__name__)
+
+_M = TypeVar("_M", bound=Message)
+
+# How long an SQLite writer waits for another process's lock before giving up.
+_SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+
+
+class StoreError(Exception):
+    """A store operation that cannot be done as asked."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its message; these are sentences, not keys.
+        return str(self.args[0]) if self.args else ""
+
+
+class AlreadyExistsError(StoreError, KeyError):
+    """A search with that id already exists."""
+
+
+class NotFoundError(StoreError, KeyError):
+    """The search a write refers to does not exist."""
+
+
+def _tables(schema: str | None) -> tuple[MetaData, Table, Table]:
+    """The store's tables, in `schema` (PostgreSQL) or the default one."""
+    metadata = MetaData(schema=schema)
+    searches = Table(
+        "searches",
+        metadata,
+        Column("id", String(), primary_key=True),
+        Column("name", String(), nullable=False),
+        Column("state", Integer, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+        Column("search_json", Text, nullable=False),
+        Column("strategy_state", LargeBinary, nullable=True),
+    )
+    trials = Table(
+        "trials",
+        metadata,
+        Column(
+            "search_id",
+            String(),
+            ForeignKey(searches.c.id, ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        Column("number", Integer, primary_key=True, autoincrement=False),
+        Column("state", Integer, nullable=False),
+        Column("arch_id", String(), nullable=False),
+        Column("reward", Double, nullable=True),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+        Column("trial_json", Text, nullable=False),
+        Index("ix_trials_search_arch", "search_id", "arch_id"),
+    )
+    return metadata, searches, trials
+
+
+def _to_json(message: Message) -> str:
+    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None)
+
+
+def _from_json(text: str, message: _M) -> _M:
+    # Unknown fields come from a newer controller; reading them must not fail.
+    return json_format.Parse(text, message, ignore_unknown_fields=True)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _normalize_url(url: str | URL) -> URL:
+    """The URL with PostgreSQL mapped onto the psycopg 3 driver."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _is_memory_sqlite(url: URL) -> bool:
+    database = url.database or ""
+    return database in ("", ":memory:") or "mode=memory" in database
+
+
+class Store:
+    """Searches and trials of the controller, safe to call from several threads.
+
+    `url` is an SQLAlchemy URL: `sqlite:///path/to/mnas.db` or
+    `postgresql+psycopg://user@host/db` (`postgresql://` means the same). Tables are
+    created when missing; `schema` puts them in that PostgreSQL schema (created too).
+    """
+
+    def __init__(self, url: str | URL, *, schema: str | None = None, echo: bool = False) -> None:
+        parsed = _normalize_url(url)
+        backend = parsed.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported store backend {backend!r}: use sqlite or postgresql")
+        if schema is not None and backend != "postgresql":
+            raise ValueError("a schema is only supported with PostgreSQL")
+        self._backend = backend
+        self._metadata, self._searches, self._trials = _tables(schema)
+        # Writers wait for each other here rather than in SQLite's busy loop; PostgreSQL
+        # takes concurrent writers as they come.
+        self._write_guard: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        self._read_guard: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if backend == "sqlite":
+            self._engine = self._sqlite_engine(parsed, echo=echo)
+            lock = threading.Lock()
+            self._write_guard = lock
+            if _is_memory_sqlite(parsed):
+                # One shared connection: readers must take turns with writers too.
+                self._read_guard = lock
+        else:
+            self._engine = create_engine(parsed, echo=echo, pool_pre_ping=True)
+        with self._engine.begin() as conn:
+            if schema is not None and not inspect(conn).has_schema(schema):
+                conn.execute(CreateSchema(schema, if_not_exists=True))
+            self._metadata.create_all(conn)
+        _logger.info("store opened: %s", parsed.render_as_string(hide_password=True))
+
+    @classmethod
+    def open(cls, url_or_path: str) -> Store:
+        """A store at a URL, or at an SQLite file when given a filesystem path."""
+        if "://" in url_or_path:
+            return cls(url_or_path)
+        path = Path(url_or_path).expanduser().resolve()
+        return cls(URL.create("sqlite", database=str(path)))
+
+    @staticmethod
+    def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
+        """An SQLite engine in WAL mode whose write transactions begin IMMEDIATE."""
+        if _is_memory_sqlite(url):
+            engine = create_engine(
+                url,
+                echo=echo,
+                connect_args={"check_same_thread": False},
+                poolclass=StaticPool,
+            )
+        else:
+            Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(
+                url,
+                echo=echo,
+                connect_args={
+                    "check_same_thread": False,
+                    "timeout": _SQLITE_BUSY_TIMEOUT_SECONDS,
+                },
+            )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+            # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
+            finally:
+                cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            # A writer takes the write lock up front, so it never fails to upgrade later.
+            writes = conn.get_execution_options().get("mnas_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+        return engine
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A connection in a write transaction, committed on success, else rolled back."""
+        with self._write_guard, self._engine.connect() as conn:
+            conn.execution_options(mnas_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A connection in a read transaction (one snapshot for all its queries)."""
+        with self._read_guard, self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    # Searches.
+
+    def create_search(self, search: Search) -> None:
+        """Insert a new search; AlreadyExistsError if its id is taken."""
+        now = _now()
+        created = search.created_at.ToDatetime(tzinfo=UTC) if search.HasField("created_at") else now
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    self._searches.insert().values(
+                        id=search.id,
+                        name=search.spec.name,
+                        state=int(search.state),
+                        created_at=created,
+                        updated_at=now,
+                        search_json=_to_json(search),
+                        strategy_state=None,
+                    )
+                )
+        except IntegrityError as err:
+            raise AlreadyExistsError(f"search {search.id!r} already exists") from err
+
+    def save_search(self, search: Search) -> None:
+        """Update an existing search; NotFoundError if there is none with its id."""
+        with self._write() as conn:
+            self._update_search(conn, search)
+
+    def get_search(self, search_id: str) -> Search | None:
+        """The search with that id, or None."""
+        with self._read() as conn:
+            text = conn.execute(
+                select(self._searches.c.search_json).where(self._searches.c.id == search_id)
+            ).scalar_one_or_none()
+        return None if text is None else _from_json(text, Search())
+
+    def list_searches(self) -> list[Search]:
+        """All searches, newest first."""
+        columns = self._searches.c
+        with self._read() as conn:
+            texts = conn.execute(
+                select(columns.search_json).order_by(columns.created_at.desc(), columns.id.desc())
+            ).scalars()
+            return [_from_json(text, Search()) for text in texts]
+
+    # Trials.
+
+    def save_trial(self, trial: Trial) -> None:
+        """Insert or update a trial by (search id, number); NotFoundError without the search."""
+        with self._write() as conn:
+            self._upsert_trials(conn, [trial])
+
+    def get_trial(self, search_id: str, number: int) -> Trial | None:
+        """The trial with that number in that search, or None."""
+        columns = self._trials.c
+        with self._read() as conn:
+            text = conn.execute(
+                select(columns.trial_json).where(
+                    columns.search_id == search_id, columns.number == number
+                )
+            ).scalar_one_or_none()
+        return None if text is None else _from_json(text, Trial())
+
+    def list_trials(
+        self,
+        search_id: str,
+        *,
+        after: int = -1,
+        limit: int = 100,
+        states: Collection[int] | None = None,
+    ) -> list[Trial]:
+        """Up to `limit` trials numbered above `after`, ascending, in `states` if given."""
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        columns = self._trials.c
+        query = (
+            select(columns.trial_json)
+            .where(*self._trial_filter(search_id, states), columns.number > after)
+            .order_by(columns.number)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [_from_json(text, Trial()) for text in conn.execute(query).scalars()]
+
+    def count_trials(self, search_id: str, states: Collection[int] | None = None) -> int:
+        """How many trials the search has, in `states` if given."""
+        query = (
+            select(func.count())
+            .select_from(self._trials)
+            .where(*self._trial_filter(search_id, states))
+        )
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def find_completed_by_arch(self, search_id: str, arch_id: str) -> Trial | None:
+        """The earliest completed trial of the search with that architecture id, or None."""
+        columns = self._trials.c
+        query = (
+            select(columns.trial_json)
+            .where(
+                columns.search_id == search_id,
+                columns.arch_id == arch_id,
+                columns.state == TrialState.TRIAL_STATE_COMPLETED,
+            )
+            .order_by(columns.number)
+            .limit(1)
+        )
+        with self._read() as conn:
+            text = conn.execute(query).scalar_one_or_none()
+        return None if text is None else _from_json(text, Trial())
+
+    # Several records at once.
+
+    def save(self, *, search: Search | None = None, trials: Sequence[Trial] = ()) -> None:
+        """Update the search (which must exist) and upsert the trials, all or nothing."""
+        with self._write() as conn:
+            if search is not None:
+                self._update_search(conn, search)
+            self._upsert_trials(conn, trials)
+
+    def save_strategy_state(
+        self, search_id: str, state: bytes, *, trials: Sequence[Trial] = ()
+    ) -> None:
+        """Checkpoint the search's strategy together with those trials, all or nothing."""
+        with self._write() as conn:
+            result = conn.execute(
+                update(self._searches)
+                .where(self._searches.c.id == search_id)
+                .values(strategy_state=state, updated_at=_now())
+            )
+            if result.rowcount == 0:
+                raise NotFoundError(f"search {search_id!r} not found")
+            self._upsert_trials(conn, trials)
+
+    def load_strategy_state(self, search_id: str) -> bytes | None:
+        """The last strategy checkpoint of the search; None without one (or without the search)."""
+        with self._read() as conn:
+            state = conn.execute(
+                select(self._searches.c.strategy_state).where(self._searches.c.id == search_id)
+            ).scalar_one_or_none()
+        return None if state is None else bytes(state)
+
+    def close(self) -> None:
+        """Release the database connections; the store is unusable afterwards."""
+        self._engine.dispose()
+
+    # Helpers, inside a write transaction.
+
+    def _update_search(self, conn: Connection, search: Search) -> None:
+        result = conn.execute(
+            update(self._searches)
+            .where(self._searches.c.id == search.id)
+            .values(
+                name=search.spec.name,
+                state=int(search.state),
+                updated_at=_now(),
+                search_json=_to_json(search),
+            )
+        )
+        if result.rowcount == 0:
+            raise NotFoundError(f"search {search.id!r} not found")
+
+    def _upsert_trials(self, conn: Connection, trials: Sequence[Trial]) -> None:
+        insert = sqlite_dialect.insert if self._backend == "sqlite" else pg_dialect.insert
+        now = _now()
+        for trial in trials:
+            completed = trial.state == TrialState.TRIAL_STATE_COMPLETED
+            values: dict[str, Any] = {
+                "state": int(trial.state),
+                "arch_id": trial.architecture.id,
+                # A reward means something only once the trial completed.
+                "reward": trial.reward if completed else None,
+                "updated_at": now,
+                "trial_json": _to_json(trial),
+            }
+            statement = (
+                insert(self._trials)
+                .values(search_id=trial.search_id, number=trial.number, **values)
+                .on_conflict_do_update(
+                    index_elements=[self._trials.c.search_id, self._trials.c.number],
+                    set_=values,
+                )
+            )
+            try:
+                conn.execute(statement)
+            except IntegrityError as err:
+                # The primary key is handled by the upsert; what is left is the search.
+                raise NotFoundError(
+                    f"search {trial.search_id!r} of trial {trial.number} not found"
+                ) from err
+
+    def _trial_filter(
+        self, search_id: str, states: Collection[int] | None
+    ) -> list[ColumnElement[bool]]:
+        columns = self._trials.c
+        conditions: list[ColumnElement[bool]] = [columns.search_id == search_id]
+        if states is not None:
+            conditions.append(columns.state.in_([int(state) for state in states]))
+        return conditions
