@@ -19,6 +19,8 @@ from rich.table import Table
 
 from mnas import references
 from mnas.arch import Architecture, decode
+from mnas.cli_searches import add_commands
+from mnas.client import MnasError
 from mnas.cost import count
 from mnas.space import SearchSpace
 
@@ -39,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.run(args) or 0)
-    except (ValueError, UsageError) as err:
+    except (ValueError, UsageError, MnasError) as err:
         message = " ".join(str(err).split())
         print(f"mnas: error: {message}", file=sys.stderr)
         return EXIT_USAGE
@@ -91,8 +93,10 @@ def _cmd_arch_describe(args: argparse.Namespace) -> int:
         print(json.dumps(out))
         return 0
     console = Console()
-    title = f"{name or 'architecture'} {arch.id}  (width {args.width:g}, " \
-            f"{args.resolution}x{args.resolution}, {args.classes} classes)"
+    title = (
+        f"{name or 'architecture'} {arch.id}  (width {args.width:g}, "
+        f"{args.resolution}x{args.resolution}, {args.classes} classes)"
+    )
     table = Table(title=title)
     for column in ("#", "block", "layers", "out", "params", "MACs"):
         if column == "block":
@@ -101,11 +105,17 @@ def _cmd_arch_describe(args: argparse.Namespace) -> int:
             table.add_column(column, justify="right", no_wrap=True)
     table.add_row("", "stem", "1", "", f"{report.stem.params:,}", f"{report.stem.macs:,}")
     for b in report.blocks:
-        table.add_row(str(b.index), b.block, str(b.layers),
-                      f"{b.out_size}x{b.out_size}x{b.out_channels}",
-                      f"{b.params:,}", f"{b.macs:,}")
-    table.add_row("", "head", "", f"{args.classes}", f"{report.head.params:,}",
-                  f"{report.head.macs:,}")
+        table.add_row(
+            str(b.index),
+            b.block,
+            str(b.layers),
+            f"{b.out_size}x{b.out_size}x{b.out_channels}",
+            f"{b.params:,}",
+            f"{b.macs:,}",
+        )
+    table.add_row(
+        "", "head", "", f"{args.classes}", f"{report.head.params:,}", f"{report.head.macs:,}"
+    )
     console.print(table)
     console.print(f"parameters: {report.params:,} ({report.params / 1e6:.2f}M)")
     console.print(f"multiply-adds: {report.macs:,} ({report.macs / 1e6:.1f}M)")
@@ -128,8 +138,10 @@ def _cmd_arch_list(args: argparse.Namespace) -> int:
     for name in references.names():
         arch = references.get(name)
         report = count(arch)
-        print(f"{name:<14} {arch.id}  {report.params / 1e6:5.2f}M params  "
-              f"{report.macs / 1e6:6.1f}M MACs")
+        print(
+            f"{name:<14} {arch.id}  {report.params / 1e6:5.2f}M params  "
+            f"{report.macs / 1e6:6.1f}M MACs"
+        )
     return 0
 
 
@@ -141,8 +153,7 @@ def _cmd_arch_export(args: argparse.Namespace) -> int:
         raise UsageError(
             f"exporting needs the latency extra (pip install 'mnas[latency]'): {err}"
         ) from None
-    data = export_arch(arch, num_classes=args.classes, resolution=args.resolution,
-                       width=args.width)
+    data = export_arch(arch, num_classes=args.classes, resolution=args.resolution, width=args.width)
     path = Path(args.output)
     path.write_bytes(data)
     print(f"wrote {path} ({len(data):,} bytes, {arch.id})")
@@ -235,6 +246,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_arch_selector(export)
     export.add_argument("-o", "--output", required=True, help="output .tflite path")
     export.set_defaults(run=_cmd_arch_export)
+
+    add_commands(commands)
 
     space = commands.add_parser("space", help="the search space")
     _print_help_by_default(space)

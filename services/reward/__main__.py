@@ -14,8 +14,13 @@ def main() -> None:
     configure_logging(args.log_level)
     registry = CollectorRegistry()
     running = make_server(registry=registry, port=args.port, host=args.host)
-    serve(running, registry=registry, metrics_port=args.metrics_port, metrics_host=args.host,
-          grace=args.grace)
+    serve(
+        running,
+        registry=registry,
+        metrics_port=args.metrics_port,
+        metrics_host=args.host,
+        grace=args.grace,
+    )
 
 
 if __name__ == "__main__":

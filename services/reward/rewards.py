@@ -39,7 +39,11 @@ class Objective:
 
     @classmethod
     def of(
-        cls, kind: Kind, target_seconds: float, *, alpha: float | None = None,
+        cls,
+        kind: Kind,
+        target_seconds: float,
+        *,
+        alpha: float | None = None,
         beta: float | None = None,
     ) -> Objective:
         """The objective with the paper's exponents where ``alpha``/``beta`` are None."""
@@ -64,8 +68,7 @@ class Objective:
                 raise ValueError(f"{name}: must be a finite number, got {value!r}")
             if value > 0:
                 raise ValueError(
-                    f"{name}: must be <= 0 (a positive exponent rewards slower models), "
-                    f"got {value}"
+                    f"{name}: must be <= 0 (a positive exponent rewards slower models), got {value}"
                 )
 
 

@@ -41,11 +41,14 @@ def objective_from_proto(message: common_pb2.Objective, path: str = "objective")
 class RewardServicer(reward_pb2_grpc.RewardServicer):
     def __init__(self, registry: CollectorRegistry) -> None:
         self._scored = Counter(
-            "mnas_reward_scores_total", "Rewards computed, by objective kind.", ("kind",),
+            "mnas_reward_scores_total",
+            "Rewards computed, by objective kind.",
+            ("kind",),
             registry=registry,
         )
         self._rewards = Histogram(
-            "mnas_reward_value_ratio", "Rewards computed.",
+            "mnas_reward_value_ratio",
+            "Rewards computed.",
             buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
             registry=registry,
         )

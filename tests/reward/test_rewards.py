@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from services.reward.pareto import pareto_front
+from mnas.pareto import pareto_front
 from services.reward.rewards import Kind, Objective, reward
 
 SOFT = Objective.of(Kind.SOFT, 0.075)
@@ -77,8 +77,15 @@ def test_invalid_objectives_raise(kwargs: dict[str, object], needle: str) -> Non
 
 
 def test_pareto_front_keeps_only_undominated_points() -> None:
-    points = [(0.70, 0.010), (0.80, 0.020), (0.75, 0.030), (0.80, 0.025), (0.90, 0.050),
-              (0.60, 0.010), (0.90, 0.060)]
+    points = [
+        (0.70, 0.010),
+        (0.80, 0.020),
+        (0.75, 0.030),
+        (0.80, 0.025),
+        (0.90, 0.050),
+        (0.60, 0.010),
+        (0.90, 0.060),
+    ]
     front = pareto_front(points, accuracy=lambda p: p[0], latency=lambda p: p[1])
     assert front == [(0.70, 0.010), (0.80, 0.020), (0.90, 0.050)]
     assert pareto_front([], accuracy=lambda p: p, latency=lambda p: p) == []

@@ -35,16 +35,20 @@ def test_score_over_grpc(server: RunningServer, registry: CollectorRegistry) -> 
     stub = reward_pb2_grpc.RewardStub(channel(server.address))
     response = stub.Score(
         reward_pb2.ScoreRequest(
-            accuracy=0.8, latency_seconds=0.15,
-            objective=objective(target_latency_seconds=0.075,
-                                kind=common_pb2.OBJECTIVE_KIND_HARD),
+            accuracy=0.8,
+            latency_seconds=0.15,
+            objective=objective(target_latency_seconds=0.075, kind=common_pb2.OBJECTIVE_KIND_HARD),
         ),
         timeout=5,
     )
     assert response.reward == pytest.approx(0.4)
     assert registry.get_sample_value("mnas_reward_scores_total", {"kind": "hard"}) == 1
-    labels = {"grpc_type": "unary", "grpc_service": "mnas.v1.Reward", "grpc_method": "Score",
-              "grpc_code": "OK"}
+    labels = {
+        "grpc_type": "unary",
+        "grpc_service": "mnas.v1.Reward",
+        "grpc_method": "Score",
+        "grpc_code": "OK",
+    }
     assert registry.get_sample_value("grpc_server_handled_total", labels) == 1
 
 
@@ -53,18 +57,38 @@ def test_score_over_grpc(server: RunningServer, registry: CollectorRegistry) -> 
     [
         ({"accuracy": 1.5, "latency_seconds": 0.1}, "accuracy"),
         ({"accuracy": 0.5, "latency_seconds": 0.0}, "latency_seconds"),
-        ({"accuracy": 0.5, "latency_seconds": 0.1,
-          "objective": objective(target_latency_seconds=0.1)}, "objective.kind"),
-        ({"accuracy": 0.5, "latency_seconds": 0.1,
-          "objective": objective(target_latency_seconds=0.1, alpha=0.2,
-                                 kind=common_pb2.OBJECTIVE_KIND_SOFT)}, "objective.alpha"),
-        ({"accuracy": 0.5, "latency_seconds": 0.1,
-          "objective": objective(kind=common_pb2.OBJECTIVE_KIND_SOFT)},
-         "objective.target_latency_seconds"),
+        (
+            {
+                "accuracy": 0.5,
+                "latency_seconds": 0.1,
+                "objective": objective(target_latency_seconds=0.1),
+            },
+            "objective.kind",
+        ),
+        (
+            {
+                "accuracy": 0.5,
+                "latency_seconds": 0.1,
+                "objective": objective(
+                    target_latency_seconds=0.1, alpha=0.2, kind=common_pb2.OBJECTIVE_KIND_SOFT
+                ),
+            },
+            "objective.alpha",
+        ),
+        (
+            {
+                "accuracy": 0.5,
+                "latency_seconds": 0.1,
+                "objective": objective(kind=common_pb2.OBJECTIVE_KIND_SOFT),
+            },
+            "objective.target_latency_seconds",
+        ),
     ],
 )
 def test_invalid_requests_are_invalid_argument_naming_the_field(
-    server: RunningServer, registry: CollectorRegistry, request_kw: dict[str, object],
+    server: RunningServer,
+    registry: CollectorRegistry,
+    request_kw: dict[str, object],
     needle: str,
 ) -> None:
     request_kw.setdefault(
@@ -75,8 +99,12 @@ def test_invalid_requests_are_invalid_argument_naming_the_field(
         stub.Score(reward_pb2.ScoreRequest(**request_kw), timeout=5)  # type: ignore[arg-type]
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert needle in str(info.value.details())
-    labels = {"grpc_type": "unary", "grpc_service": "mnas.v1.Reward", "grpc_method": "Score",
-              "grpc_code": "INVALID_ARGUMENT"}
+    labels = {
+        "grpc_type": "unary",
+        "grpc_service": "mnas.v1.Reward",
+        "grpc_method": "Score",
+        "grpc_code": "INVALID_ARGUMENT",
+    }
     assert registry.get_sample_value("grpc_server_handled_total", labels) == 1
 
 

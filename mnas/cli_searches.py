@@ -1,0 +1,345 @@
+"""The search commands of the ``mnas`` CLI: submit, watch, list, trials, best, cancel, up,
+and ``search`` (start the local services, run a spec, print the results)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from mnas.arch import decode
+from mnas.client import Client, MnasError, Search
+from mnas.cost import count
+from mnas.local import LocalStack
+from mnas.specfile import load_spec
+from mnas.v1 import common_pb2, controller_pb2
+
+__all__ = ["add_commands"]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+SS = common_pb2.SearchState
+
+
+def _state(state: common_pb2.SearchState.ValueType) -> str:
+    return SS.Name(state).removeprefix("SEARCH_STATE_").lower()
+
+
+def _trial_state(state: common_pb2.TrialState.ValueType) -> str:
+    return common_pb2.TrialState.Name(state).removeprefix("TRIAL_STATE_").lower()
+
+
+# --- rendering -------------------------------------------------------------------------
+
+
+def _trials_table(title: str, trials: list[common_pb2.Trial], spec: common_pb2.SearchSpec) -> Table:
+    table = Table(title=title)
+    for column in ("#", "reward", "accuracy", "latency (ms)", "params", "MACs", "architecture"):
+        table.add_column(
+            column, justify="left" if column == "architecture" else "right", overflow="fold"
+        )
+    for trial in trials:
+        arch = decode(trial.architecture.canonical)
+        cost = count(
+            arch,
+            width=spec.space.width or 1.0,
+            resolution=spec.latency.resolution or spec.space.resolution or 224,
+            num_classes=spec.space.num_classes or 1000,
+        )
+        table.add_row(
+            str(trial.number),
+            f"{trial.reward:.4f}",
+            f"{trial.training.accuracy:.4f}",
+            f"{trial.latency.median_seconds * 1e3:.3f}",
+            f"{cost.params / 1e6:.2f}M",
+            f"{cost.macs / 1e6:.1f}M",
+            " ".join(str(b) for b in arch.blocks),
+        )
+    return table
+
+
+def _print_results(console: Console, search: Search, k: int) -> None:
+    info = search.refresh()
+    console.print(
+        f"search {info.id} {_state(info.state)}: {info.trials_completed} completed, "
+        f"{info.trials_failed} failed" + (f" ({info.error})" if info.error else "")
+    )
+    best = search.best(k)
+    if best:
+        console.print(_trials_table(f"best {len(best)} by reward", best, info.spec))
+        front = search.pareto()
+        console.print(_trials_table("Pareto front: accuracy vs latency", front, info.spec))
+
+
+def _follow(console: Console, search: Search) -> common_pb2.Search:
+    """Show a progress bar until the search finishes."""
+    total = search.info.spec.budget.max_trials
+    started = time.monotonic()
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("best {task.fields[best]}"),
+        TextColumn("{task.fields[rate]} trials/h"),
+        TextColumn("{task.fields[running]} running"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(f"search {search.id}", total=total, best="-", rate="-", running=0)
+        for event in search.watch():
+            info = event.search
+            done = info.trials_completed + info.trials_failed
+            hours = (time.monotonic() - started) / 3600
+            rate = f"{done / hours:.0f}" if done and hours > 0 else "-"
+            best = f"{info.best_reward:.4f}" if info.trials_completed else "-"
+            progress.update(
+                task,
+                completed=info.trials_completed,
+                best=best,
+                rate=rate,
+                running=info.trials_running,
+            )
+            if event.kind == controller_pb2.EVENT_KIND_TRIAL_FINISHED and event.trial.error:
+                progress.console.print(
+                    f"trial {event.trial.number} {_trial_state(event.trial.state)}: "
+                    f"{event.trial.error}"
+                )
+    return search.refresh()
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.target)
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    with _client(args) as client:
+        search = client.submit(spec)
+    print(search.id)
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    console = Console()
+    with _client(args) as client:
+        search = client.search(args.search_id)
+        final = _follow(console, search)
+        _print_results(console, search, args.top)
+    return 0 if final.state == SS.SEARCH_STATE_SUCCEEDED else 1
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        searches = client.searches()
+    table = Table()
+    for column in ("id", "name", "state", "completed", "failed", "budget", "best reward"):
+        table.add_column(column)
+    for s in searches:
+        table.add_row(
+            s.id,
+            s.spec.name,
+            _state(s.state),
+            str(s.trials_completed),
+            str(s.trials_failed),
+            str(s.spec.budget.max_trials),
+            f"{s.best_reward:.4f}" if s.trials_completed else "-",
+        )
+    Console().print(table)
+    return 0
+
+
+def _cmd_trials(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        search = client.search(args.search_id)
+        table = Table()
+        for column in (
+            "#",
+            "state",
+            "reward",
+            "accuracy",
+            "latency (ms)",
+            "attempts",
+            "trainer",
+            "architecture / error",
+        ):
+            table.add_column(column, overflow="fold")
+        for t in search.trials():
+            done = t.state == common_pb2.TRIAL_STATE_COMPLETED
+            table.add_row(
+                str(t.number),
+                _trial_state(t.state),
+                f"{t.reward:.4f}" if done else "-",
+                f"{t.training.accuracy:.4f}" if done else "-",
+                f"{t.latency.median_seconds * 1e3:.3f}" if t.HasField("latency") else "-",
+                str(t.attempts),
+                t.trainer or "-",
+                t.error or " ".join(str(b) for b in decode(t.architecture.canonical).blocks),
+            )
+    Console().print(table)
+    return 0
+
+
+def _cmd_best(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print_results(Console(), client.search(args.search_id), args.top)
+    return 0
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        info = client.search(args.search_id).cancel()
+    print(f"search {info.id} {_state(info.state)}")
+    return 0
+
+
+def _stack(args: argparse.Namespace, workdir: Path, controller_port: int | None) -> LocalStack:
+    return LocalStack(
+        workdir=workdir, store=args.store, trainers=args.trainers, controller_port=controller_port
+    )
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    workdir = Path(args.logs or tempfile.mkdtemp(prefix="mnas-"))
+    port = int(args.target.rpartition(":")[2])
+    with console.status("starting controller, trainer, latency and reward services"):
+        stack = _stack(args, workdir, port).start()
+    try:
+        for process in stack.processes:
+            console.print(
+                f"{process.name:<12} {process.address}  metrics "
+                f"http://127.0.0.1:{process.metrics_port}/metrics"
+            )
+        console.print(f"store {args.store}; logs in {workdir}; Ctrl-C stops")
+        _wait_for_interrupt(stack)
+    finally:
+        stack.stop()
+    return 0
+
+
+def _wait_for_interrupt(stack: LocalStack) -> None:
+    stop = threading.Event()
+    try:
+        while not stop.wait(1.0):
+            dead = [p.name for p in stack.processes if not p.alive()]
+            if dead:
+                raise RuntimeError(f"service exited: {', '.join(dead)}")
+    except KeyboardInterrupt:
+        pass
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    console = Console()
+    spec = load_spec(args.spec)  # a malformed file fails before anything starts
+    workdir = Path(args.logs or tempfile.mkdtemp(prefix="mnas-"))
+    started = time.monotonic()
+    with console.status("starting controller, trainer, latency and reward services"):
+        stack = _stack(args, workdir, None).start()
+    console.print(
+        f"services up in {time.monotonic() - started:.1f}s (store {args.store}, logs {workdir})"
+    )
+    try:
+        with Client(stack.controller) as client:
+            search = client.submit(spec)
+            console.print(
+                f"submitted search {search.id}: {search.info.spec.budget.max_trials} "
+                f"trials, target {search.info.spec.objective.target_latency_seconds * 1e3:g} ms"
+            )
+            final = _follow(console, search)
+            _print_results(console, search, args.top)
+    finally:
+        stack.stop()
+    console.print(f"wall time {time.monotonic() - started:.1f}s")
+    return 0 if final.state == SS.SEARCH_STATE_SUCCEEDED else 1
+
+
+# --- parser ----------------------------------------------------------------------------
+
+
+def add_commands(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    with_target: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """Add the search commands to the ``mnas`` parser."""
+
+    def target(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--target",
+            default=os.environ.get("MNAS_TARGET", DEFAULT_TARGET),
+            help=f"controller address (env MNAS_TARGET, default {DEFAULT_TARGET})",
+        )
+
+    def local(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--store", default="mnas.db", help="SQLite file or database URL (default mnas.db)"
+        )
+        p.add_argument("--trainers", type=int, default=1, help="trainer processes (default 1)")
+        p.add_argument("--logs", default=None, help="directory for service logs (default: temp)")
+
+    search = commands.add_parser(
+        "search", help="start the services locally, run a spec, print the best and the Pareto front"
+    )
+    search.add_argument("spec", help="search spec (YAML)")
+    search.add_argument("--top", type=int, default=5, help="best trials to print (default 5)")
+    local(search)
+    search.set_defaults(run=_cmd_search)
+
+    up = commands.add_parser("up", help="start the four services on loopback and wait")
+    target(up)
+    local(up)
+    up.set_defaults(run=_cmd_up)
+
+    submit = commands.add_parser("submit", help="submit a spec to a running controller")
+    submit.add_argument("spec", help="search spec (YAML)")
+    target(submit)
+    submit.set_defaults(run=_cmd_submit)
+
+    watch = commands.add_parser("watch", help="follow a search until it ends")
+    watch.add_argument("search_id")
+    watch.add_argument("--top", type=int, default=5, help="best trials to print (default 5)")
+    target(watch)
+    watch.set_defaults(run=_cmd_watch)
+
+    listing = commands.add_parser("list", help="list searches")
+    target(listing)
+    listing.set_defaults(run=_cmd_list)
+
+    trials = commands.add_parser("trials", help="list a search's trials")
+    trials.add_argument("search_id")
+    target(trials)
+    trials.set_defaults(run=_cmd_trials)
+
+    best = commands.add_parser("best", help="a search's best trials and Pareto front")
+    best.add_argument("search_id")
+    best.add_argument("--top", type=int, default=5, help="how many (default 5)")
+    target(best)
+    best.set_defaults(run=_cmd_best)
+
+    cancel = commands.add_parser("cancel", help="cancel a search")
+    cancel.add_argument("search_id")
+    target(cancel)
+    cancel.set_defaults(run=_cmd_cancel)
+
+
+def error_types() -> tuple[type[Exception], ...]:
+    """Exceptions the CLI reports on one line with exit status 2."""
+    return (MnasError,)
+
+

@@ -1,0 +1,63 @@
+"""``python -m services.controller --port P --store URL --trainer A --latency A --reward A``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from services.common.cli import base_parser, configure_logging
+from services.common.server import serve
+from services.controller.clients import Backends
+from services.controller.core import Controller
+from services.controller.metrics import ControllerMetrics
+from services.controller.server import make_server
+from services.controller.store import Store
+
+
+def _targets(values: list[str]) -> list[str]:
+    return [t for value in values for t in value.split(",") if t]
+
+
+def main() -> None:
+    parser = base_parser("python -m services.controller", "The mnas controller.")
+    parser.add_argument(
+        "--store", default="mnas.db", help="SQLite file path or database URL (default mnas.db)"
+    )
+    parser.add_argument(
+        "--trainer",
+        action="append",
+        default=[],
+        required=True,
+        help="trainer endpoint host:port or dns:///name:port (repeatable)",
+    )
+    parser.add_argument(
+        "--latency",
+        action="append",
+        default=[],
+        required=True,
+        help="latency endpoint host:port or dns:///name:port (repeatable)",
+    )
+    parser.add_argument("--reward", required=True, help="reward service host:port")
+    args = parser.parse_args()
+    configure_logging(args.log_level)
+    registry = CollectorRegistry()
+    store = Store.open(args.store)
+    backends = Backends(
+        trainers=_targets(args.trainer), latency=_targets(args.latency), reward=args.reward
+    )
+    controller = Controller(store, backends, ControllerMetrics(registry))
+    running = make_server(controller, registry=registry, port=args.port, host=args.host)
+    controller.resume()
+    try:
+        serve(
+            running,
+            registry=registry,
+            metrics_port=args.metrics_port,
+            metrics_host=args.host,
+            grace=args.grace,
+        )
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The controller's calls to trainers, latency services and the reward service.
+
+Every call has a deadline; channels retry UNAVAILABLE with back-off (``mnas.rpc``). A
+failed call becomes :class:`WorkerError`, which says whether another endpoint may succeed
+where this one failed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from mnas.rpc import channel
+from mnas.v1 import (
+    common_pb2,
+    latency_pb2,
+    latency_pb2_grpc,
+    reward_pb2,
+    reward_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
+from services.controller.workers import WorkerPool
+
+__all__ = ["Backends", "Deadlines", "WorkerError"]
+
+# Codes for which the trial itself is at fault: retrying elsewhere cannot help.
+_PERMANENT = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNIMPLEMENTED,
+}
+
+
+class WorkerError(Exception):
+    """A worker call failed; ``retryable`` when another attempt may succeed."""
+
+    def __init__(self, message: str, *, retryable: bool, endpoint_failed: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.endpoint_failed = endpoint_failed
+
+
+def _error(kind: str, address: str, err: grpc.RpcError) -> WorkerError:
+    code = err.code()
+    details = err.details()
+    permanent = code in _PERMANENT
+    return WorkerError(
+        f"{kind} {address}: {code.name}: {details}",
+        retryable=not permanent,
+        # Capacity refusals and our own cancellations say nothing about the endpoint.
+        endpoint_failed=not permanent and code not in (grpc.StatusCode.RESOURCE_EXHAUSTED,),
+    )
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    train_seconds: float = 3600.0
+    measure_seconds: float = 900.0
+    score_seconds: float = 10.0
+    probe_seconds: float = 5.0
+
+
+class Backends:
+    """Channels to every worker endpoint, the pools that schedule them, and the reward."""
+
+    def __init__(
+        self,
+        *,
+        trainers: Sequence[str],
+        latency: Sequence[str],
+        reward: str,
+        deadlines: Deadlines | None = None,
+    ) -> None:
+        self.deadlines = deadlines or Deadlines()
+        self._channels: dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
+        self.trainers = WorkerPool("trainer", trainers, self._trainer_capacity)
+        self.latency = WorkerPool("latency", latency, self._latency_capacity)
+        self.reward_address = reward
+
+    def _channel(self, address: str) -> grpc.Channel:
+        with self._lock:
+            if address not in self._channels:
+                self._channels[address] = channel(address, max_attempts=3)
+            return self._channels[address]
+
+    def _trainer_capacity(self, address: str) -> int:
+        stub = trainer_pb2_grpc.TrainerStub(self._channel(address))
+        response = stub.GetCapacity(
+            common_pb2.GetCapacityRequest(), timeout=self.deadlines.probe_seconds
+        )
+        return int(response.max_concurrent)
+
+    def _latency_capacity(self, address: str) -> int:
+        stub = latency_pb2_grpc.LatencyStub(self._channel(address))
+        response = stub.GetCapacity(
+            common_pb2.GetCapacityRequest(), timeout=self.deadlines.probe_seconds
+        )
+        return int(response.max_concurrent)
+
+    def device_classes(self) -> set[str]:
+        """Device classes offered by the latency endpoints that answer now."""
+        self.latency.refresh(force=True)
+        classes: set[str] = set()
+        for endpoint in self.latency.snapshot():
+            if not endpoint.healthy:
+                continue
+            stub = latency_pb2_grpc.LatencyStub(self._channel(endpoint.address))
+            try:
+                response = stub.ListDevices(
+                    latency_pb2.ListDevicesRequest(), timeout=self.deadlines.probe_seconds
+                )
+            except grpc.RpcError:
+                continue
+            classes.update(d.device_class for d in response.devices)
+        return classes
+
+    def measure(
+        self, address: str, request: latency_pb2.MeasureRequest
+    ) -> latency_pb2.MeasureResponse:
+        stub = latency_pb2_grpc.LatencyStub(self._channel(address))
+        try:
+            response: latency_pb2.MeasureResponse = stub.Measure(
+                request, timeout=self.deadlines.measure_seconds
+            )
+        except grpc.RpcError as err:
+            raise _error("latency", address, err) from None
+        return response
+
+    def train(
+        self,
+        address: str,
+        request: trainer_pb2.TrainRequest,
+        *,
+        on_progress: Callable[[common_pb2.TrainProgress], None],
+        register_cancel: Callable[[Callable[[], None]], None],
+    ) -> common_pb2.TrainResult:
+        """Stream one training; ``register_cancel`` receives a function that aborts it."""
+        stub = trainer_pb2_grpc.TrainerStub(self._channel(address))
+        call = stub.Train(request, timeout=self.deadlines.train_seconds)
+        register_cancel(call.cancel)
+        try:
+            for event in call:
+                if event.HasField("result"):
+                    return event.result
+                on_progress(event.progress)
+        except grpc.RpcError as err:
+            raise _error("trainer", address, err) from None
+        raise WorkerError(
+            f"trainer {address}: stream ended without a result",
+            retryable=True,
+            endpoint_failed=True,
+        )
+
+    def score(self, request: reward_pb2.ScoreRequest) -> float:
+        stub = reward_pb2_grpc.RewardStub(self._channel(self.reward_address))
+        try:
+            response = stub.Score(request, timeout=self.deadlines.score_seconds)
+        except grpc.RpcError as err:
+            raise _error("reward", self.reward_address, err) from None
+        return float(response.reward)
+
+    def close(self) -> None:
+        self.trainers.close()
+        self.latency.close()
+        with self._lock:
+            for ch in self._channels.values():
+                ch.close()
+            self._channels.clear()

@@ -1,0 +1,206 @@
+"""The controller's core: accepts specs, owns the running searches, answers queries.
+
+It is the only writer of search state. On start it resumes every search the store says
+is running: finished trials stay, unfinished ones are dispatched again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+
+from mnas.v1 import common_pb2, controller_pb2
+from services.controller.clients import Backends
+from services.controller.events import EventHub
+from services.controller.metrics import ControllerMetrics
+from services.controller.runner import SearchRunner, _now
+from services.controller.spec import ResolvedSpec, resolve
+from services.controller.store import Store
+from services.controller.strategies import STRATEGIES
+
+__all__ = ["Controller", "NotFound"]
+
+_logger = logging.getLogger(__name__)
+
+SS = common_pb2.SearchState
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+
+
+class NotFound(KeyError):
+    """No search with that id."""
+
+
+class Controller:
+    def __init__(self, store: Store, backends: Backends, metrics: ControllerMetrics) -> None:
+        self._store = store
+        self._backends = backends
+        self._metrics = metrics
+        self._hub = EventHub()
+        self._lock = threading.Lock()
+        self._runners: dict[str, SearchRunner] = {}
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def resume(self) -> int:
+        """Restart every search the store holds as running; returns how many."""
+        resumed = 0
+        for search in self._store.list_searches():
+            if search.state != SS.SEARCH_STATE_RUNNING:
+                continue
+            try:
+                resolved = self._resolve(search.spec, check_devices=False)
+            except ValueError as err:
+                search.state = SS.SEARCH_STATE_FAILED
+                search.error = f"cannot resume: {err}"
+                self._store.save(search=search)
+                continue
+            trials = self._all_trials(search.id)
+            self._start(resolved, search, trials)
+            resumed += 1
+            _logger.info("resumed search %s with %d trials recorded", search.id, len(trials))
+        self._update_search_gauge()
+        return resumed
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop scheduling; the store keeps running searches running, to resume later."""
+        with self._lock:
+            runners = list(self._runners.values())
+        for runner in runners:
+            runner.stop()
+        for runner in runners:
+            runner.join(timeout)
+        self._backends.close()
+
+    # -- commands --------------------------------------------------------------------
+
+    def submit(self, spec: common_pb2.SearchSpec) -> common_pb2.Search:
+        """Validate ``spec`` (``ValueError`` names the field), store it, start it."""
+        resolved = self._resolve(spec, check_devices=True)
+        search = common_pb2.Search(
+            id=uuid.uuid4().hex[:12], spec=resolved.spec, state=SS.SEARCH_STATE_RUNNING
+        )
+        search.created_at.CopyFrom(_now())
+        self._store.create_search(search)
+        self._start(resolved, search, [])
+        self._update_search_gauge()
+        _logger.info(
+            "search %s submitted (%s, %d trials)",
+            search.id,
+            spec.name or "unnamed",
+            resolved.spec.budget.max_trials,
+        )
+        return search
+
+    def cancel(self, search_id: str) -> common_pb2.Search:
+        with self._lock:
+            runner = self._runners.get(search_id)
+        if runner is not None:
+            runner.cancel()
+            runner.join()
+        return self.get(search_id)
+
+    # -- queries ---------------------------------------------------------------------
+
+    def get(self, search_id: str) -> common_pb2.Search:
+        with self._lock:
+            runner = self._runners.get(search_id)
+        if runner is not None:
+            return runner.snapshot()
+        stored = self._store.get_search(search_id)
+        if stored is None:
+            raise NotFound(search_id)
+        return stored
+
+    def list_searches(self) -> list[common_pb2.Search]:
+        return [self.get(s.id) for s in self._store.list_searches()]
+
+    def trials(
+        self, search_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[common_pb2.Trial], str]:
+        """A page of trials by number, and the token of the next page ("" at the end)."""
+        self.get(search_id)
+        size = DEFAULT_PAGE if page_size <= 0 else min(page_size, MAX_PAGE)
+        if page_token and not page_token.lstrip("-").isdigit():
+            raise ValueError(f"page_token: malformed {page_token!r}")
+        after = int(page_token) if page_token else -1
+        page = self._store.list_trials(search_id, after=after, limit=size + 1)
+        more = len(page) > size
+        page = page[:size]
+        return page, (str(page[-1].number) if more and page else "")
+
+    def watch(
+        self, search_id: str, *, active: threading.Event | None = None
+    ) -> Iterator[controller_pb2.WatchSearchResponse]:
+        """A snapshot, then events until the search finishes (or ``active`` is cleared)."""
+        with self._hub.subscribe(search_id) as subscription:
+            snapshot = self.get(search_id)
+            yield controller_pb2.WatchSearchResponse(
+                kind=controller_pb2.EVENT_KIND_SNAPSHOT, search=snapshot
+            )
+            if snapshot.state != SS.SEARCH_STATE_RUNNING:
+                return
+            while active is None or active.is_set():
+                event = subscription.get(timeout=0.5)
+                if event is None:
+                    if self.get(search_id).state != SS.SEARCH_STATE_RUNNING:
+                        return
+                    continue
+                yield event
+                if event.kind == controller_pb2.EVENT_KIND_SEARCH_FINISHED:
+                    return
+
+    def device_classes(self) -> set[str]:
+        return self._backends.device_classes()
+
+    # -- internals -------------------------------------------------------------------
+
+    def _resolve(self, spec: common_pb2.SearchSpec, *, check_devices: bool) -> ResolvedSpec:
+        classes = (
+            self._backends.device_classes()
+            if check_devices
+            else {spec.latency.device_class or "host-cpu"}
+        )
+        return resolve(spec, device_classes=classes, strategies=STRATEGIES)
+
+    def _start(
+        self, resolved: ResolvedSpec, search: common_pb2.Search, trials: list[common_pb2.Trial]
+    ) -> None:
+        runner = SearchRunner(
+            resolved,
+            search,
+            store=self._store,
+            backends=self._backends,
+            hub=self._hub,
+            metrics=self._metrics,
+            trials=trials,
+            on_finish=self._finished,
+        )
+        with self._lock:
+            self._runners[search.id] = runner
+        runner.start()
+
+    def _finished(self, search_id: str) -> None:
+        self._update_search_gauge()
+
+    def _all_trials(self, search_id: str) -> list[common_pb2.Trial]:
+        trials: list[common_pb2.Trial] = []
+        after = -1
+        while True:
+            page = self._store.list_trials(search_id, after=after, limit=MAX_PAGE)
+            trials.extend(page)
+            if len(page) < MAX_PAGE:
+                return trials
+            after = page[-1].number
+
+    def _update_search_gauge(self) -> None:
+        names = [n for n in SS.keys() if n != "SEARCH_STATE_UNSPECIFIED"]  # noqa: SIM118
+        counts = dict.fromkeys(names, 0)
+        with self._lock:
+            runners = list(self._runners.values())
+        for runner in runners:
+            counts[SS.Name(runner.search.state)] += 1
+        for name, value in counts.items():
+            self._metrics.searches.labels(name.removeprefix("SEARCH_STATE_").lower()).set(value)

@@ -1,0 +1,377 @@
+"""One running search: proposes trials, dispatches them to workers, records results.
+
+A trial measures latency first (seconds, cached by the latency service), then trains
+(minutes), then asks the reward service to score it. A step whose worker fails is retried
+on another endpoint up to ``budget.max_attempts`` attempts, keeping what earlier steps
+produced; a trial that runs out of attempts fails and counts against
+``budget.max_failed_trials``. The search succeeds once ``budget.max_trials`` trials have
+completed, and fails when more than ``max_failed_trials`` have failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from mnas.v1 import common_pb2, controller_pb2, latency_pb2, reward_pb2, trainer_pb2
+from services.controller.clients import Backends, WorkerError
+from services.controller.events import EventHub
+from services.controller.metrics import ControllerMetrics
+from services.controller.spec import ResolvedSpec
+from services.controller.store import Store
+from services.controller.strategies import Outcome, make_strategy
+from services.controller.workers import NoWorkers, WorkerPool
+
+__all__ = ["SearchRunner"]
+
+_logger = logging.getLogger(__name__)
+
+TS = common_pb2.TrialState
+SS = common_pb2.SearchState
+FINAL_TRIAL_STATES = (TS.TRIAL_STATE_COMPLETED, TS.TRIAL_STATE_FAILED, TS.TRIAL_STATE_CANCELLED)
+
+
+def _now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class SearchRunner:
+    """Runs one search to its end on a thread of its own."""
+
+    def __init__(
+        self,
+        resolved: ResolvedSpec,
+        search: common_pb2.Search,
+        *,
+        store: Store,
+        backends: Backends,
+        hub: EventHub,
+        metrics: ControllerMetrics,
+        trials: Sequence[common_pb2.Trial] = (),
+        on_finish: Callable[[str], None] | None = None,
+    ) -> None:
+        self.resolved = resolved
+        self.spec = resolved.spec
+        self.search = search
+        self._store = store
+        self._backends = backends
+        self._hub = hub
+        self._metrics = metrics
+        self._on_finish = on_finish
+        self._lock = threading.Condition()
+        self._cancel = threading.Event()
+        self._stopping = False
+        self._running: dict[int, threading.Thread] = {}
+        self._aborts: dict[int, list[Callable[[], None]]] = {}
+        self._strategy = make_strategy(self.spec.strategy, resolved.space, self.spec.seed)
+        # Replay: the strategy continues where it stood; unfinished trials run again.
+        for trial in sorted(trials, key=lambda t: t.number):
+            self._strategy.propose()
+            if trial.state in FINAL_TRIAL_STATES:
+                self._strategy.observe(self._outcome(trial))
+        self._pending = [t for t in trials if t.state not in FINAL_TRIAL_STATES]
+        self._next_number = max((t.number for t in trials), default=-1) + 1
+        self._thread = threading.Thread(target=self._run, name=f"search-{search.id}", daemon=True)
+
+    # -- control ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def cancel(self) -> None:
+        """Stop proposing, abort in-flight work; the search ends CANCELLED."""
+        self._cancel.set()
+        with self._lock:
+            aborts = [abort for fns in self._aborts.values() for abort in fns]
+            self._lock.notify_all()
+        for abort in aborts:
+            abort()
+
+    def stop(self) -> None:
+        """Abort in-flight work without recording final states (controller shutdown).
+
+        The store keeps the search and its unfinished trials as running, so a controller
+        started on the same store resumes them.
+        """
+        self._stopping = True
+        self.cancel()
+
+    def snapshot(self) -> common_pb2.Search:
+        with self._lock:
+            search = common_pb2.Search()
+            search.CopyFrom(self.search)
+            return search
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    # -- scheduling ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        budget = self.spec.budget
+        try:
+            while True:
+                with self._lock:
+                    if self._cancel.is_set():
+                        if not self._running:
+                            if not self._stopping:
+                                self._finish(SS.SEARCH_STATE_CANCELLED)
+                            return
+                    elif self.search.trials_failed > budget.max_failed_trials:
+                        self.cancel()
+                        self.search.error = (
+                            f"{self.search.trials_failed} trials failed, more than "
+                            f"budget.max_failed_trials ({budget.max_failed_trials})"
+                        )
+                        continue
+                    elif self.search.trials_completed >= budget.max_trials and not self._running:
+                        self._finish(SS.SEARCH_STATE_SUCCEEDED)
+                        return
+                    wanted = budget.max_trials - self.search.trials_completed - len(self._running)
+                    can_start = (
+                        not self._cancel.is_set()
+                        and len(self._running) < budget.parallel_trials
+                        and (self._pending or wanted > 0)
+                    )
+                    if not can_start:
+                        self._lock.wait(1.0)
+                        continue
+                    trial = self._pending.pop(0) if self._pending else self._new_trial()
+                    thread = threading.Thread(
+                        target=self._run_trial,
+                        args=(trial,),
+                        daemon=True,
+                        name=f"trial-{self.search.id}-{trial.number}",
+                    )
+                    self._running[trial.number] = thread
+                thread.start()
+        except Exception as err:
+            _logger.exception("search %s crashed", self.search.id)
+            self.cancel()
+            with self._lock:
+                self.search.error = f"controller error: {err}"
+                while self._running:
+                    self._lock.wait(1.0)
+                self._finish(SS.SEARCH_STATE_FAILED)
+
+    def _finish(self, state: common_pb2.SearchState.ValueType) -> None:
+        """Record the final state (lock held)."""
+        if state == SS.SEARCH_STATE_CANCELLED and self.search.error:
+            state = SS.SEARCH_STATE_FAILED
+        self.search.state = state
+        self.search.trials_running = 0
+        self.search.finished_at.CopyFrom(_now())
+        self._store.save(search=self.search)
+        self._publish(controller_pb2.EVENT_KIND_SEARCH_FINISHED)
+        _logger.info(
+            "search %s %s: %d completed, %d failed",
+            self.search.id,
+            SS.Name(state),
+            self.search.trials_completed,
+            self.search.trials_failed,
+        )
+        if self._on_finish is not None:
+            self._on_finish(self.search.id)
+
+    def _new_trial(self) -> common_pb2.Trial:
+        proposal = self._strategy.propose()
+        trial = common_pb2.Trial(
+            search_id=self.search.id,
+            number=self._next_number,
+            architecture=common_pb2.Architecture(
+                canonical=proposal.arch.canonical, id=proposal.arch.id
+            ),
+            state=TS.TRIAL_STATE_PENDING,
+            decisions=list(proposal.decisions),
+        )
+        trial.created_at.CopyFrom(_now())
+        self._next_number += 1
+        self._store.save_trial(trial)
+        return trial
+
+    # -- one trial -------------------------------------------------------------------
+
+    def _run_trial(self, trial: common_pb2.Trial) -> None:
+        started = time.monotonic()
+        trial.state = TS.TRIAL_STATE_RUNNING
+        trial.started_at.CopyFrom(_now())
+        with self._lock:
+            self.search.trials_running = len(self._running)
+            self._store.save(search=self.search, trials=[trial])
+        self._metrics.trials_running.inc()
+        self._publish(controller_pb2.EVENT_KIND_TRIAL_STARTED, trial)
+        try:
+            self._attempt_until_done(trial)
+        except _Cancelled:
+            trial.state = TS.TRIAL_STATE_CANCELLED
+        except Exception as err:  # a bug must not hang the search
+            _logger.exception("trial %s/%d crashed", self.search.id, trial.number)
+            trial.state = TS.TRIAL_STATE_FAILED
+            trial.error = f"controller error: {err}"
+        finally:
+            self._metrics.trials_running.dec()
+        if self._stopping:
+            with self._lock:
+                self._running.pop(trial.number, None)
+                self._lock.notify_all()
+            return
+        trial.finished_at.CopyFrom(_now())
+        state_name = TS.Name(trial.state).removeprefix("TRIAL_STATE_").lower()
+        self._metrics.trials_finished.labels(state_name).inc()
+        self._metrics.trial_seconds.observe(time.monotonic() - started)
+        with self._lock:
+            self._running.pop(trial.number, None)
+            self._aborts.pop(trial.number, None)
+            if trial.state == TS.TRIAL_STATE_COMPLETED:
+                self.search.trials_completed += 1
+                if self.search.trials_completed == 1 or trial.reward > self.search.best_reward:
+                    self.search.best_reward = trial.reward
+                    self.search.best_trial = trial.number
+            elif trial.state == TS.TRIAL_STATE_FAILED:
+                self.search.trials_failed += 1
+            self.search.trials_running = len(self._running)
+            self._store.save(search=self.search, trials=[trial])
+            if trial.state != TS.TRIAL_STATE_CANCELLED:
+                self._strategy.observe(self._outcome(trial))
+            self._lock.notify_all()
+        self._publish(controller_pb2.EVENT_KIND_TRIAL_FINISHED, trial)
+
+    def _attempt_until_done(self, trial: common_pb2.Trial) -> None:
+        max_attempts = self.spec.budget.max_attempts
+        avoid: dict[str, set[str]] = {"latency": set(), "trainer": set()}
+        while True:
+            self._check_cancel()
+            trial.attempts += 1
+            try:
+                if not trial.HasField("latency"):
+                    self._measure(trial, avoid["latency"])
+                if not trial.HasField("training"):
+                    self._train(trial, avoid["trainer"])
+                self._score(trial)
+                trial.state = TS.TRIAL_STATE_COMPLETED
+                trial.error = ""
+                return
+            except WorkerError as err:
+                self._check_cancel()
+                trial.error = str(err)
+                if not err.retryable or trial.attempts >= max_attempts:
+                    trial.state = TS.TRIAL_STATE_FAILED
+                    _logger.warning("trial %s/%d failed: %s", self.search.id, trial.number, err)
+                    return
+                _logger.info("trial %s/%d retrying after: %s", self.search.id, trial.number, err)
+                self._store.save_trial(trial)
+                self._publish(controller_pb2.EVENT_KIND_TRIAL_RETRIED, trial)
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise _Cancelled
+
+    def _acquire(self, pool: WorkerPool, avoid: set[str]) -> str:
+        try:
+            return pool.acquire(avoid=avoid, cancelled=self._cancel.is_set)
+        except NoWorkers:
+            raise _Cancelled from None
+
+    def _measure(self, trial: common_pb2.Trial, avoid: set[str]) -> None:
+        address = self._acquire(self._backends.latency, avoid)
+        request = latency_pb2.MeasureRequest(
+            architecture=common_pb2.Architecture(canonical=trial.architecture.canonical),
+            build=self.resolved.latency_build,
+            settings=self.spec.latency,
+        )
+        started = time.monotonic()
+        failed = False
+        try:
+            response = self._backends.measure(address, request)
+        except WorkerError as err:
+            failed = err.endpoint_failed
+            avoid.add(address)
+            self._metrics.trial_attempts.labels("latency", "failed").inc()
+            raise
+        finally:
+            self._backends.latency.release(address, failed=failed)
+        self._metrics.trial_attempts.labels("latency", "ok").inc()
+        trial.latency.CopyFrom(response.stats)
+        trial.latency_worker = address
+        trial.latency_seconds = time.monotonic() - started
+        self._metrics.model_latency.labels(response.stats.device_class).observe(
+            response.stats.median_seconds
+        )
+
+    def _train(self, trial: common_pb2.Trial, avoid: set[str]) -> None:
+        address = self._acquire(self._backends.trainers, avoid)
+        request = trainer_pb2.TrainRequest(
+            architecture=common_pb2.Architecture(canonical=trial.architecture.canonical),
+            build=self.resolved.build,
+            training=self.spec.training,
+        )
+        started = time.monotonic()
+        failed = False
+
+        def register(abort: Callable[[], None]) -> None:
+            with self._lock:
+                self._aborts.setdefault(trial.number, []).append(abort)
+            if self._cancel.is_set():
+                abort()
+
+        try:
+            result = self._backends.train(
+                address, request, on_progress=lambda _p: None, register_cancel=register
+            )
+        except WorkerError as err:
+            failed = err.endpoint_failed and not self._cancel.is_set()
+            avoid.add(address)
+            self._metrics.trial_attempts.labels("trainer", "failed").inc()
+            raise
+        finally:
+            with self._lock:
+                self._aborts.pop(trial.number, None)
+            self._backends.trainers.release(address, failed=failed)
+        self._metrics.trial_attempts.labels("trainer", "ok").inc()
+        trial.training.CopyFrom(result)
+        trial.trainer = address
+        trial.train_seconds = time.monotonic() - started
+
+    def _score(self, trial: common_pb2.Trial) -> None:
+        started = time.monotonic()
+        trial.reward = self._backends.score(
+            reward_pb2.ScoreRequest(
+                accuracy=trial.training.accuracy,
+                latency_seconds=trial.latency.median_seconds,
+                objective=self.spec.objective,
+            )
+        )
+        trial.reward_seconds = time.monotonic() - started
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _outcome(self, trial: common_pb2.Trial) -> Outcome:
+        completed = trial.state == TS.TRIAL_STATE_COMPLETED
+        return Outcome(
+            number=trial.number,
+            decisions=tuple(trial.decisions),
+            reward=trial.reward if completed else None,
+        )
+
+    def _publish(self, kind: int, trial: common_pb2.Trial | None = None) -> None:
+        event = controller_pb2.WatchSearchResponse(kind=kind)  # type: ignore[arg-type]
+        with self._lock:
+            event.search.CopyFrom(self.search)
+        if trial is not None:
+            event.trial.CopyFrom(trial)
+        self._hub.publish(self.search.id, event)

@@ -1,0 +1,110 @@
+"""The Controller servicer: proto in, :class:`core.Controller`, proto out."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import NoReturn, TypeVar
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from mnas.v1 import controller_pb2, controller_pb2_grpc
+from services.common.server import RunningServer, build_server
+from services.controller.core import Controller, NotFound
+
+__all__ = ["SERVICE_NAME", "ControllerServicer", "make_server"]
+
+SERVICE_NAME = "mnas.v1.Controller"
+
+# Domain errors and the status codes they become.
+_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+)
+
+T = TypeVar("T")
+
+
+def _abort(context: grpc.ServicerContext, err: Exception) -> NoReturn:
+    for kind, code in _CODES:
+        if isinstance(err, kind):
+            message = f"no search {err.args[0]!r}" if isinstance(err, NotFound) else str(err)
+            context.abort(code, message)
+    raise err
+
+
+def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except (NotFound, ValueError) as err:
+        _abort(context, err)
+
+
+class ControllerServicer(controller_pb2_grpc.ControllerServicer):
+    def __init__(self, controller: Controller) -> None:
+        self._c = controller
+
+    def SubmitSearch(
+        self, request: controller_pb2.SubmitSearchRequest, context: grpc.ServicerContext
+    ) -> controller_pb2.SubmitSearchResponse:
+        search = _call(context, lambda: self._c.submit(request.spec))
+        return controller_pb2.SubmitSearchResponse(search=search)
+
+    def GetSearch(
+        self, request: controller_pb2.GetSearchRequest, context: grpc.ServicerContext
+    ) -> controller_pb2.GetSearchResponse:
+        return controller_pb2.GetSearchResponse(
+            search=_call(context, lambda: self._c.get(request.search_id))
+        )
+
+    def ListSearches(
+        self, request: controller_pb2.ListSearchesRequest, context: grpc.ServicerContext
+    ) -> controller_pb2.ListSearchesResponse:
+        return controller_pb2.ListSearchesResponse(searches=self._c.list_searches())
+
+    def WatchSearch(
+        self, request: controller_pb2.WatchSearchRequest, context: grpc.ServicerContext
+    ) -> Iterator[controller_pb2.WatchSearchResponse]:
+        active = threading.Event()
+        active.set()
+        context.add_callback(active.clear)
+        _call(context, lambda: self._c.get(request.search_id))
+        yield from self._c.watch(request.search_id, active=active)
+
+    def ListTrials(
+        self, request: controller_pb2.ListTrialsRequest, context: grpc.ServicerContext
+    ) -> controller_pb2.ListTrialsResponse:
+        trials, token = _call(
+            context,
+            lambda: self._c.trials(
+                request.search_id, page_size=request.page_size, page_token=request.page_token
+            ),
+        )
+        return controller_pb2.ListTrialsResponse(trials=trials, next_page_token=token)
+
+    def CancelSearch(
+        self, request: controller_pb2.CancelSearchRequest, context: grpc.ServicerContext
+    ) -> controller_pb2.CancelSearchResponse:
+        return controller_pb2.CancelSearchResponse(
+            search=_call(context, lambda: self._c.cancel(request.search_id))
+        )
+
+
+def make_server(
+    controller: Controller,
+    *,
+    registry: CollectorRegistry,
+    port: int = 0,
+    host: str = "127.0.0.1",
+) -> RunningServer:
+    servicer = ControllerServicer(controller)
+    running = build_server(
+        service_names=[SERVICE_NAME],
+        add_servicers=lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(servicer, s),
+        registry=registry,
+        port=port,
+        host=host,
+    )
+    running.on_stop.append(controller.shutdown)
+    return running

@@ -1,0 +1,264 @@
+"""Validate a search spec fully and fill in its defaults, before anything is stored.
+
+Every error is a ``ValueError`` whose message starts with the field path
+(``spec.budget.parallel_trials: ...``); the servicer turns it into INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from mnas.arch import Activation
+from mnas.layers import plan
+from mnas.space import SearchSpace, Stage
+from mnas.v1 import common_pb2
+from services.reward.rewards import Objective
+from services.reward.server import objective_from_proto
+
+__all__ = ["DATASETS", "ResolvedSpec", "resolve"]
+
+# Built-in datasets: name -> (classes, native resolution).
+DATASETS: dict[str, tuple[int, int]] = {"fashion-mnist": (10, 28)}
+DEFAULT_RESOLUTION = 224
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_TRIALS_LIMIT = 1_000_000
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """A valid spec with its defaults written in, and the domain objects it describes."""
+
+    spec: common_pb2.SearchSpec
+    space: SearchSpace
+    objective: Objective
+
+    @property
+    def build(self) -> common_pb2.BuildParams:
+        return common_pb2.BuildParams(
+            resolution=self.spec.space.resolution,
+            num_classes=self.spec.space.num_classes,
+            width=self.spec.space.width,
+        )
+
+    @property
+    def latency_build(self) -> common_pb2.BuildParams:
+        return common_pb2.BuildParams(
+            resolution=self.spec.latency.resolution,
+            num_classes=self.spec.space.num_classes,
+            width=self.spec.space.width,
+        )
+
+
+def resolve(
+    spec: common_pb2.SearchSpec,
+    *,
+    device_classes: Collection[str],
+    strategies: Collection[str],
+) -> ResolvedSpec:
+    """Check every field of ``spec`` and return it completed with defaults."""
+    out = common_pb2.SearchSpec()
+    out.CopyFrom(spec)
+    if len(out.name) > 200:
+        raise ValueError("spec.name: at most 200 characters")
+    if not out.HasField("objective"):
+        raise ValueError("spec.objective: required (target_latency_seconds and kind)")
+    objective = objective_from_proto(out.objective, "spec.objective")
+    out.objective.alpha = objective.alpha
+    out.objective.beta = objective.beta
+
+    classes, native = _training(out.training)
+    space = _space(out.space, classes, native)
+    _budget(out.budget)
+    _latency(out.latency, out.space.resolution, device_classes)
+    if not out.strategy:
+        out.strategy = "random"
+    if out.strategy not in strategies:
+        raise ValueError(
+            f"spec.strategy: unknown strategy {out.strategy!r} "
+            f"(known: {', '.join(sorted(strategies))})"
+        )
+    return ResolvedSpec(spec=out, space=space, objective=objective)
+
+
+def _training(t: common_pb2.Training) -> tuple[int | None, int]:
+    if not t.dataset:
+        t.dataset = "fashion-mnist"
+    if t.dataset in DATASETS:
+        classes, native = DATASETS[t.dataset]
+    elif os.path.isdir(t.dataset):
+        classes, native = 0, DEFAULT_RESOLUTION
+    else:
+        raise ValueError(
+            f"spec.training.dataset: {t.dataset!r} is neither a known dataset "
+            f"({', '.join(DATASETS)}) nor an existing directory"
+        )
+    for name in ("epochs", "steps", "train_examples", "validation_examples", "batch_size"):
+        if getattr(t, name) < 0:
+            raise ValueError(f"spec.training.{name}: must be >= 0, got {getattr(t, name)}")
+    if t.steps == 0 and t.epochs == 0:
+        t.epochs = 1
+    if t.batch_size == 0:
+        t.batch_size = 128
+    if t.validation_examples == 0:
+        t.validation_examples = 10_000
+    if t.learning_rate == 0:
+        t.learning_rate = 0.05
+    if not math.isfinite(t.learning_rate) or t.learning_rate < 0:
+        raise ValueError(f"spec.training.learning_rate: must be positive, got {t.learning_rate}")
+    return (classes or None), native
+
+
+def _space(s: common_pb2.SearchSpaceSpec, classes: int | None, native: int) -> SearchSpace:
+    defaults = SearchSpace()
+    if not s.stages:
+        for stage in defaults.stages:
+            s.stages.add(
+                expansion=stage.expansion,
+                filters=stage.filters,
+                layers=stage.layers,
+                stride=stage.stride,
+            )
+    c = s.choices
+    if s.HasField("choices"):
+        for name in ("ops", "kernels", "se_ratios", "skips", "filter_ratios", "layer_deltas"):
+            if not getattr(c, name):
+                raise ValueError(
+                    f"spec.space.choices.{name}: empty (a given 'choices' lists every "
+                    "decision's choices)"
+                )
+    else:
+        c.ops.extend(defaults.ops)
+        c.kernels.extend(defaults.kernels)
+        c.se_ratios.extend(defaults.se_ratios)
+        c.skips.extend(defaults.skips)
+        c.filter_ratios.extend(defaults.filter_ratios)
+        c.layer_deltas.extend(defaults.layer_deltas)
+    if s.resolution == 0:
+        s.resolution = native
+    if s.num_classes == 0:
+        if classes is None:
+            raise ValueError("spec.space.num_classes: required for a dataset directory")
+        s.num_classes = classes
+    if classes is not None and s.num_classes < classes:
+        raise ValueError(
+            f"spec.space.num_classes: the dataset has {classes} classes, got {s.num_classes}"
+        )
+    if s.width == 0:
+        s.width = 1.0
+    if s.stem_filters == 0:
+        s.stem_filters = defaults.stem_filters
+    if s.head_filters == 0:
+        s.head_filters = defaults.head_filters
+    if not s.activation:
+        s.activation = defaults.activation.value
+    if not s.HasField("dropout"):
+        s.dropout = defaults.dropout
+    try:
+        activation = Activation(s.activation)
+    except ValueError:
+        known = ", ".join(a.value for a in Activation)
+        raise ValueError(
+            f"spec.space.activation: unknown {s.activation!r} (known: {known})"
+        ) from None
+    try:
+        space = SearchSpace(
+            stages=tuple(Stage(st.expansion, st.filters, st.layers, st.stride) for st in s.stages),
+            ops=tuple(c.ops),
+            kernels=tuple(c.kernels),
+            se_ratios=tuple(c.se_ratios),
+            skips=tuple(c.skips),
+            filter_ratios=tuple(c.filter_ratios),
+            layer_deltas=tuple(c.layer_deltas),
+            stem_filters=s.stem_filters,
+            head_filters=s.head_filters,
+            activation=activation,
+            dropout=s.dropout,
+            resolution=s.resolution,
+            num_classes=s.num_classes,
+            width=s.width,
+        )
+    except ValueError as err:
+        raise ValueError(_space_path(str(err))) from None
+    _check_resolution(space, "spec.space.resolution", s.resolution)
+    return space
+
+
+def _space_path(message: str) -> str:
+    """``space.ops: ...`` -> ``spec.space.choices.ops: ...`` (the spec's field path)."""
+    for name in ("ops", "kernels", "se_ratios", "skips", "filter_ratios", "layer_deltas"):
+        if message.startswith(f"space.{name}"):
+            return "spec.space.choices." + message.removeprefix("space.")
+    if message.startswith("space.stages[") and "reference op" in message:
+        return "spec.space.choices.ops: " + message
+    return "spec." + message if message.startswith("space.") else "spec.space: " + message
+
+
+def _check_resolution(space: SearchSpace, path: str, resolution: int) -> None:
+    """Every strided layer must receive at least ``stride`` pixels."""
+    try:
+        net = plan(
+            space.to_architecture(space.reference_decisions()),
+            resolution=resolution,
+            num_classes=space.num_classes,
+            width=space.width,
+        )
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    strided = [layer for layer in net.layers if layer.stride > 1]
+    if resolution < 2 or any(layer.in_size < layer.stride for layer in strided):
+        count = 1 + len(strided)  # the stem strides too
+        raise ValueError(
+            f"{path}: {resolution} is too small for the {count} strided layers of the space "
+            f"(needs at least {2 ** (count - 1) + 1})"
+        )
+
+
+def _budget(b: common_pb2.Budget) -> None:
+    if b.max_trials < 1:
+        raise ValueError(f"spec.budget.max_trials: must be >= 1, got {b.max_trials}")
+    if b.max_trials > MAX_TRIALS_LIMIT:
+        raise ValueError(f"spec.budget.max_trials: at most {MAX_TRIALS_LIMIT}, got {b.max_trials}")
+    if b.parallel_trials < 0:
+        raise ValueError(f"spec.budget.parallel_trials: must be >= 1, got {b.parallel_trials}")
+    if b.parallel_trials == 0:
+        b.parallel_trials = 1
+    if b.parallel_trials > b.max_trials:
+        raise ValueError(
+            f"spec.budget.parallel_trials: {b.parallel_trials} exceeds max_trials {b.max_trials}"
+        )
+    if b.max_failed_trials < 0:
+        raise ValueError(f"spec.budget.max_failed_trials: must be >= 0, got {b.max_failed_trials}")
+    if b.max_failed_trials == 0:
+        b.max_failed_trials = b.max_trials
+    if b.max_attempts < 0:
+        raise ValueError(f"spec.budget.max_attempts: must be >= 1, got {b.max_attempts}")
+    if b.max_attempts == 0:
+        b.max_attempts = DEFAULT_MAX_ATTEMPTS
+
+
+def _latency(
+    lat: common_pb2.LatencySettings, resolution: int, device_classes: Collection[str]
+) -> None:
+    if not lat.device_class:
+        lat.device_class = "host-cpu"
+    if lat.device_class not in device_classes:
+        known = ", ".join(sorted(device_classes)) or "none: no latency service reachable"
+        raise ValueError(
+            f"spec.latency.device_class: unknown device class {lat.device_class!r} (known: {known})"
+        )
+    for name in ("warmup_runs", "runs", "resolution", "threads"):
+        if getattr(lat, name) < 0:
+            raise ValueError(f"spec.latency.{name}: must be >= 0, got {getattr(lat, name)}")
+    if lat.warmup_runs == 0:
+        lat.warmup_runs = 5
+    if lat.runs == 0:
+        lat.runs = 20
+    if lat.threads == 0:
+        lat.threads = 1
+    if lat.resolution == 0:
+        lat.resolution = resolution
+    elif lat.resolution < 2:
+        raise ValueError(f"spec.latency.resolution: must be >= 2, got {lat.resolution}")

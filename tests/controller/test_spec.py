@@ -1,0 +1,120 @@
+"""Spec validation: defaults written in, and every bad field named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from google.protobuf import json_format
+
+from mnas.specfile import parse_spec
+from mnas.v1 import common_pb2
+from services.controller.spec import resolve
+
+DEVICES = {"host-cpu"}
+STRATEGIES = {"random"}
+
+
+def spec(**overrides: Any) -> common_pb2.SearchSpec:
+    document: dict[str, Any] = {
+        "objective": {"kind": "OBJECTIVE_KIND_SOFT", "target_latency_seconds": 0.01},
+        "budget": {"max_trials": 4},
+    }
+    for path, value in overrides.items():
+        node = document
+        *parents, leaf = path.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return json_format.ParseDict(document, common_pb2.SearchSpec())
+
+
+def test_defaults_are_written_in() -> None:
+    resolved = resolve(spec(), device_classes=DEVICES, strategies=STRATEGIES)
+    s = resolved.spec
+    assert s.strategy == "random"
+    assert (s.budget.parallel_trials, s.budget.max_failed_trials, s.budget.max_attempts) == (
+        1,
+        4,
+        3,
+    )
+    assert s.training.dataset == "fashion-mnist"
+    assert (s.space.resolution, s.space.num_classes, s.space.width) == (28, 10, 1.0)
+    assert len(s.space.stages) == 7
+    assert list(s.space.choices.ops) == ["conv", "dconv", "mbconv3", "mbconv6"]
+    assert (s.objective.alpha, s.objective.beta) == (-0.07, -0.07)
+    assert (s.latency.device_class, s.latency.runs, s.latency.resolution) == ("host-cpu", 20, 28)
+    assert resolved.space.size == 432**7
+
+
+def test_hard_objective_defaults() -> None:
+    resolved = resolve(
+        spec(**{"objective.kind": "OBJECTIVE_KIND_HARD"}),
+        device_classes=DEVICES,
+        strategies=STRATEGIES,
+    )
+    assert (resolved.spec.objective.alpha, resolved.spec.objective.beta) == (0.0, -1.0)
+
+
+CHOICES = {
+    "ops": ["conv"],
+    "kernels": [3],
+    "se_ratios": [0.0],
+    "skips": ["identity"],
+    "filter_ratios": [1.0],
+    "layer_deltas": [0],
+}
+
+BAD = [
+    ("missing objective", {"objective": None}, "spec.objective"),
+    ("zero budget", {"budget.max_trials": 0}, "spec.budget.max_trials"),
+    ("negative budget", {"budget.max_trials": -3}, "spec.budget.max_trials"),
+    ("parallel > max", {"budget.parallel_trials": 5}, "spec.budget.parallel_trials"),
+    (
+        "unknown op",
+        {"space.choices": {**CHOICES, "ops": ["conv", "sepconv"]}},
+        "spec.space.choices.ops",
+    ),
+    ("T = 0", {"objective.target_latency_seconds": 0.0}, "spec.objective.target_latency_seconds"),
+    ("T < 0", {"objective.target_latency_seconds": -1.0}, "spec.objective.target_latency_seconds"),
+    ("alpha > 0", {"objective.alpha": 0.1}, "spec.objective.alpha"),
+    ("beta > 0", {"objective.beta": 1.0}, "spec.objective.beta"),
+    ("unknown dataset", {"training.dataset": "/nonexistent/data"}, "spec.training.dataset"),
+    ("resolution too small", {"space.resolution": 16}, "spec.space.resolution"),
+    ("unknown strategy", {"strategy": "ppo9000"}, "spec.strategy"),
+    ("unknown device", {"latency.device_class": "pixel-1"}, "spec.latency.device_class"),
+    ("empty choices", {"space.choices": {**CHOICES, "kernels": []}}, "spec.space.choices.kernels"),
+    ("even kernel", {"space.choices": {**CHOICES, "kernels": [4]}}, "spec.space.choices.kernels"),
+    ("no objective kind", {"objective.kind": None}, "spec.objective.kind"),
+    ("negative failures", {"budget.max_failed_trials": -1}, "spec.budget.max_failed_trials"),
+    ("bad activation", {"space.activation": "gelu"}, "spec.space.activation"),
+    ("too few classes", {"space.num_classes": 5}, "spec.space.num_classes"),
+    ("negative runs", {"latency.runs": -1}, "spec.latency.runs"),
+    ("negative lr", {"training.learning_rate": -0.1}, "spec.training.learning_rate"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_specs_name_the_field(overrides: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ValueError) as info:
+        resolve(spec(**overrides), device_classes=DEVICES, strategies=STRATEGIES)
+    assert str(info.value).startswith(needle), str(info.value)
+
+
+def test_input_spec_is_not_modified() -> None:
+    original = spec()
+    copy = common_pb2.SearchSpec()
+    copy.CopyFrom(original)
+    resolve(original, device_classes=DEVICES, strategies=STRATEGIES)
+    assert original == copy
+
+
+def test_quickstart_example_is_valid() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml").read_text()
+    resolved = resolve(parse_spec(text), device_classes=DEVICES, strategies=STRATEGIES)
+    assert resolved.spec.budget.max_trials >= 4

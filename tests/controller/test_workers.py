@@ -1,0 +1,66 @@
+"""The worker pool: capacity, preference, benching failed endpoints, DNS targets."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from services.controller.workers import NoWorkers, WorkerPool, resolve_targets
+
+
+def pool(capacities: dict[str, int], down: set[str] | None = None) -> WorkerPool:
+    down = down if down is not None else set()
+
+    def probe(address: str) -> int:
+        if address in down:
+            raise ConnectionError("refused")
+        return capacities[address]
+
+    return WorkerPool("trainer", list(capacities), probe, backoff_seconds=0.0)
+
+
+def test_never_hands_out_more_than_the_capacity() -> None:
+    p = pool({"a:1": 2, "b:1": 1})
+    taken = [p.acquire() for _ in range(3)]
+    assert sorted(taken) == ["a:1", "a:1", "b:1"]
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(NoWorkers):
+        p.acquire(cancelled=stop.is_set, poll_seconds=0.01)
+    p.release("b:1")
+    assert p.acquire() == "b:1"
+
+
+def test_avoids_endpoints_that_failed_this_trial_when_others_are_free() -> None:
+    p = pool({"a:1": 1, "b:1": 1})
+    assert p.acquire(avoid={"a:1"}) == "b:1"
+    # Only the avoided one is free: take it rather than wait.
+    assert p.acquire(avoid={"a:1"}) == "a:1"
+
+
+def test_failed_endpoint_is_benched_until_it_answers_a_probe() -> None:
+    down: set[str] = set()
+    p = pool({"a:1": 1, "b:1": 1}, down)
+    first = p.acquire()
+    down.add(first)
+    p.release(first, failed=True)
+    other = p.acquire()
+    assert other != first
+    p.release(other)
+    down.clear()
+    assert {p.acquire(), p.acquire()} == {"a:1", "b:1"}
+
+
+def test_unreachable_endpoints_are_not_used() -> None:
+    p = pool({"a:1": 1, "b:1": 1}, down={"a:1"})
+    assert p.acquire() == "b:1"
+    assert p.capacity() == 1
+
+
+def test_dns_targets_expand_to_one_address_per_record() -> None:
+    assert resolve_targets(["dns:///localhost:5000", "10.0.0.1:7"])[-1] == "10.0.0.1:7"
+    expanded = resolve_targets(["dns:///localhost:5000"])
+    assert expanded and all(a.endswith(":5000") for a in expanded)
+    with pytest.raises(ValueError, match="dns:///NAME:PORT"):
+        resolve_targets(["dns:///nope"])
