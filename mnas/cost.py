@@ -84,8 +84,10 @@ def count_plan(net: NetworkPlan) -> CostReport:
     head = (
         _conv(net.last_channels, net.head_channels, 1, net.final_size)
         + _bn(net.head_channels)
-        + Cost(net.head_channels * net.num_classes + net.num_classes,
-               net.head_channels * net.num_classes)
+        + Cost(
+            net.head_channels * net.num_classes + net.num_classes,
+            net.head_channels * net.num_classes,
+        )
     )
     total = stem + head
     for cost in per_block.values():

@@ -51,6 +51,4 @@ def get(name: str) -> Architecture:
     try:
         return REFERENCES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown architecture {name!r} (known: {', '.join(names())})"
-        ) from None
+        raise ValueError(f"unknown architecture {name!r} (known: {', '.join(names())})") from None

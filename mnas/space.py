@@ -97,8 +97,15 @@ class SearchSpace:
     _decisions: tuple[Decision, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("stages", "ops", "kernels", "se_ratios", "skips", "filter_ratios",
-                     "layer_deltas"):
+        for name in (
+            "stages",
+            "ops",
+            "kernels",
+            "se_ratios",
+            "skips",
+            "filter_ratios",
+            "layer_deltas",
+        ):
             value = tuple(getattr(self, name))
             object.__setattr__(self, name, value)
             if not value:
@@ -109,8 +116,9 @@ class SearchSpace:
             for attr, low in (("expansion", 1), ("filters", 1), ("layers", 1), ("stride", 1)):
                 value = getattr(stage, attr)
                 if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                    raise ValueError(f"space.stages[{i}].{attr}: must be an integer >= {low}, "
-                                     f"got {value!r}")
+                    raise ValueError(
+                        f"space.stages[{i}].{attr}: must be an integer >= {low}, got {value!r}"
+                    )
         for op in self.ops:
             _parse_op(op, "space.ops")
         for k in self.kernels:
@@ -126,8 +134,7 @@ class SearchSpace:
         for ratio in self.filter_ratios:
             if not ratio > 0:
                 raise ValueError(f"space.filter_ratios: {ratio!r} is not positive")
-        for name in ("resolution", "num_classes", "stem_filters", "head_filters",
-                     "filter_divisor"):
+        for name in ("resolution", "num_classes", "stem_filters", "head_filters", "filter_divisor"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"space.{name}: must be a positive integer, got {value!r}")
@@ -192,7 +199,7 @@ class SearchSpace:
         arriving = self.stem_filters
         per = len(DECISIONS_PER_BLOCK)
         for b, stage in enumerate(self.stages):
-            op_i, k_i, se_i, skip_i, f_i, l_i = decisions[b * per:(b + 1) * per]
+            op_i, k_i, se_i, skip_i, f_i, l_i = decisions[b * per : (b + 1) * per]
             op, expansion = _parse_op(self.ops[op_i], "space.ops")
             out = make_divisible(stage.filters * self.filter_ratios[f_i], self.filter_divisor)
             blocks.append(
@@ -254,8 +261,10 @@ class SearchSpace:
                 _nearest(
                     f"{where}.output_filters",
                     [stage.filters * r for r in self.filter_ratios],
-                    [make_divisible(stage.filters * r, self.filter_divisor)
-                     for r in self.filter_ratios],
+                    [
+                        make_divisible(stage.filters * r, self.filter_divisor)
+                        for r in self.filter_ratios
+                    ],
                     block.output_filters,
                 )
             )
@@ -297,7 +306,7 @@ class SearchSpace:
         per = len(DECISIONS_PER_BLOCK)
         blocks = []
         for b, stage in enumerate(self.stages):
-            decisions = self._decisions[b * per:(b + 1) * per]
+            decisions = self._decisions[b * per : (b + 1) * per]
             blocks.append(
                 {
                     "block": b,
@@ -311,8 +320,10 @@ class SearchSpace:
                         kind: list(d.choices)
                         for kind, d in zip(DECISIONS_PER_BLOCK, decisions, strict=True)
                     },
-                    "filters": [make_divisible(stage.filters * r, self.filter_divisor)
-                                for r in self.filter_ratios],
+                    "filters": [
+                        make_divisible(stage.filters * r, self.filter_divisor)
+                        for r in self.filter_ratios
+                    ],
                     "layers": [max(1, stage.layers + d) for d in self.layer_deltas],
                 }
             )
@@ -354,15 +365,17 @@ def _index(field_name: str, choices: Sequence[object], value: object) -> int:
     for i, choice in enumerate(choices):
         if choice == value:
             return i
-    raise ValueError(f"{field_name}: {value!r} is not a choice of the space "
-                     f"(choices: {list(choices)})")
+    raise ValueError(
+        f"{field_name}: {value!r} is not a choice of the space (choices: {list(choices)})"
+    )
 
 
 def _nearest(field_name: str, raw: Sequence[float], actual: Sequence[int], value: int) -> int:
     matches = [i for i, a in enumerate(actual) if a == value]
     if not matches:
-        raise ValueError(f"{field_name}: {value} is not a choice of the space "
-                         f"(choices: {sorted(set(actual))})")
+        raise ValueError(
+            f"{field_name}: {value} is not a choice of the space (choices: {sorted(set(actual))})"
+        )
     return min(matches, key=lambda i: abs(raw[i] - value))
 
 

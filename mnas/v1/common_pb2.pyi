@@ -218,37 +218,17 @@ class Stage(_message.Message):
 Global___Stage: _TypeAlias = Stage  # noqa: Y015
 
 @_typing.final
-class SearchSpaceSpec(_message.Message):
-    """The factorized hierarchical search space. Empty lists and zero values take the
-    paper's defaults.
-    """
+class Choices(_message.Message):
+    """The choices every block makes, one list per decision."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    STAGES_FIELD_NUMBER: _builtins.int
     OPS_FIELD_NUMBER: _builtins.int
     KERNELS_FIELD_NUMBER: _builtins.int
     SE_RATIOS_FIELD_NUMBER: _builtins.int
     SKIPS_FIELD_NUMBER: _builtins.int
     FILTER_RATIOS_FIELD_NUMBER: _builtins.int
     LAYER_DELTAS_FIELD_NUMBER: _builtins.int
-    RESOLUTION_FIELD_NUMBER: _builtins.int
-    NUM_CLASSES_FIELD_NUMBER: _builtins.int
-    WIDTH_FIELD_NUMBER: _builtins.int
-    STEM_FILTERS_FIELD_NUMBER: _builtins.int
-    HEAD_FILTERS_FIELD_NUMBER: _builtins.int
-    ACTIVATION_FIELD_NUMBER: _builtins.int
-    DROPOUT_FIELD_NUMBER: _builtins.int
-    resolution: _builtins.int
-    num_classes: _builtins.int
-    width: _builtins.float
-    stem_filters: _builtins.int
-    head_filters: _builtins.int
-    activation: _builtins.str
-    """relu, relu6"""
-    dropout: _builtins.float
-    @_builtins.property
-    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Stage]: ...
     @_builtins.property
     def ops(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """conv, dconv, mbconv<N>"""
@@ -262,19 +242,72 @@ class SearchSpaceSpec(_message.Message):
         """pool, identity, none"""
 
     @_builtins.property
-    def filter_ratios(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def filter_ratios(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """relative to the reference stage's filters"""
+
     @_builtins.property
-    def layer_deltas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def layer_deltas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """added to the reference stage's layers"""
+
     def __init__(
         self,
         *,
-        stages: _abc.Iterable[Global___Stage] | None = ...,
         ops: _abc.Iterable[_builtins.str] | None = ...,
         kernels: _abc.Iterable[_builtins.int] | None = ...,
         se_ratios: _abc.Iterable[_builtins.float] | None = ...,
         skips: _abc.Iterable[_builtins.str] | None = ...,
         filter_ratios: _abc.Iterable[_builtins.float] | None = ...,
         layer_deltas: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter_ratios", b"filter_ratios", "kernels", b"kernels", "layer_deltas", b"layer_deltas", "ops", b"ops", "se_ratios", b"se_ratios", "skips", b"skips"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Choices: _TypeAlias = Choices  # noqa: Y015
+
+@_typing.final
+class SearchSpaceSpec(_message.Message):
+    """The factorized hierarchical search space. Omitted parts take the paper's defaults:
+    MobileNetV2's stages, and the choices of section 4.1 when `choices` is absent (a given
+    `choices` lists every decision's choices).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGES_FIELD_NUMBER: _builtins.int
+    CHOICES_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    NUM_CLASSES_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    STEM_FILTERS_FIELD_NUMBER: _builtins.int
+    HEAD_FILTERS_FIELD_NUMBER: _builtins.int
+    ACTIVATION_FIELD_NUMBER: _builtins.int
+    DROPOUT_FIELD_NUMBER: _builtins.int
+    resolution: _builtins.int
+    """default 224"""
+    num_classes: _builtins.int
+    """default: the dataset's"""
+    width: _builtins.float
+    """default 1.0"""
+    stem_filters: _builtins.int
+    """default 32"""
+    head_filters: _builtins.int
+    """default 1280"""
+    activation: _builtins.str
+    """relu (default), relu6"""
+    dropout: _builtins.float
+    """default 0.2"""
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Stage]: ...
+    @_builtins.property
+    def choices(self) -> Global___Choices: ...
+    def __init__(
+        self,
+        *,
+        stages: _abc.Iterable[Global___Stage] | None = ...,
+        choices: Global___Choices | None = ...,
         resolution: _builtins.int = ...,
         num_classes: _builtins.int = ...,
         width: _builtins.float = ...,
@@ -283,9 +316,9 @@ class SearchSpaceSpec(_message.Message):
         activation: _builtins.str = ...,
         dropout: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_dropout", b"_dropout", "dropout", b"dropout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dropout", b"_dropout", "choices", b"choices", "dropout", b"dropout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dropout", b"_dropout", "activation", b"activation", "dropout", b"dropout", "filter_ratios", b"filter_ratios", "head_filters", b"head_filters", "kernels", b"kernels", "layer_deltas", b"layer_deltas", "num_classes", b"num_classes", "ops", b"ops", "resolution", b"resolution", "se_ratios", b"se_ratios", "skips", b"skips", "stages", b"stages", "stem_filters", b"stem_filters", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dropout", b"_dropout", "activation", b"activation", "choices", b"choices", "dropout", b"dropout", "head_filters", b"head_filters", "num_classes", b"num_classes", "resolution", b"resolution", "stages", b"stages", "stem_filters", b"stem_filters", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dropout: _TypeAlias = _typing.Literal["dropout"]  # noqa: Y015
     _WhichOneofArgType__dropout: _TypeAlias = _typing.Literal["_dropout", b"_dropout"]  # noqa: Y015

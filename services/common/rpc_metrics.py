@@ -25,19 +25,28 @@ class RpcMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.started = Counter(
-            "grpc_server_started_total", "RPCs started on the server.", _LABELS,
+            "grpc_server_started_total",
+            "RPCs started on the server.",
+            _LABELS,
             registry=registry,
         )
         self.handled = Counter(
-            "grpc_server_handled_total", "RPCs completed on the server, by status code.",
-            (*_LABELS, "grpc_code"), registry=registry,
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by status code.",
+            (*_LABELS, "grpc_code"),
+            registry=registry,
         )
         self.seconds = Histogram(
-            "grpc_server_handling_seconds", "Time to handle an RPC, until its last message.",
-            _LABELS, buckets=_BUCKETS, registry=registry,
+            "grpc_server_handling_seconds",
+            "Time to handle an RPC, until its last message.",
+            _LABELS,
+            buckets=_BUCKETS,
+            registry=registry,
         )
         self.in_flight = Gauge(
-            "mnas_grpc_server_in_flight_calls", "RPCs being handled now.", ("grpc_service",),
+            "mnas_grpc_server_in_flight_calls",
+            "RPCs being handled now.",
+            ("grpc_service",),
             registry=registry,
         )
 
@@ -89,8 +98,13 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         return time.perf_counter()
 
     def _end(
-        self, kind: str, service: str, method: str, start: float,
-        context: grpc.ServicerContext, failed: bool,
+        self,
+        kind: str,
+        service: str,
+        method: str,
+        start: float,
+        context: grpc.ServicerContext,
+        failed: bool,
     ) -> None:
         self._m.in_flight.labels(service).dec()
         self._m.seconds.labels(kind, service, method).observe(time.perf_counter() - start)

@@ -80,8 +80,12 @@ def build_server(
 
 
 def serve(
-    running: RunningServer, *, registry: CollectorRegistry, metrics_port: int | None,
-    metrics_host: str = "127.0.0.1", grace: float = 10.0,
+    running: RunningServer,
+    *,
+    registry: CollectorRegistry,
+    metrics_port: int | None,
+    metrics_host: str = "127.0.0.1",
+    grace: float = 10.0,
 ) -> None:
     """Serve ``/metrics`` and block until SIGTERM or SIGINT, then stop gracefully."""
     if metrics_port is not None:

@@ -43,9 +43,7 @@ def test_per_block_costs_add_up_to_the_total() -> None:
     assert report.stem.params + sum(b.params for b in report.blocks) + report.head.params == (
         report.params
     )
-    assert report.stem.macs + sum(b.macs for b in report.blocks) + report.head.macs == (
-        report.macs
-    )
+    assert report.stem.macs + sum(b.macs for b in report.blocks) + report.head.macs == (report.macs)
     assert [b.out_size for b in report.blocks] == [112, 56, 28, 14, 14, 7, 7]
 
 

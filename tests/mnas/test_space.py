@@ -26,7 +26,11 @@ def test_default_space_has_seven_blocks_of_six_decisions() -> None:
     assert len(space.decisions) == 42
     assert space.size == 432**7
     assert [d.name for d in space.decisions[:6]] == [
-        "block0.op", "block0.kernel", "block0.se", "block0.skip", "block0.filters",
+        "block0.op",
+        "block0.kernel",
+        "block0.se",
+        "block0.skip",
+        "block0.filters",
         "block0.layers",
     ]
     assert space.decisions[0].choices == ("conv", "dconv", "mbconv3", "mbconv6")
