@@ -646,6 +646,7 @@ class Trial(_message.Message):
     LATENCY_SECONDS_FIELD_NUMBER: _builtins.int
     REWARD_SECONDS_FIELD_NUMBER: _builtins.int
     DECISIONS_FIELD_NUMBER: _builtins.int
+    EXPORT_SECONDS_FIELD_NUMBER: _builtins.int
     search_id: _builtins.str
     number: _builtins.int
     state: Global___TrialState.ValueType
@@ -659,6 +660,8 @@ class Trial(_message.Message):
     latency_seconds: _builtins.float
     """wall time of the Measure call"""
     reward_seconds: _builtins.float
+    export_seconds: _builtins.float
+    """of latency_seconds, building and exporting the model"""
     @_builtins.property
     def architecture(self) -> Global___Architecture: ...
     @_builtins.property
@@ -694,10 +697,11 @@ class Trial(_message.Message):
         latency_seconds: _builtins.float = ...,
         reward_seconds: _builtins.float = ...,
         decisions: _abc.Iterable[_builtins.int] | None = ...,
+        export_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "created_at", b"created_at", "finished_at", b"finished_at", "latency", b"latency", "started_at", b"started_at", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "attempts", b"attempts", "created_at", b"created_at", "decisions", b"decisions", "error", b"error", "finished_at", b"finished_at", "latency", b"latency", "latency_seconds", b"latency_seconds", "latency_worker", b"latency_worker", "number", b"number", "reward", b"reward", "reward_seconds", b"reward_seconds", "search_id", b"search_id", "started_at", b"started_at", "state", b"state", "train_seconds", b"train_seconds", "trainer", b"trainer", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "attempts", b"attempts", "created_at", b"created_at", "decisions", b"decisions", "error", b"error", "export_seconds", b"export_seconds", "finished_at", b"finished_at", "latency", b"latency", "latency_seconds", b"latency_seconds", "latency_worker", b"latency_worker", "number", b"number", "reward", b"reward", "reward_seconds", b"reward_seconds", "search_id", b"search_id", "started_at", b"started_at", "state", b"state", "train_seconds", b"train_seconds", "trainer", b"trainer", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -309,6 +309,7 @@ class SearchRunner:
         trial.latency.CopyFrom(response.stats)
         trial.latency_worker = address
         trial.latency_seconds = time.monotonic() - started
+        trial.export_seconds = response.export_seconds
         self._metrics.model_latency.labels(response.stats.device_class).observe(
             response.stats.median_seconds
         )

@@ -61,7 +61,7 @@ def check_search(client: Client, spec: common_pb2.SearchSpec, store_url: str) ->
     for trial in trials:
         assert trial.state == common_pb2.TRIAL_STATE_COMPLETED, trial.error
         assert trial.training.accuracy > 0.1  # chance is 0.1 on Fashion-MNIST
-        assert trial.training.samples_seen >= 1000
+        assert trial.training.samples_seen >= 900  # whole batches of 1000 examples
         assert len(trial.latency.samples_seconds) == 5
         assert trial.latency.device_class == "host-cpu"
         assert 0 < trial.latency.min_seconds <= trial.latency.median_seconds
@@ -149,13 +149,15 @@ def test_trainer_killed_mid_trial_is_retried_on_the_other(sqlite_stack: LocalSta
         assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
         trials = list(search.trials())
         assert [t.state for t in trials] == [common_pb2.TRIAL_STATE_COMPLETED] * 2
-        retried = trials[0]
-        assert retried.attempts >= 2
+        (retried,) = [t for t in trials if t.attempts >= 2]
         assert retried.trainer != killed.address
+        assert {t.trainer for t in trials} <= {p.address for p in trainers}
 
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
+    if os.environ.get("MNAS_TEST_SKIP_POSTGRES") == "1":
+        pytest.skip("MNAS_TEST_SKIP_POSTGRES=1")
     schema = f"mnas_e2e_{uuid.uuid4().hex[:8]}"
     engine = sqlalchemy.create_engine(POSTGRES)
     with engine.begin() as conn:
