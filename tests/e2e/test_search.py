@@ -154,6 +154,29 @@ def test_trainer_killed_mid_trial_is_retried_on_the_other(sqlite_stack: LocalSta
         assert {t.trainer for t in trials} <= {p.address for p in trainers}
 
 
+def test_cancel_stops_running_trials(sqlite_stack: LocalStack) -> None:
+    """Cancelling mid-training ends the search CANCELLED and frees the trainers."""
+    with Client(sqlite_stack.controller) as client:
+        search = client.submit(small_spec(trials=4, parallel=2, examples=20000))
+        for event in search.watch(timeout=300):
+            if event.kind == controller_pb2.EVENT_KIND_TRIAL_STARTED:
+                break
+        final = search.cancel()
+        assert final.state == common_pb2.SEARCH_STATE_CANCELLED
+        trials = list(search.trials())
+        assert trials
+        assert {t.state for t in trials} <= {
+            common_pb2.TRIAL_STATE_CANCELLED,
+            common_pb2.TRIAL_STATE_COMPLETED,
+        }
+        assert common_pb2.TRIAL_STATE_CANCELLED in {t.state for t in trials}
+    trainers = [p for p in sqlite_stack.processes if p.name.startswith("trainer") and p.alive()]
+    deadline = time.monotonic() + 30
+    while any(_in_flight(p) for p in trainers) and time.monotonic() < deadline:
+        time.sleep(0.1)  # pacing the poll while trainers stop
+    assert not any(_in_flight(p) for p in trainers)
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     if os.environ.get("MNAS_TEST_SKIP_POSTGRES") == "1":

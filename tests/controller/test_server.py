@@ -1,0 +1,140 @@
+"""The Controller servicer over real gRPC: bad specs refused, nothing stored, CLI exit 2.
+
+The controller runs in-process on a loopback port with a real SQLite store, a real
+latency server (for its device classes) and a real reward server; no trainer is needed
+because nothing here gets past validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from mnas.cli import main
+from mnas.client import Client, InvalidSpec, SearchNotFound
+from mnas.v1 import controller_pb2, controller_pb2_grpc
+from services.common.server import RunningServer
+from services.controller.clients import Backends
+from services.controller.core import Controller
+from services.controller.metrics import ControllerMetrics
+from services.controller.server import make_server
+from services.controller.store import Store
+from services.latency.server import make_server as make_latency_server
+from services.reward.server import make_server as make_reward_server
+
+GOOD = """
+objective: {kind: soft, target_latency_seconds: 0.01}
+budget: {max_trials: 4, parallel_trials: 2}
+"""
+
+# (what is wrong, the spec file's text, the field the message must name)
+BAD_SPECS = [
+    ("missing objective", "budget: {max_trials: 4}", "spec.objective"),
+    ("zero budget", GOOD.replace("max_trials: 4", "max_trials: 0"), "spec.budget.max_trials"),
+    ("negative budget", GOOD.replace("max_trials: 4", "max_trials: -2"), "spec.budget.max_trials"),
+    (
+        "parallel > max",
+        GOOD.replace("parallel_trials: 2", "parallel_trials: 9"),
+        "spec.budget.parallel_trials",
+    ),
+    (
+        "unknown op",
+        GOOD + "space: {choices: {ops: [conv, sepconv], kernels: [3], "
+        "se_ratios: [0], skips: [none], filter_ratios: [1], layer_deltas: [0]}}",
+        "spec.space.choices.ops",
+    ),
+    ("T <= 0", GOOD.replace("0.01", "0"), "spec.objective.target_latency_seconds"),
+    ("alpha > 0", GOOD.replace("0.01}", "0.01, alpha: 0.2}"), "spec.objective.alpha"),
+    (
+        "unknown dataset path",
+        GOOD + "training: {dataset: /no/such/dataset}",
+        "spec.training.dataset",
+    ),
+    ("resolution too small", GOOD + "space: {resolution: 8}", "spec.space.resolution"),
+    ("unknown strategy", GOOD + "strategy: simulated-annealing", "spec.strategy"),
+    (
+        "unknown device class",
+        GOOD + "latency: {device_class: pixel-1}",
+        "spec.latency.device_class",
+    ),
+    (
+        "empty choices",
+        GOOD + "space: {choices: {ops: [conv], kernels: [], se_ratios: [0], "
+        "skips: [none], filter_ratios: [1], layer_deltas: [0]}}",
+        "spec.space.choices.kernels",
+    ),
+    ("malformed YAML", "objective: {kind: soft\nbudget: [", "malformed YAML"),
+    ("unknown field", GOOD + "budgett: {max_trials: 3}", "budgett"),
+    ("wrong type", GOOD.replace("max_trials: 4", "max_trials: many"), "max_trials"),
+]
+
+
+@pytest.fixture
+def controller(tmp_path: Path) -> Iterator[tuple[RunningServer, Store]]:
+    latency = make_latency_server(registry=CollectorRegistry())
+    reward = make_reward_server(registry=CollectorRegistry())
+    store = Store.open(str(tmp_path / "mnas.db"))
+    backends = Backends(trainers=[], latency=[latency.address], reward=reward.address)
+    core = Controller(store, backends, ControllerMetrics(CollectorRegistry()))
+    server = make_server(core, registry=CollectorRegistry())
+    yield server, store
+    server.stop(0)
+    latency.stop(0)
+    reward.stop(0)
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "field"), [b[1:] for b in BAD_SPECS], ids=[b[0] for b in BAD_SPECS]
+)
+def test_bad_spec_cli_prints_one_line_exits_2_and_stores_nothing(
+    controller: tuple[RunningServer, Store],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    field: str,
+) -> None:
+    server, store = controller
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    code = main(["submit", str(path), "--target", server.address])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    (line,) = err.splitlines()
+    assert line.startswith("mnas: error: ")
+    assert field in line
+    assert store.list_searches() == []
+
+
+@pytest.mark.parametrize(
+    ("text", "field"), [b[1:] for b in BAD_SPECS[:12]], ids=[b[0] for b in BAD_SPECS[:12]]
+)
+def test_bad_spec_is_invalid_argument_naming_the_field(
+    controller: tuple[RunningServer, Store], text: str, field: str
+) -> None:
+    from mnas.specfile import parse_spec
+
+    server, store = controller
+    stub = controller_pb2_grpc.ControllerStub(grpc.insecure_channel(server.address))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SubmitSearch(controller_pb2.SubmitSearchRequest(spec=parse_spec(text)), timeout=10)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert str(info.value.details()).startswith(field)
+    assert store.list_searches() == []
+
+
+def test_sdk_maps_codes_to_exceptions(controller: tuple[RunningServer, Store]) -> None:
+    from mnas.specfile import parse_spec
+
+    server, _ = controller
+    with Client(server.address) as client:
+        with pytest.raises(InvalidSpec, match="spec.objective"):
+            client.submit(parse_spec("budget: {max_trials: 1}"))
+        with pytest.raises(SearchNotFound, match="nope"):
+            client.search("nope")
+        assert client.searches() == []
