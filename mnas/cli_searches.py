@@ -45,12 +45,14 @@ def _trial_state(state: common_pb2.TrialState.ValueType) -> str:
 # --- rendering -------------------------------------------------------------------------
 
 
-def _trials_table(title: str, trials: list[common_pb2.Trial], spec: common_pb2.SearchSpec) -> Table:
+def _print_trials(
+    console: Console, title: str, trials: list[common_pb2.Trial], spec: common_pb2.SearchSpec
+) -> None:
+    """Scores and costs (at the deployment resolution), then each architecture in full."""
     table = Table(title=title)
-    for column in ("#", "reward", "accuracy", "latency (ms)", "params", "MACs", "architecture"):
-        table.add_column(
-            column, justify="left" if column == "architecture" else "right", overflow="fold"
-        )
+    for column in ("#", "reward", "accuracy", "latency (ms)", "params", "MACs"):
+        table.add_column(column, justify="right", no_wrap=True)
+    lines = []
     for trial in trials:
         arch = decode(trial.architecture.canonical)
         cost = count(
@@ -66,9 +68,11 @@ def _trials_table(title: str, trials: list[common_pb2.Trial], spec: common_pb2.S
             f"{trial.latency.median_seconds * 1e3:.3f}",
             f"{cost.params / 1e6:.2f}M",
             f"{cost.macs / 1e6:.1f}M",
-            " ".join(str(b) for b in arch.blocks),
         )
-    return table
+        lines.append(f"#{trial.number}: " + " ".join(str(b) for b in arch.blocks))
+    console.print(table)
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False)
 
 
 def _print_results(console: Console, search: Search, k: int) -> None:
@@ -79,9 +83,8 @@ def _print_results(console: Console, search: Search, k: int) -> None:
     )
     best = search.best(k)
     if best:
-        console.print(_trials_table(f"best {len(best)} by reward", best, info.spec))
-        front = search.pareto()
-        console.print(_trials_table("Pareto front: accuracy vs latency", front, info.spec))
+        _print_trials(console, f"best {len(best)} by reward", best, info.spec)
+        _print_trials(console, "Pareto front: accuracy vs latency", search.pareto(), info.spec)
 
 
 def _follow(console: Console, search: Search) -> common_pb2.Search:
@@ -341,5 +344,3 @@ def add_commands(
 def error_types() -> tuple[type[Exception], ...]:
     """Exceptions the CLI reports on one line with exit status 2."""
     return (MnasError,)
-
-

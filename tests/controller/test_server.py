@@ -133,7 +133,7 @@ def test_sdk_maps_codes_to_exceptions(controller: tuple[RunningServer, Store]) -
 
     server, _ = controller
     with Client(server.address) as client:
-        with pytest.raises(InvalidSpec, match="spec.objective"):
+        with pytest.raises(InvalidSpec, match=r"spec\.objective"):
             client.submit(parse_spec("budget: {max_trials: 1}"))
         with pytest.raises(SearchNotFound, match="nope"):
             client.search("nope")

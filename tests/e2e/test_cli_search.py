@@ -1,0 +1,69 @@
+"""``mnas search`` as a user runs it: a subprocess that starts the services, runs a spec,
+prints the best trials and the Pareto front, and exits 0."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SPEC = """
+name: cli
+seed: 5
+space: {resolution: 28, width: 0.5}
+objective: {kind: hard, target_latency_seconds: 0.001}
+budget: {max_trials: 2}
+training: {train_examples: 500, validation_examples: 300, batch_size: 50}
+latency: {warmup_runs: 1, runs: 3}
+"""
+
+
+def test_mnas_search_runs_a_spec_and_prints_results(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    mnas = Path(sys.executable).parent / "mnas"
+    result = subprocess.run(
+        [
+            str(mnas),
+            "search",
+            str(spec),
+            "--store",
+            str(tmp_path / "mnas.db"),
+            "--logs",
+            str(tmp_path / "logs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "succeeded: 2 completed, 0 failed" in out
+    assert "best 2 by reward" in out
+    assert "Pareto front: accuracy vs latency" in out
+    assert "#0: r" in out or "#1: r" in out
+    assert (tmp_path / "mnas.db").exists()
+
+
+def test_mnas_search_refuses_a_bad_spec_before_starting_anything(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("budget: {max_trials: [}")
+    mnas = Path(sys.executable).parent / "mnas"
+    result = subprocess.run(
+        [str(mnas), "search", str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("mnas: error: ")
+    assert "malformed YAML" in result.stderr
+    assert not (tmp_path / "mnas.db").exists()
