@@ -22,15 +22,12 @@ from mnas.arch import Architecture, decode
 from mnas.cli_searches import add_commands
 from mnas.client import MnasError
 from mnas.cost import count
+from mnas.errors import UsageError
 from mnas.space import SearchSpace
 
 __all__ = ["main"]
 
 EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported on one line, exit status 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,8 +22,9 @@ from rich.progress import (
 from rich.table import Table
 
 from mnas.arch import decode
-from mnas.client import Client, MnasError, Search
+from mnas.client import Client, Search
 from mnas.cost import count
+from mnas.errors import UsageError
 from mnas.local import LocalStack
 from mnas.specfile import load_spec
 from mnas.v1 import common_pb2, controller_pb2
@@ -219,33 +220,29 @@ def _stack(args: argparse.Namespace, workdir: Path, controller_port: int | None)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    """Start the services and serve until Ctrl-C (at any point, also while starting)."""
     console = Console(stderr=True)
     workdir = Path(args.logs or tempfile.mkdtemp(prefix="mnas-"))
     port = int(args.target.rpartition(":")[2])
-    with console.status("starting controller, trainer, latency and reward services"):
-        stack = _stack(args, workdir, port).start()
+    stack = _stack(args, workdir, port)
     try:
+        with console.status("starting controller, trainer, latency and reward services"):
+            stack.start()
         for process in stack.processes:
             console.print(
                 f"{process.name:<12} {process.address}  metrics "
                 f"http://127.0.0.1:{process.metrics_port}/metrics"
             )
         console.print(f"store {args.store}; logs in {workdir}; Ctrl-C stops")
-        _wait_for_interrupt(stack)
-    finally:
-        stack.stop()
-    return 0
-
-
-def _wait_for_interrupt(stack: LocalStack) -> None:
-    stop = threading.Event()
-    try:
-        while not stop.wait(1.0):
+        while True:
             dead = [p.name for p in stack.processes if not p.alive()]
             if dead:
-                raise RuntimeError(f"service exited: {', '.join(dead)}")
+                raise UsageError(f"service exited: {', '.join(dead)} (logs in {workdir})")
+            threading.Event().wait(1.0)
     except KeyboardInterrupt:
-        pass
+        return 0
+    finally:
+        stack.stop()
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -339,8 +336,3 @@ def add_commands(
     cancel.add_argument("search_id")
     target(cancel)
     cancel.set_defaults(run=_cmd_cancel)
-
-
-def error_types() -> tuple[type[Exception], ...]:
-    """Exceptions the CLI reports on one line with exit status 2."""
-    return (MnasError,)

@@ -67,3 +67,38 @@ def test_mnas_search_refuses_a_bad_spec_before_starting_anything(tmp_path: Path)
     assert result.stderr.startswith("mnas: error: ")
     assert "malformed YAML" in result.stderr
     assert not (tmp_path / "mnas.db").exists()
+
+
+def test_mnas_up_serves_until_interrupted(tmp_path: Path) -> None:
+    import signal
+
+    from mnas.local import Process, free_port, wait_serving
+
+    port = free_port()
+    mnas = Path(sys.executable).parent / "mnas"
+    log = tmp_path / "up.log"
+    with open(log, "wb") as out:
+        popen = subprocess.Popen(
+            [
+                str(mnas),
+                "up",
+                "--target",
+                f"127.0.0.1:{port}",
+                "--store",
+                str(tmp_path / "mnas.db"),
+                "--logs",
+                str(tmp_path / "logs"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    up = Process(name="up", popen=popen, port=port, metrics_port=0, log_path=log)
+    try:
+        wait_serving(up, "mnas.v1.Controller", timeout=180)
+        popen.send_signal(signal.SIGINT)
+        assert popen.wait(60) == 0, log.read_text()
+    finally:
+        up.kill()
+    text = log.read_text()
+    for name in ("controller", "trainer-0", "latency", "reward"):
+        assert name in text

@@ -92,6 +92,30 @@ def test_search_end_to_end_on_sqlite(sqlite_stack: LocalStack) -> None:
         check_search(client, small_spec(trials=3, parallel=2), f"sqlite:///{sqlite_stack.store}")
 
 
+def test_several_searches_at_once_and_the_cli_reads_them(
+    sqlite_stack: LocalStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mnas.cli import main
+
+    with Client(sqlite_stack.controller) as client:
+        searches = [client.submit(small_spec(trials=1, examples=300)) for _ in range(2)]
+        finals = [s.wait(timeout=300) for s in searches]
+    assert [f.state for f in finals] == [common_pb2.SEARCH_STATE_SUCCEEDED] * 2
+    target = ["--target", sqlite_stack.controller]
+    capsys.readouterr()
+    assert main(["list", *target]) == 0
+    listed = capsys.readouterr().out
+    assert all(s.id in listed for s in searches)
+    for command in ("trials", "best", "watch"):
+        assert main([command, searches[0].id, *target]) == 0, command
+        out = capsys.readouterr().out
+        assert "completed" in out or "reward" in out, (command, out)
+    assert main(["cancel", searches[1].id, *target]) == 0  # already finished: unchanged
+    assert "succeeded" in capsys.readouterr().out
+    assert main(["best", "no-such-search", *target]) == 2
+    assert "no search 'no-such-search'" in capsys.readouterr().err
+
+
 def test_health_and_reflection_of_every_service(sqlite_stack: LocalStack) -> None:
     names = {
         "controller": "mnas.v1.Controller",
