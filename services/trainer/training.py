@@ -119,11 +119,11 @@ def train(
     """Train ``arch`` from scratch under ``config`` and evaluate it on the held-out split.
 
     ``num_classes`` and ``resolution`` default to the data set's (10 and 28 for
-    Fashion-MNIST). ``on_progress`` is called at most every ``progress_interval`` seconds
-    and once after the last step. ``cancelled`` is polled before every step, between the
-    blocks of every forward pass and between evaluation batches; when it returns true,
-    :class:`TrainingCancelled` is raised. ``threads`` sets torch's (process-wide)
-    intra-op thread count.
+    Fashion-MNIST, 10 and 32 for CIFAR-10). ``on_progress`` is called at most every
+    ``progress_interval`` seconds and once after the last step. ``cancelled`` is polled
+    before every step, between the blocks of every forward pass and between evaluation
+    batches; when it returns true, :class:`TrainingCancelled` is raised. ``threads`` sets
+    torch's (process-wide) intra-op thread count.
     """
     start = time.perf_counter()
     is_cancelled = cancelled or _never
@@ -142,7 +142,7 @@ def train(
             f"num_classes: {classes} is fewer than the {split.num_classes} classes of "
             f"{config.dataset}"
         )
-    size = data.NATIVE_RESOLUTION if resolution is None else resolution
+    size = split.resolution if resolution is None else resolution
     _check_cancelled(is_cancelled)
     dev = torch.device(device)
 
@@ -186,9 +186,9 @@ def _fit(
     optimizer = torch.optim.SGD(
         _param_groups(model), lr=config.learning_rate, momentum=MOMENTUM, nesterov=False
     )
-    images = torch.from_numpy(train_set.images)
     labels = torch.from_numpy(train_set.labels)
     generator = torch.Generator().manual_seed(config.seed)
+    augmentation = torch.Generator().manual_seed(config.seed + 1)  # crops and flips
     model.train()
     samples = 0
     window_loss = 0.0
@@ -201,7 +201,7 @@ def _fit(
         if position == 0:
             order = torch.randperm(n, generator=generator)
         index = order[position * batch:(position + 1) * batch]
-        x = data.to_input(images[index].to(device), resolution)
+        x = train_set.batch(index.numpy(), resolution, device=device, generator=augmentation)
         y = labels[index].to(device)
         lr = 0.5 * config.learning_rate * (1.0 + math.cos(math.pi * step / total))
         for group in optimizer.param_groups:
@@ -253,13 +253,12 @@ def _recalibrate_batch_norm(
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
     model.train()
-    images = torch.from_numpy(train_set.images)
     count = min(len(train_set), RECALIBRATION_EXAMPLES)
     batch = min(batch_size, count)
     try:
         for begin in range(0, count - batch + 1, batch):
             _check_cancelled(cancelled)
-            model(data.to_input(images[begin:begin + batch].to(device), resolution))
+            model(train_set.batch(slice(begin, begin + batch), resolution, device=device))
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
@@ -276,13 +275,12 @@ def _evaluate(
 ) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of ``model`` on ``held_out``."""
     model.eval()
-    images = torch.from_numpy(held_out.images)
     labels = torch.from_numpy(held_out.labels)
     correct = 0
     total_loss = 0.0
     for begin in range(0, len(held_out), batch_size):
         _check_cancelled(cancelled)
-        x = data.to_input(images[begin:begin + batch_size].to(device), resolution)
+        x = held_out.batch(slice(begin, begin + batch_size), resolution, device=device)
         y = labels[begin:begin + batch_size].to(device)
         logits: torch.Tensor = model(x)
         total_loss += float(F.cross_entropy(logits, y, reduction="sum").item())

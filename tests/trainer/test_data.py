@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from services.trainer import data
+from services.trainer.datasets import ImageFiles
 
 
 def idx_bytes(array: np.ndarray, code: int = 0x08) -> bytes:
@@ -36,12 +37,14 @@ def numbered_set(n: int) -> tuple[np.ndarray, np.ndarray]:
     return images, (np.arange(n) % 10).astype(np.uint8)
 
 
-def indices(images: np.ndarray) -> set[int]:
+def indices(images: np.ndarray | ImageFiles) -> set[int]:
+    assert isinstance(images, np.ndarray)
     return {int(a) * 256 + int(b) for a, b in zip(images[:, 0, 0], images[:, 0, 1], strict=True)}
 
 
 def test_fashion_mnist_training_set_loads_once() -> None:
     full = data.load_training_set("fashion-mnist")
+    assert isinstance(full.images, np.ndarray)
     assert full.images.shape == (60000, 28, 28)
     assert full.images.dtype == np.uint8
     assert full.labels.shape == (60000,)
@@ -146,6 +149,7 @@ def test_labels_stay_with_their_images(tmp_path: Path) -> None:
     write_set(tmp_path, *numbered_set(120))
     split = data.held_out_split(str(tmp_path), seed=1, validation_examples=20)
     for part in (split.train, split.validation):
+        assert isinstance(part.images, np.ndarray)
         ids = np.asarray(part.images[:, 0, 0], np.int64) * 256 + part.images[:, 0, 1]
         np.testing.assert_array_equal(ids % 10, part.labels)
     assert split.num_classes == 10
