@@ -48,6 +48,8 @@ class Process:
     port: int
     metrics_port: int
     log_path: Path
+    kind: str = ""
+    args: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
@@ -108,7 +110,15 @@ def start_service(
         command, stdout=log, stderr=subprocess.STDOUT, env=process_env, stdin=subprocess.DEVNULL
     )
     log.close()
-    return Process(name=name, popen=popen, port=port, metrics_port=metrics_port, log_path=log_path)
+    return Process(
+        name=name,
+        popen=popen,
+        port=port,
+        metrics_port=metrics_port,
+        log_path=log_path,
+        kind=kind,
+        args=tuple(args),
+    )
 
 
 def wait_serving(process: Process, service: str, timeout: float = 120.0) -> None:
@@ -157,9 +167,12 @@ class LocalStack:
                 start_service("reward", log_dir=self.workdir),
                 start_service("latency", log_dir=self.workdir),
             ]
+            # Share the cores among trainers: oversubscribed torch thread pools crawl.
+            threads = max(1, (os.cpu_count() or 1) // self.trainers)
+            trainer_args = ["--threads", str(threads), *self.trainer_args]
             workers += [
                 start_service(
-                    "trainer", log_dir=self.workdir, name=f"trainer-{i}", args=self.trainer_args
+                    "trainer", log_dir=self.workdir, name=f"trainer-{i}", args=trainer_args
                 )
                 for i in range(self.trainers)
             ]
@@ -185,6 +198,17 @@ class LocalStack:
             self.stop()
             raise
         return self
+
+    def restart(self, name: str, timeout: float = 120.0) -> Process:
+        """Start ``name`` again with the same arguments and port (after it was killed)."""
+        old = self.process(name)
+        old.kill()
+        new = start_service(
+            old.kind, log_dir=self.workdir, args=old.args, name=old.name, port=old.port
+        )
+        self.processes[self.processes.index(old)] = new
+        wait_serving(new, SERVICE_NAMES[old.kind], timeout)
+        return new
 
     def process(self, name: str) -> Process:
         for process in self.processes:

@@ -45,6 +45,30 @@ OBJECTIVE_KIND_ABSOLUTE: ObjectiveKind.ValueType  # 3
 """TuNAS: ACC + beta * |LAT/T - 1|, beta = -0.1 by default."""
 Global___ObjectiveKind: _TypeAlias = ObjectiveKind  # noqa: Y015
 
+class _DuplicatePolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DuplicatePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DuplicatePolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DUPLICATE_POLICY_UNSPECIFIED: _DuplicatePolicy.ValueType  # 0
+    """reuse"""
+    DUPLICATE_POLICY_REUSE: _DuplicatePolicy.ValueType  # 1
+    """take the earlier accuracy; latency comes from the cache"""
+    DUPLICATE_POLICY_RETRAIN: _DuplicatePolicy.ValueType  # 2
+    """train it again"""
+
+class DuplicatePolicy(_DuplicatePolicy, metaclass=_DuplicatePolicyEnumTypeWrapper):
+    """What a trial whose architecture already completed in this search does."""
+
+DUPLICATE_POLICY_UNSPECIFIED: DuplicatePolicy.ValueType  # 0
+"""reuse"""
+DUPLICATE_POLICY_REUSE: DuplicatePolicy.ValueType  # 1
+"""take the earlier accuracy; latency comes from the cache"""
+DUPLICATE_POLICY_RETRAIN: DuplicatePolicy.ValueType  # 2
+"""train it again"""
+Global___DuplicatePolicy: _TypeAlias = DuplicatePolicy  # noqa: Y015
+
 class _TrialState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -476,6 +500,74 @@ class LatencySettings(_message.Message):
 Global___LatencySettings: _TypeAlias = LatencySettings  # noqa: Y015
 
 @_typing.final
+class PPOConfig(_message.Message):
+    """PPO over the LSTM controller's decisions (paper section 4.2). Zero values take the
+    defaults.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    CLIP_FIELD_NUMBER: _builtins.int
+    ENTROPY_WEIGHT_FIELD_NUMBER: _builtins.int
+    BASELINE_DECAY_FIELD_NUMBER: _builtins.int
+    EPOCHS_FIELD_NUMBER: _builtins.int
+    HIDDEN_SIZE_FIELD_NUMBER: _builtins.int
+    batch_size: _builtins.int
+    """completed trials per update (K); default 20"""
+    learning_rate: _builtins.float
+    clip: _builtins.float
+    entropy_weight: _builtins.float
+    baseline_decay: _builtins.float
+    epochs: _builtins.int
+    """passes over each batch"""
+    hidden_size: _builtins.int
+    """LSTM units; default 100"""
+    def __init__(
+        self,
+        *,
+        batch_size: _builtins.int = ...,
+        learning_rate: _builtins.float = ...,
+        clip: _builtins.float = ...,
+        entropy_weight: _builtins.float = ...,
+        baseline_decay: _builtins.float = ...,
+        epochs: _builtins.int = ...,
+        hidden_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_decay", b"baseline_decay", "batch_size", b"batch_size", "clip", b"clip", "entropy_weight", b"entropy_weight", "epochs", b"epochs", "hidden_size", b"hidden_size", "learning_rate", b"learning_rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PPOConfig: _TypeAlias = PPOConfig  # noqa: Y015
+
+@_typing.final
+class EvolutionConfig(_message.Message):
+    """Regularized (aging) evolution. Zero values take the defaults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POPULATION_FIELD_NUMBER: _builtins.int
+    SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
+    population: _builtins.int
+    sample_size: _builtins.int
+    def __init__(
+        self,
+        *,
+        population: _builtins.int = ...,
+        sample_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["population", b"population", "sample_size", b"sample_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvolutionConfig: _TypeAlias = EvolutionConfig  # noqa: Y015
+
+@_typing.final
 class SearchSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -487,10 +579,14 @@ class SearchSpec(_message.Message):
     LATENCY_FIELD_NUMBER: _builtins.int
     STRATEGY_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    PPO_FIELD_NUMBER: _builtins.int
+    EVOLUTION_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     strategy: _builtins.str
-    """"random" """
+    """"random" (default), "ppo", "evolution" """
     seed: _builtins.int
+    duplicates: Global___DuplicatePolicy.ValueType
     @_builtins.property
     def space(self) -> Global___SearchSpaceSpec: ...
     @_builtins.property
@@ -501,6 +597,10 @@ class SearchSpec(_message.Message):
     def training(self) -> Global___Training: ...
     @_builtins.property
     def latency(self) -> Global___LatencySettings: ...
+    @_builtins.property
+    def ppo(self) -> Global___PPOConfig: ...
+    @_builtins.property
+    def evolution(self) -> Global___EvolutionConfig: ...
     def __init__(
         self,
         *,
@@ -512,10 +612,13 @@ class SearchSpec(_message.Message):
         latency: Global___LatencySettings | None = ...,
         strategy: _builtins.str = ...,
         seed: _builtins.int = ...,
+        ppo: Global___PPOConfig | None = ...,
+        evolution: Global___EvolutionConfig | None = ...,
+        duplicates: Global___DuplicatePolicy.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "latency", b"latency", "objective", b"objective", "space", b"space", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "evolution", b"evolution", "latency", b"latency", "objective", b"objective", "ppo", b"ppo", "space", b"space", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "latency", b"latency", "name", b"name", "objective", b"objective", "seed", b"seed", "space", b"space", "strategy", b"strategy", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "duplicates", b"duplicates", "evolution", b"evolution", "latency", b"latency", "name", b"name", "objective", b"objective", "ppo", b"ppo", "seed", b"seed", "space", b"space", "strategy", b"strategy", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -647,6 +750,8 @@ class Trial(_message.Message):
     REWARD_SECONDS_FIELD_NUMBER: _builtins.int
     DECISIONS_FIELD_NUMBER: _builtins.int
     EXPORT_SECONDS_FIELD_NUMBER: _builtins.int
+    LOG_PROBS_FIELD_NUMBER: _builtins.int
+    DUPLICATE_OF_FIELD_NUMBER: _builtins.int
     search_id: _builtins.str
     number: _builtins.int
     state: Global___TrialState.ValueType
@@ -662,6 +767,8 @@ class Trial(_message.Message):
     reward_seconds: _builtins.float
     export_seconds: _builtins.float
     """of latency_seconds, building and exporting the model"""
+    duplicate_of: _builtins.int
+    """the earlier trial whose accuracy was reused"""
     @_builtins.property
     def architecture(self) -> Global___Architecture: ...
     @_builtins.property
@@ -676,6 +783,10 @@ class Trial(_message.Message):
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def decisions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def log_probs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """per decision, under the policy that proposed it"""
+
     def __init__(
         self,
         *,
@@ -698,14 +809,57 @@ class Trial(_message.Message):
         reward_seconds: _builtins.float = ...,
         decisions: _abc.Iterable[_builtins.int] | None = ...,
         export_seconds: _builtins.float = ...,
+        log_probs: _abc.Iterable[_builtins.float] | None = ...,
+        duplicate_of: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "created_at", b"created_at", "finished_at", b"finished_at", "latency", b"latency", "started_at", b"started_at", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_duplicate_of", b"_duplicate_of", "architecture", b"architecture", "created_at", b"created_at", "duplicate_of", b"duplicate_of", "finished_at", b"finished_at", "latency", b"latency", "started_at", b"started_at", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "attempts", b"attempts", "created_at", b"created_at", "decisions", b"decisions", "error", b"error", "export_seconds", b"export_seconds", "finished_at", b"finished_at", "latency", b"latency", "latency_seconds", b"latency_seconds", "latency_worker", b"latency_worker", "number", b"number", "reward", b"reward", "reward_seconds", b"reward_seconds", "search_id", b"search_id", "started_at", b"started_at", "state", b"state", "train_seconds", b"train_seconds", "trainer", b"trainer", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_duplicate_of", b"_duplicate_of", "architecture", b"architecture", "attempts", b"attempts", "created_at", b"created_at", "decisions", b"decisions", "duplicate_of", b"duplicate_of", "error", b"error", "export_seconds", b"export_seconds", "finished_at", b"finished_at", "latency", b"latency", "latency_seconds", b"latency_seconds", "latency_worker", b"latency_worker", "log_probs", b"log_probs", "number", b"number", "reward", b"reward", "reward_seconds", b"reward_seconds", "search_id", b"search_id", "started_at", b"started_at", "state", b"state", "train_seconds", b"train_seconds", "trainer", b"trainer", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__duplicate_of: _TypeAlias = _typing.Literal["duplicate_of"]  # noqa: Y015
+    _WhichOneofArgType__duplicate_of: _TypeAlias = _typing.Literal["_duplicate_of", b"_duplicate_of"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__duplicate_of) -> _WhichOneofReturnType__duplicate_of | None: ...
 
 Global___Trial: _TypeAlias = Trial  # noqa: Y015
+
+@_typing.final
+class StrategyStatus(_message.Message):
+    """Where the strategy stands: updates made, outcomes observed, the policy's entropy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATES_FIELD_NUMBER: _builtins.int
+    OBSERVED_FIELD_NUMBER: _builtins.int
+    ENTROPY_FIELD_NUMBER: _builtins.int
+    REFERENCE_LOG_PROB_FIELD_NUMBER: _builtins.int
+    updates: _builtins.int
+    observed: _builtins.int
+    entropy: _builtins.float
+    """mean per decision, in nats"""
+    reference_log_prob: _builtins.float
+    """Log-probability the policy gives the space's reference (MobileNetV2-shaped) network."""
+    def __init__(
+        self,
+        *,
+        updates: _builtins.int = ...,
+        observed: _builtins.int = ...,
+        entropy: _builtins.float | None = ...,
+        reference_log_prob: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_entropy", b"_entropy", "_reference_log_prob", b"_reference_log_prob", "entropy", b"entropy", "reference_log_prob", b"reference_log_prob"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_entropy", b"_entropy", "_reference_log_prob", b"_reference_log_prob", "entropy", b"entropy", "observed", b"observed", "reference_log_prob", b"reference_log_prob", "updates", b"updates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__entropy: _TypeAlias = _typing.Literal["entropy"]  # noqa: Y015
+    _WhichOneofArgType__entropy: _TypeAlias = _typing.Literal["_entropy", b"_entropy"]  # noqa: Y015
+    _WhichOneofReturnType__reference_log_prob: _TypeAlias = _typing.Literal["reference_log_prob"]  # noqa: Y015
+    _WhichOneofArgType__reference_log_prob: _TypeAlias = _typing.Literal["_reference_log_prob", b"_reference_log_prob"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__entropy) -> _WhichOneofReturnType__entropy | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reference_log_prob) -> _WhichOneofReturnType__reference_log_prob | None: ...
+
+Global___StrategyStatus: _TypeAlias = StrategyStatus  # noqa: Y015
 
 @_typing.final
 class Search(_message.Message):
@@ -722,6 +876,7 @@ class Search(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    STRATEGY_STATUS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___SearchState.ValueType
     trials_completed: _builtins.int
@@ -736,6 +891,8 @@ class Search(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def strategy_status(self) -> Global___StrategyStatus: ...
     def __init__(
         self,
         *,
@@ -750,10 +907,11 @@ class Search(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         error: _builtins.str = ...,
+        strategy_status: Global___StrategyStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec", "strategy_status", b"strategy_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_reward", b"best_reward", "best_trial", b"best_trial", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "spec", b"spec", "state", b"state", "trials_completed", b"trials_completed", "trials_failed", b"trials_failed", "trials_running", b"trials_running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_reward", b"best_reward", "best_trial", b"best_trial", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "spec", b"spec", "state", b"state", "strategy_status", b"strategy_status", "trials_completed", b"trials_completed", "trials_failed", b"trials_failed", "trials_running", b"trials_running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

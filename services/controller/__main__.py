@@ -17,6 +17,16 @@ def _targets(values: list[str]) -> list[str]:
     return [t for value in values for t in value.split(",") if t]
 
 
+def _one_torch_thread() -> None:
+    """The PPO policy is tiny: one thread, so it never competes with trainers for cores
+    (oversubscribed torch thread pools were seen to slow updates a hundredfold)."""
+    try:
+        import torch
+    except ImportError:  # a controller without the PPO strategy's dependency
+        return
+    torch.set_num_threads(1)
+
+
 def main() -> None:
     parser = base_parser("python -m services.controller", "The mnas controller.")
     parser.add_argument(
@@ -39,14 +49,15 @@ def main() -> None:
     parser.add_argument("--reward", required=True, help="reward service host:port")
     args = parser.parse_args()
     configure_logging(args.log_level)
+    _one_torch_thread()
     registry = CollectorRegistry()
     store = Store.open(args.store)
     backends = Backends(
         trainers=_targets(args.trainer), latency=_targets(args.latency), reward=args.reward
     )
     controller = Controller(store, backends, ControllerMetrics(registry))
+    controller.resume()  # before serving, so the first answers already see resumed searches
     running = make_server(controller, registry=registry, port=args.port, host=args.host)
-    controller.resume()
     try:
         serve(
             running,

@@ -10,6 +10,7 @@ completed, and fails when more than ``max_failed_trials`` have failed.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -23,7 +24,7 @@ from services.controller.events import EventHub
 from services.controller.metrics import ControllerMetrics
 from services.controller.spec import ResolvedSpec
 from services.controller.store import Store
-from services.controller.strategies import Outcome, make_strategy
+from services.controller.strategies import Outcome, StrategyStatus, make_strategy
 from services.controller.workers import NoWorkers, WorkerPool
 
 __all__ = ["SearchRunner"]
@@ -73,15 +74,61 @@ class SearchRunner:
         self._stopping = False
         self._running: dict[int, threading.Thread] = {}
         self._aborts: dict[int, list[Callable[[], None]]] = {}
-        self._strategy = make_strategy(self.spec.strategy, resolved.space, self.spec.seed)
-        # Replay: the strategy continues where it stood; unfinished trials run again.
-        for trial in sorted(trials, key=lambda t: t.number):
-            self._strategy.propose()
-            if trial.state in FINAL_TRIAL_STATES:
-                self._strategy.observe(self._outcome(trial))
+        self._strategy = make_strategy(
+            self.spec.strategy, resolved.space, self.spec.seed, resolved.strategy_config
+        )
+        self._proposals = 0
+        self._resume(sorted(trials, key=lambda t: t.number))
         self._pending = [t for t in trials if t.state not in FINAL_TRIAL_STATES]
         self._next_number = max((t.number for t in trials), default=-1) + 1
         self._thread = threading.Thread(target=self._run, name=f"search-{search.id}", daemon=True)
+
+    # -- strategy state ------------------------------------------------------------
+
+    def _resume(self, trials: list[common_pb2.Trial]) -> None:
+        """Continue the strategy where the store says it stood.
+
+        The last checkpoint restores the strategy; proposals made after it are in the store
+        already, so the strategy skips past them; finished trials it has not observed are
+        observed now. Unfinished trials are dispatched again as they are.
+        """
+        checkpoint = self._store.load_strategy_state(self.search.id) if trials else None
+        if checkpoint is not None:
+            self._proposals, state = _unpack(checkpoint)
+            self._strategy.restore(state)
+        while self._proposals < len(trials):
+            self._strategy.propose()
+            self._proposals += 1
+        observed = self._strategy.observed_numbers()
+        for trial in trials:
+            if trial.state in FINAL_TRIAL_STATES and trial.number not in observed:
+                self._observe(trial)
+        self._set_status(self._strategy.status())
+
+    def _observe(self, trial: common_pb2.Trial) -> None:
+        """Tell the strategy; after an update, checkpoint it with the trial (lock held)."""
+        if trial.state == TS.TRIAL_STATE_CANCELLED:
+            return
+        if not self._strategy.observe(self._outcome(trial)):
+            return
+        self._set_status(self._strategy.status())
+        self._store.save_strategy_state(
+            self.search.id, _pack(self._proposals, self._strategy.state()), trials=[trial]
+        )
+
+    def _set_status(self, status: StrategyStatus) -> None:
+        self.search.strategy_status.updates = status.updates
+        self.search.strategy_status.observed = status.observed
+        if status.entropy is not None:
+            self.search.strategy_status.entropy = status.entropy
+        reference = self._strategy.log_prob(self.resolved.space.reference_decisions())
+        if reference is not None:
+            self.search.strategy_status.reference_log_prob = reference
+
+    def log_prob(self, decisions: list[int]) -> float | None:
+        """The current policy's log-probability of ``decisions`` (None without a policy)."""
+        with self._lock:
+            return self._strategy.log_prob(decisions)
 
     # -- control ---------------------------------------------------------------------
 
@@ -190,6 +237,7 @@ class SearchRunner:
 
     def _new_trial(self) -> common_pb2.Trial:
         proposal = self._strategy.propose()
+        self._proposals += 1
         trial = common_pb2.Trial(
             search_id=self.search.id,
             number=self._next_number,
@@ -198,6 +246,7 @@ class SearchRunner:
             ),
             state=TS.TRIAL_STATE_PENDING,
             decisions=list(proposal.decisions),
+            log_probs=list(proposal.log_probs),
         )
         trial.created_at.CopyFrom(_now())
         self._next_number += 1
@@ -216,6 +265,7 @@ class SearchRunner:
         self._metrics.trials_running.inc()
         self._publish(controller_pb2.EVENT_KIND_TRIAL_STARTED, trial)
         try:
+            self._reuse_duplicate(trial)
             self._attempt_until_done(trial)
         except _Cancelled:
             trial.state = TS.TRIAL_STATE_CANCELLED
@@ -246,10 +296,19 @@ class SearchRunner:
                 self.search.trials_failed += 1
             self.search.trials_running = len(self._running)
             self._store.save(search=self.search, trials=[trial])
-            if trial.state != TS.TRIAL_STATE_CANCELLED:
-                self._strategy.observe(self._outcome(trial))
+            self._observe(trial)
             self._lock.notify_all()
         self._publish(controller_pb2.EVENT_KIND_TRIAL_FINISHED, trial)
+
+    def _reuse_duplicate(self, trial: common_pb2.Trial) -> None:
+        """Under the reuse policy, take the accuracy of an earlier trial of the same network."""
+        if self.spec.duplicates != common_pb2.DUPLICATE_POLICY_REUSE or trial.HasField("training"):
+            return
+        earlier = self._store.find_completed_by_arch(self.search.id, trial.architecture.id)
+        if earlier is None or earlier.number == trial.number:
+            return
+        trial.training.CopyFrom(earlier.training)
+        trial.duplicate_of = earlier.number
 
     def _attempt_until_done(self, trial: common_pb2.Trial) -> None:
         max_attempts = self.spec.budget.max_attempts
@@ -367,6 +426,7 @@ class SearchRunner:
             number=trial.number,
             decisions=tuple(trial.decisions),
             reward=trial.reward if completed else None,
+            log_probs=tuple(trial.log_probs),
         )
 
     def _publish(self, kind: int, trial: common_pb2.Trial | None = None) -> None:
@@ -376,3 +436,17 @@ class SearchRunner:
         if trial is not None:
             event.trial.CopyFrom(trial)
         self._hub.publish(self.search.id, event)
+
+
+def _pack(proposals: int, state: bytes) -> bytes:
+    """A checkpoint: a small JSON header (proposals made so far), then the strategy's state."""
+    header = json.dumps({"format": 1, "proposals": proposals}).encode()
+    return len(header).to_bytes(4, "big") + header + state
+
+
+def _unpack(checkpoint: bytes) -> tuple[int, bytes]:
+    size = int.from_bytes(checkpoint[:4], "big")
+    header = json.loads(checkpoint[4 : 4 + size])
+    if header.get("format") != 1:
+        raise ValueError(f"strategy checkpoint: unknown format {header.get('format')!r}")
+    return int(header["proposals"]), checkpoint[4 + size :]

@@ -6,23 +6,23 @@ Every error is a ``ValueError`` whose message starts with the field path
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from mnas.arch import Activation
 from mnas.layers import plan
 from mnas.space import SearchSpace, Stage
 from mnas.v1 import common_pb2
+from services.controller.strategies import EvolutionConfig, PPOConfig, StrategyConfig
 from services.reward.rewards import Objective
 from services.reward.server import objective_from_proto
+from services.trainer.datasets import describe_dataset
 
-__all__ = ["DATASETS", "ResolvedSpec", "resolve"]
+__all__ = ["ResolvedSpec", "resolve"]
 
-# Built-in datasets: name -> (classes, native resolution).
-DATASETS: dict[str, tuple[int, int]] = {"fashion-mnist": (10, 28)}
-DEFAULT_RESOLUTION = 224
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_TRIALS_LIMIT = 1_000_000
 
@@ -34,6 +34,7 @@ class ResolvedSpec:
     spec: common_pb2.SearchSpec
     space: SearchSpace
     objective: Objective
+    strategy_config: StrategyConfig
 
     @property
     def build(self) -> common_pb2.BuildParams:
@@ -80,21 +81,40 @@ def resolve(
             f"spec.strategy: unknown strategy {out.strategy!r} "
             f"(known: {', '.join(sorted(strategies))})"
         )
-    return ResolvedSpec(spec=out, space=space, objective=objective)
+    config = StrategyConfig(
+        ppo=_with_defaults(out.ppo, PPOConfig(), "spec.ppo"),
+        evolution=_with_defaults(out.evolution, EvolutionConfig(), "spec.evolution"),
+    )
+    if out.duplicates == common_pb2.DUPLICATE_POLICY_UNSPECIFIED:
+        out.duplicates = common_pb2.DUPLICATE_POLICY_REUSE
+    return ResolvedSpec(spec=out, space=space, objective=objective, strategy_config=config)
 
 
-def _training(t: common_pb2.Training) -> tuple[int | None, int]:
+def _with_defaults(
+    message: common_pb2.PPOConfig | common_pb2.EvolutionConfig,
+    defaults: PPOConfig | EvolutionConfig,
+    path: str,
+) -> Any:
+    """The dataclass ``defaults`` overridden by the message's non-zero fields, validated;
+    the message gets every value written in."""
+    names = [
+        f.name for f in dataclasses.fields(defaults) if f.name in message.DESCRIPTOR.fields_by_name
+    ]
+    overrides = {name: getattr(message, name) for name in names if getattr(message, name)}
+    config = dataclasses.replace(defaults, **overrides)
+    config.validate(path)
+    for name in names:
+        setattr(message, name, getattr(config, name))
+    return config
+
+
+def _training(t: common_pb2.Training) -> tuple[int, int]:
     if not t.dataset:
         t.dataset = "fashion-mnist"
-    if t.dataset in DATASETS:
-        classes, native = DATASETS[t.dataset]
-    elif os.path.isdir(t.dataset):
-        classes, native = 0, DEFAULT_RESOLUTION
-    else:
-        raise ValueError(
-            f"spec.training.dataset: {t.dataset!r} is neither a known dataset "
-            f"({', '.join(DATASETS)}) nor an existing directory"
-        )
+    try:
+        info = describe_dataset(t.dataset)
+    except ValueError as err:
+        raise ValueError(f"spec.{err}") from None
     for name in ("epochs", "steps", "train_examples", "validation_examples", "batch_size"):
         if getattr(t, name) < 0:
             raise ValueError(f"spec.training.{name}: must be >= 0, got {getattr(t, name)}")
@@ -103,15 +123,25 @@ def _training(t: common_pb2.Training) -> tuple[int | None, int]:
     if t.batch_size == 0:
         t.batch_size = 128
     if t.validation_examples == 0:
-        t.validation_examples = 10_000
+        t.validation_examples = min(10_000, info.examples // 6)
+    if t.validation_examples >= info.examples:
+        raise ValueError(
+            f"spec.training.validation_examples: {t.validation_examples} leaves nothing to "
+            f"train on ({t.dataset} has {info.examples} training examples)"
+        )
+    if t.train_examples > info.examples - t.validation_examples:
+        raise ValueError(
+            f"spec.training.train_examples: {t.train_examples} exceeds the "
+            f"{info.examples - t.validation_examples} examples not held out"
+        )
     if t.learning_rate == 0:
         t.learning_rate = 0.05
     if not math.isfinite(t.learning_rate) or t.learning_rate < 0:
         raise ValueError(f"spec.training.learning_rate: must be positive, got {t.learning_rate}")
-    return (classes or None), native
+    return info.classes, info.native_resolution
 
 
-def _space(s: common_pb2.SearchSpaceSpec, classes: int | None, native: int) -> SearchSpace:
+def _space(s: common_pb2.SearchSpaceSpec, classes: int, native: int) -> SearchSpace:
     defaults = SearchSpace()
     if not s.stages:
         for stage in defaults.stages:
@@ -139,10 +169,8 @@ def _space(s: common_pb2.SearchSpaceSpec, classes: int | None, native: int) -> S
     if s.resolution == 0:
         s.resolution = native
     if s.num_classes == 0:
-        if classes is None:
-            raise ValueError("spec.space.num_classes: required for a dataset directory")
         s.num_classes = classes
-    if classes is not None and s.num_classes < classes:
+    if s.num_classes < classes:
         raise ValueError(
             f"spec.space.num_classes: the dataset has {classes} classes, got {s.num_classes}"
         )

@@ -94,6 +94,9 @@ BAD = [
     ("too few classes", {"space.num_classes": 5}, "spec.space.num_classes"),
     ("negative runs", {"latency.runs": -1}, "spec.latency.runs"),
     ("negative lr", {"training.learning_rate": -0.1}, "spec.training.learning_rate"),
+    ("all held out", {"training.validation_examples": 60000},
+     "spec.training.validation_examples"),
+    ("too many examples", {"training.train_examples": 55000}, "spec.training.train_examples"),
 ]
 
 

@@ -1,0 +1,145 @@
+"""The controller's own cost per trial: sample, dispatch, record, update.
+
+The controller runs as in production (real gRPC servers on loopback, a SQLite store, the
+real reward service) against a trainer and a latency service that answer at once, so the
+wall time of a search divided by its trials is the controller's and gRPC's share. Run at
+1 and at 64 trials in flight; the baseline in the same run is the random strategy next to
+PPO (whose sampling and updates are the extra work).
+
+    python benchmarks/controller_overhead.py [--trials 256]
+
+Last line: ``{"ms_per_trial": {"1": ..., "64": ...}, ...}`` (PPO; goal <= 5 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from mnas.client import Client
+from mnas.specfile import parse_spec
+from mnas.v1 import (
+    common_pb2,
+    latency_pb2,
+    latency_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
+from services.common.server import RunningServer, build_server
+from services.controller.clients import Backends
+from services.controller.core import Controller
+from services.controller.metrics import ControllerMetrics
+from services.controller.server import make_server
+from services.controller.store import Store
+from services.reward.server import make_server as make_reward_server
+
+CAPACITY = 64
+
+
+class InstantTrainer(trainer_pb2_grpc.TrainerServicer):
+    """Answers every Train at once (a benchmark harness; the product never does)."""
+
+    def Train(self, request: trainer_pb2.TrainRequest,
+              context: grpc.ServicerContext) -> Iterator[trainer_pb2.TrainResponse]:
+        accuracy = 0.5 + (hash(request.architecture.canonical) % 1000) / 4000
+        yield trainer_pb2.TrainResponse(
+            result=common_pb2.TrainResult(accuracy=accuracy, loss=1.0, seconds=0.0,
+                                          samples_seen=1)
+        )
+
+    def GetCapacity(self, request: common_pb2.GetCapacityRequest,
+                    context: grpc.ServicerContext) -> common_pb2.GetCapacityResponse:
+        return common_pb2.GetCapacityResponse(max_concurrent=CAPACITY, hardware="instant")
+
+
+class InstantLatency(latency_pb2_grpc.LatencyServicer):
+    def Measure(self, request: latency_pb2.MeasureRequest,
+                context: grpc.ServicerContext) -> latency_pb2.MeasureResponse:
+        seconds = 0.001 + (hash(request.architecture.canonical) % 1000) / 1e6
+        stats = common_pb2.LatencyStats(
+            median_seconds=seconds, min_seconds=seconds, p90_seconds=seconds,
+            mean_seconds=seconds, samples_seconds=[seconds], device_class="host-cpu",
+            device="instant",
+        )
+        return latency_pb2.MeasureResponse(stats=stats)
+
+    def ListDevices(self, request: latency_pb2.ListDevicesRequest,
+                    context: grpc.ServicerContext) -> latency_pb2.ListDevicesResponse:
+        return latency_pb2.ListDevicesResponse(
+            devices=[latency_pb2.Device(id="instant", device_class="host-cpu", state="ready")]
+        )
+
+    def GetCapacity(self, request: common_pb2.GetCapacityRequest,
+                    context: grpc.ServicerContext) -> common_pb2.GetCapacityResponse:
+        return common_pb2.GetCapacityResponse(max_concurrent=CAPACITY, hardware="instant")
+
+
+def _serve(name: str, add: object) -> RunningServer:
+    return build_server(service_names=[name], add_servicers=add,  # type: ignore[arg-type]
+                        registry=CollectorRegistry(), max_workers=CAPACITY + 8)
+
+
+SPEC = """
+strategy: %(strategy)s
+duplicates: DUPLICATE_POLICY_RETRAIN
+objective: {kind: soft, target_latency_seconds: 0.0015}
+budget: {max_trials: %(trials)d, parallel_trials: %(parallel)d}
+"""
+
+
+def run(strategy: str, trials: int, parallel: int, workdir: Path) -> float:
+    """Milliseconds of controller time per trial for one search."""
+    trainer = _serve("mnas.v1.Trainer",
+                     lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(InstantTrainer(), s))
+    latency = _serve("mnas.v1.Latency",
+                     lambda s: latency_pb2_grpc.add_LatencyServicer_to_server(InstantLatency(), s))
+    reward = make_reward_server(registry=CollectorRegistry())
+    store = Store.open(str(workdir / f"{strategy}-{parallel}.db"))
+    backends = Backends(trainers=[trainer.address], latency=[latency.address],
+                        reward=reward.address)
+    controller = Controller(store, backends, ControllerMetrics(CollectorRegistry()))
+    server = make_server(controller, registry=CollectorRegistry())
+    try:
+        with Client(server.address) as client:
+            spec = parse_spec(SPEC % {"strategy": strategy, "trials": trials,
+                                      "parallel": parallel})
+            started = time.perf_counter()
+            search = client.submit(spec)
+            final = search.wait(timeout=3600)
+            elapsed = time.perf_counter() - started
+        assert final.trials_completed == trials, final.error
+    finally:
+        server.stop(0)
+        for s in (trainer, latency, reward):
+            s.stop(0)
+        store.close()
+    return elapsed / trials * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=256)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="mnas-overhead-"))
+    results: dict[str, dict[str, float]] = {}
+    for strategy in ("random", "ppo"):
+        results[strategy] = {}
+        for parallel in (1, 64):
+            ms = run(strategy, args.trials, parallel, workdir)
+            results[strategy][str(parallel)] = round(ms, 2)
+            print(json.dumps({"strategy": strategy, "in_flight": parallel,
+                              "ms_per_trial": round(ms, 2)}), file=sys.stderr)
+    print(json.dumps({"trials": args.trials, "ms_per_trial": results["ppo"],
+                      "random_ms_per_trial": results["random"], "goal_ms": 5}))
+
+
+if __name__ == "__main__":
+    main()

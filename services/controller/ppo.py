@@ -1,0 +1,354 @@
+"""The RL controller: an LSTM policy over the space's decisions, trained with PPO.
+
+MnasNet (section 4.2) samples architectures token by token from an RNN controller (NASNet's
+one-layer LSTM) and trains it with Proximal Policy Optimization to maximize the expected
+reward. Here:
+
+- The policy emits the space's decisions in order. Each decision has its own embedding
+  table and its own softmax head over its choices; the first step reads a learned start
+  input, every later step the embedding of the token before it. All weights start uniform
+  in [-0.1, 0.1] (NASNet), drawn from a generator seeded from the strategy's seed.
+- Sampling draws its uniforms from a ``torch.Generator`` (saved in :meth:`state`) and runs
+  the LSTM step by step on NumPy copies of the weights, which keeps a proposal near a
+  millisecond; log-probabilities, training and :meth:`PPOStrategy.log_prob` run the same
+  weights through ``torch.nn.LSTM``, teacher-forced over whole sequences.
+- Rewards arrive in any order. Each completed outcome's advantage is its reward minus the
+  exponential moving average of the rewards observed before it (the first reward starts
+  the average, so its advantage is 0); the average then takes the reward in:
+  ``b <- decay * b + (1 - decay) * r``. Failed trials are counted and otherwise ignored.
+- Every ``batch_size`` completed outcomes, PPO runs ``epochs`` Adam steps on the batch,
+  maximizing the clipped surrogate per decision, ``min(r * A, clip(r, 1 - c, 1 + c) * A)``
+  with ``r = exp(log_prob_now - log_prob_proposed)``, plus ``entropy_weight`` times the
+  mean per-decision entropy. The proposed log-probs come with each outcome, so a trial
+  sampled before the last update is weighted correctly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from mnas.space import SearchSpace
+from services.controller.strategies import (
+    Outcome,
+    Proposal,
+    Strategy,
+    StrategyConfig,
+    StrategyStatus,
+    register,
+)
+
+__all__ = ["PPOStrategy", "Policy", "ppo_loss"]
+
+INIT_RANGE = 0.1
+STATE_FORMAT = 1
+
+_F32 = npt.NDArray[np.float32]
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """A 63-bit seed for one use of the strategy's seed (initialization, sampling)."""
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+class Policy(nn.Module):
+    """The controller: a one-layer LSTM emitting one token per decision.
+
+    The embedding tables and softmax heads of all decisions are stacked into one matrix
+    each; decision ``i`` owns the rows ``offsets[i] : offsets[i] + sizes[i]``.
+    """
+
+    def __init__(self, sizes: Sequence[int], hidden_size: int, generator: torch.Generator):
+        super().__init__()
+        self.sizes = tuple(sizes)
+        self.hidden_size = hidden_size
+        vocabulary = sum(self.sizes)
+        offsets = [0]
+        for size in self.sizes[:-1]:
+            offsets.append(offsets[-1] + size)
+        self.offsets_list = offsets
+        self.start = nn.Parameter(torch.empty(hidden_size))
+        self.embedding = nn.Parameter(torch.empty(vocabulary, hidden_size))
+        # Built on "meta" then allocated: nn.LSTM's own initialization would draw from torch's
+        # global generator.
+        self.lstm = nn.LSTM(hidden_size, hidden_size, batch_first=True, device="meta")
+        self.lstm.to_empty(device="cpu")
+        self.head_weight = nn.Parameter(torch.empty(vocabulary, hidden_size))
+        self.head_bias = nn.Parameter(torch.empty(vocabulary))
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.uniform_(-INIT_RANGE, INIT_RANGE, generator=generator)
+        mask = torch.zeros(len(self.sizes), vocabulary, dtype=torch.bool)
+        for i, (offset, size) in enumerate(zip(offsets, self.sizes, strict=True)):
+            mask[i, offset : offset + size] = True
+        self.offsets: torch.Tensor
+        self.mask: torch.Tensor
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, decisions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-decision log-probabilities and entropies of a batch ``(B, n)`` of choice
+        indices, each ``(B, n)``."""
+        tokens = decisions + self.offsets
+        batch = decisions.shape[0]
+        inputs = torch.cat([self.start.expand(batch, 1, -1), self.embedding[tokens[:, :-1]]], dim=1)
+        outputs, _ = self.lstm(inputs)
+        logits = outputs @ self.head_weight.T + self.head_bias
+        logits = logits.masked_fill(~self.mask, float("-inf"))
+        log_probs = torch.log_softmax(logits, dim=-1)
+        chosen = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        finite = log_probs.masked_fill(~self.mask, 0.0)
+        entropy = -(log_probs.exp() * finite).sum(-1)
+        return chosen, entropy
+
+
+class _Sampler:
+    """The policy's weights as NumPy arrays, for sampling one sequence step by step."""
+
+    def __init__(self, policy: Policy) -> None:
+        with torch.no_grad():
+            lstm = dict(policy.lstm.named_parameters())
+            weight_ih = lstm["weight_ih_l0"]
+            bias = lstm["bias_ih_l0"] + lstm["bias_hh_l0"]
+            # Input contribution of every token's embedding (and the start input), once.
+            self.token_gates: _F32 = (policy.embedding @ weight_ih.T + bias).numpy()
+            self.start_gates: _F32 = (weight_ih @ policy.start + bias).numpy()
+            self.weight_hh: _F32 = lstm["weight_hh_l0"].numpy().copy()
+            head_weight = policy.head_weight.numpy()
+            head_bias = policy.head_bias.numpy()
+        self.hidden = policy.hidden_size
+        self.heads = [
+            (head_weight[o : o + s].copy(), head_bias[o : o + s].copy(), o)
+            for o, s in zip(policy.offsets_list, policy.sizes, strict=True)
+        ]
+
+    def sample(self, uniforms: npt.NDArray[np.float64]) -> tuple[list[int], list[float]]:
+        """Decisions drawn by inverse CDF from ``uniforms`` (one per decision), and their
+        log-probabilities."""
+        hidden = self.hidden
+        h: npt.NDArray[np.floating[Any]] = np.zeros(hidden, dtype=np.float32)
+        c: npt.NDArray[np.floating[Any]] = np.zeros(hidden, dtype=np.float32)
+        gates_in = self.start_gates
+        decisions: list[int] = []
+        log_probs: list[float] = []
+        for (weight, bias, offset), u in zip(self.heads, uniforms, strict=True):
+            gates = gates_in + self.weight_hh @ h
+            sig = 1.0 / (1.0 + np.exp(-gates))
+            candidate = np.tanh(gates[2 * hidden : 3 * hidden])
+            c = sig[hidden : 2 * hidden] * c + sig[:hidden] * candidate
+            h = sig[3 * hidden :] * np.tanh(c)
+            logits = (weight @ h + bias).astype(np.float64)
+            logits -= logits.max()
+            probs = np.exp(logits)
+            total = probs.sum()
+            cdf = np.cumsum(probs)
+            choice = min(int(np.searchsorted(cdf, u * total, side="right")), len(cdf) - 1)
+            decisions.append(choice)
+            log_probs.append(float(logits[choice] - np.log(total)))
+            gates_in = self.token_gates[offset + choice]
+        return decisions, log_probs
+
+
+def ppo_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip: float,
+    entropy: torch.Tensor | None = None,
+    entropy_weight: float = 0.0,
+) -> torch.Tensor:
+    """The negated PPO objective for per-decision ``log_probs`` ``(B, n)``, the log-probs
+    they were sampled with, and one advantage per sequence ``(B,)``."""
+    ratio = torch.exp(log_probs - old_log_probs)
+    advantage = advantages.unsqueeze(-1)
+    surrogate = torch.minimum(ratio * advantage, ratio.clamp(1.0 - clip, 1.0 + clip) * advantage)
+    loss = -surrogate.mean()
+    if entropy is not None and entropy_weight:
+        loss = loss - entropy_weight * entropy.mean()
+    return loss
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """A completed outcome waiting for the next update."""
+
+    number: int
+    decisions: tuple[int, ...]
+    reward: float
+    advantage: float
+    log_probs: tuple[float, ...]
+
+
+@register
+class PPOStrategy(Strategy):
+    """Samples from the LSTM policy; a PPO update after every ``batch_size`` rewards."""
+
+    name = "ppo"
+
+    def __init__(self, space: SearchSpace, seed: int, config: StrategyConfig | None = None) -> None:
+        super().__init__(space, seed, config)
+        self.settings = self.config.ppo
+        self.settings.validate()
+        init = torch.Generator().manual_seed(derive_seed(seed, "init"))
+        self.policy = Policy(self._sizes, self.settings.hidden_size, init)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.settings.learning_rate)
+        self._generator = torch.Generator().manual_seed(derive_seed(seed, "sample"))
+        self._sampler: _Sampler | None = None
+        self._baseline: float | None = None
+        self._pending: list[_Sample] = []
+        self._updates = 0
+        self._entropy = self._mean_entropy([space.reference_decisions()])
+
+    # -- proposing -------------------------------------------------------------------
+
+    def propose(self) -> Proposal:
+        uniforms = torch.rand(len(self._sizes), generator=self._generator, dtype=torch.float64)
+        if self._sampler is None:
+            self._sampler = _Sampler(self.policy)
+        decisions, log_probs = self._sampler.sample(uniforms.numpy())
+        return self._proposal(decisions, log_probs)
+
+    def log_prob(self, decisions: Sequence[int]) -> float | None:
+        self._check_decisions(decisions, "decisions")
+        with torch.no_grad():
+            chosen, _ = self.policy(torch.tensor([list(decisions)], dtype=torch.long))
+        return float(chosen.sum())
+
+    # -- learning --------------------------------------------------------------------
+
+    @property
+    def baseline(self) -> float | None:
+        """The moving average of observed rewards (None before the first)."""
+        return self._baseline
+
+    def _learn(self, outcome: Outcome) -> bool:
+        if outcome.reward is None:
+            return False
+        reward = float(outcome.reward)
+        baseline = reward if self._baseline is None else self._baseline
+        decay = self.settings.baseline_decay
+        self._baseline = decay * baseline + (1.0 - decay) * reward
+        log_probs = outcome.log_probs if len(outcome.log_probs) == len(self._sizes) else ()
+        self._pending.append(
+            _Sample(
+                number=outcome.number,
+                decisions=tuple(outcome.decisions),
+                reward=reward,
+                advantage=reward - baseline,
+                log_probs=tuple(float(p) for p in log_probs),
+            )
+        )
+        if len(self._pending) < self.settings.batch_size:
+            return False
+        batch, self._pending = self._pending, []
+        self._update(batch)
+        return True
+
+    def _update(self, batch: Sequence[_Sample]) -> None:
+        """``epochs`` Adam steps of PPO on ``batch``."""
+        decisions = torch.tensor([s.decisions for s in batch], dtype=torch.long)
+        advantages = torch.tensor([s.advantage for s in batch], dtype=torch.float32)
+        old = self._old_log_probs(batch, decisions)
+        for _ in range(self.settings.epochs):
+            log_probs, entropy = self.policy(decisions)
+            loss = ppo_loss(
+                log_probs,
+                old,
+                advantages,
+                self.settings.clip,
+                entropy,
+                self.settings.entropy_weight,
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            self.optimizer.step()
+        self._updates += 1
+        self._sampler = None
+        self._entropy = self._mean_entropy([s.decisions for s in batch])
+
+    def _old_log_probs(self, batch: Sequence[_Sample], decisions: torch.Tensor) -> torch.Tensor:
+        """The log-probs each sequence was proposed with, ``(B, n)``. An outcome without
+        them (proposed by another strategy) takes the current policy's."""
+        if all(s.log_probs for s in batch):
+            return torch.tensor([s.log_probs for s in batch], dtype=torch.float32)
+        with torch.no_grad():
+            current, _ = self.policy(decisions)
+        rows = [
+            torch.tensor(s.log_probs, dtype=torch.float32) if s.log_probs else current[i]
+            for i, s in enumerate(batch)
+        ]
+        return torch.stack(rows)
+
+    def _mean_entropy(self, sequences: Sequence[Sequence[int]]) -> float:
+        with torch.no_grad():
+            _, entropy = self.policy(torch.tensor([list(s) for s in sequences], dtype=torch.long))
+        return float(entropy.mean())
+
+    def status(self) -> StrategyStatus:
+        """``entropy``: mean per-decision entropy over the last update's batch (over the
+        reference architecture's decisions before the first update)."""
+        return StrategyStatus(
+            updates=self._updates, observed=len(self._observed), entropy=self._entropy
+        )
+
+    # -- state -----------------------------------------------------------------------
+
+    def state(self) -> bytes:
+        payload: dict[str, Any] = {
+            **self._header(),
+            "format": STATE_FORMAT,
+            "hidden_size": self.settings.hidden_size,
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self._generator.get_state(),
+            "baseline": self._baseline,
+            "updates": self._updates,
+            "entropy": self._entropy,
+            "pending": [
+                [s.number, list(s.decisions), s.reward, s.advantage, list(s.log_probs)]
+                for s in self._pending
+            ],
+        }
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        return buffer.getvalue()
+
+    def restore(self, data: bytes) -> None:
+        try:
+            payload = torch.load(io.BytesIO(data), weights_only=True)
+        except Exception as err:
+            raise ValueError(f"strategy state: not a PPO state ({err})") from None
+        if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+            raise ValueError("strategy state: not a PPO state of a known format")
+        if payload.get("hidden_size") != self.settings.hidden_size:
+            raise ValueError(
+                f"strategy state: hidden_size {payload.get('hidden_size')}, "
+                f"the config says {self.settings.hidden_size}"
+            )
+        self._check_header(payload)
+        self.policy.load_state_dict(payload["policy"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self._generator.set_state(payload["generator"])
+        self._baseline = payload["baseline"]
+        self._updates = int(payload["updates"])
+        self._entropy = float(payload["entropy"])
+        self._pending = [
+            _Sample(
+                number=int(number),
+                decisions=tuple(int(d) for d in decisions),
+                reward=float(reward),
+                advantage=float(advantage),
+                log_probs=tuple(float(p) for p in log_probs),
+            )
+            for number, decisions, reward, advantage, log_probs in payload["pending"]
+        ]
+        self._sampler = None
