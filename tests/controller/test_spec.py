@@ -115,9 +115,10 @@ def test_input_spec_is_not_modified() -> None:
     assert original == copy
 
 
-def test_quickstart_example_is_valid() -> None:
+@pytest.mark.parametrize("name", ["quickstart.yaml", "ppo.yaml"])
+def test_examples_are_valid(name: str) -> None:
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml").read_text()
-    resolved = resolve(parse_spec(text), device_classes=DEVICES, strategies=STRATEGIES)
+    text = (Path(__file__).resolve().parents[2] / "examples" / name).read_text()
+    resolved = resolve(parse_spec(text), device_classes=DEVICES, strategies=STRATEGIES | {"ppo"})
     assert resolved.spec.budget.max_trials >= 4
