@@ -20,6 +20,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from mnas.validation import check_int
+
 __all__ = [
     "Activation",
     "Architecture",
@@ -78,14 +80,14 @@ class BlockSpec:
 
     def __post_init__(self) -> None:
         where = "block"
-        _check_int(f"{where}.repeats", self.repeats, 1)
-        _check_int(f"{where}.kernel", self.kernel, 1, MAX_KERNEL)
+        check_int(f"{where}.repeats", self.repeats, 1)
+        check_int(f"{where}.kernel", self.kernel, 1, MAX_KERNEL)
         if self.kernel % 2 == 0:
             raise ValueError(f"{where}.kernel: must be odd, got {self.kernel}")
-        _check_int(f"{where}.stride", self.stride, 1, MAX_STRIDE)
-        _check_int(f"{where}.expansion", self.expansion, 1)
-        _check_int(f"{where}.input_filters", self.input_filters, 1)
-        _check_int(f"{where}.output_filters", self.output_filters, 1)
+        check_int(f"{where}.stride", self.stride, 1, MAX_STRIDE)
+        check_int(f"{where}.expansion", self.expansion, 1)
+        check_int(f"{where}.input_filters", self.input_filters, 1)
+        check_int(f"{where}.output_filters", self.output_filters, 1)
         if not isinstance(self.op, Op):
             raise ValueError(f"{where}.op: expected an Op, got {self.op!r}")
         if not isinstance(self.skip, Skip):
@@ -131,8 +133,8 @@ class Architecture:
         for i, block in enumerate(self.blocks):
             if not isinstance(block, BlockSpec):
                 raise ValueError(f"blocks[{i}]: expected a BlockSpec, got {block!r}")
-        _check_int("stem_filters", self.stem_filters, 1)
-        _check_int("head_filters", self.head_filters, 1)
+        check_int("stem_filters", self.stem_filters, 1)
+        check_int("head_filters", self.head_filters, 1)
         if not isinstance(self.activation, Activation):
             raise ValueError(f"activation: expected an Activation, got {self.activation!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
@@ -354,14 +356,6 @@ def decode_blocks(strings: Sequence[str]) -> tuple[BlockSpec, ...]:
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-def _check_int(field: str, value: object, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{field}: expected an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{field}: must be {bound}, got {value}")
 
 
 def _int_token(text: str, key: str, value: str) -> int:

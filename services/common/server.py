@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,7 +22,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from services.common.rpc_metrics import RpcMetrics, RpcMetricsInterceptor
 
-__all__ = ["RunningServer", "build_server", "serve"]
+__all__ = ["RunningServer", "build_server", "serve", "serve_from_args"]
 
 _logger = logging.getLogger(__name__)
 
@@ -103,3 +104,14 @@ def serve(
     stop.wait()
     running.stop(grace)
     _logger.info("stopped")
+
+
+def serve_from_args(running: RunningServer, registry: CollectorRegistry, args: Any) -> None:
+    """:func:`serve` with the flags of :func:`services.common.cli.base_parser`."""
+    serve(
+        running,
+        registry=registry,
+        metrics_port=args.metrics_port,
+        metrics_host=args.host,
+        grace=args.grace,
+    )

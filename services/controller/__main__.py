@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from services.common.cli import base_parser, configure_logging
-from services.common.server import serve
+from services.common.server import serve_from_args
 from services.controller.clients import Backends
 from services.controller.core import Controller
 from services.controller.metrics import ControllerMetrics
@@ -59,13 +59,7 @@ def main() -> None:
     controller.resume()  # before serving, so the first answers already see resumed searches
     running = make_server(controller, registry=registry, port=args.port, host=args.host)
     try:
-        serve(
-            running,
-            registry=registry,
-            metrics_port=args.metrics_port,
-            metrics_host=args.host,
-            grace=args.grace,
-        )
+        serve_from_args(running, registry, args)
     finally:
         store.close()
 

@@ -17,7 +17,7 @@ import threading
 from prometheus_client import CollectorRegistry
 
 from services.common.cli import base_parser, configure_logging
-from services.common.server import serve
+from services.common.server import serve_from_args
 from services.latency.server import make_server
 from services.latency.service import DEFAULT_CACHE_SIZE, preload_exporter
 
@@ -49,13 +49,7 @@ def main() -> None:
         registry=registry, port=args.port, host=args.host, cache_size=args.cache_size
     )
     threading.Thread(target=_preload, name="preload-tensorflow", daemon=True).start()
-    serve(
-        running,
-        registry=registry,
-        metrics_port=args.metrics_port,
-        metrics_host=args.host,
-        grace=args.grace,
-    )
+    serve_from_args(running, registry, args)
 
 
 if __name__ == "__main__":

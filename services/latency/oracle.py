@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mnas.validation import check_int
+
 __all__ = [
     "HOST_CPU",
     "DeviceInfo",
@@ -53,9 +55,9 @@ class MeasureSettings:
 
     def validate(self, prefix: str = "settings") -> None:
         """Raise ``ValueError`` naming the first bad field (``settings.runs``, ...)."""
-        _check_int(f"{prefix}.warmup_runs", self.warmup_runs, 0, MAX_RUNS)
-        _check_int(f"{prefix}.runs", self.runs, 1, MAX_RUNS)
-        _check_int(f"{prefix}.threads", self.threads, 1, MAX_THREADS)
+        check_int(f"{prefix}.warmup_runs", self.warmup_runs, 0, MAX_RUNS)
+        check_int(f"{prefix}.runs", self.runs, 1, MAX_RUNS)
+        check_int(f"{prefix}.threads", self.threads, 1, MAX_THREADS)
 
 
 @dataclass(frozen=True)
@@ -209,10 +211,3 @@ def _fixed_input(rng: np.random.Generator, shape: tuple[int, ...], dtype: type) 
     if kind.kind == "b":
         return rng.integers(0, 1, size=shape, endpoint=True).astype(kind)
     raise ValueError(f"model input: unsupported dtype {kind}")
-
-
-def _check_int(field: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{field}: expected an integer, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{field}: must be in [{low}, {high}], got {value}")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from mnas.arch import Architecture, decode
+from mnas.validation import check_int
 from services.latency.oracle import (
     HOST_CPU,
     DeviceInfo,
@@ -57,8 +58,8 @@ class BuildParams:
 
     def validate(self, prefix: str = "build") -> None:
         """Raise ``ValueError`` naming the first bad field (``build.resolution``, ...)."""
-        _check_int(f"{prefix}.resolution", self.resolution, 2, MAX_RESOLUTION)
-        _check_int(f"{prefix}.num_classes", self.num_classes, 1, MAX_CLASSES)
+        check_int(f"{prefix}.resolution", self.resolution, 2, MAX_RESOLUTION)
+        check_int(f"{prefix}.num_classes", self.num_classes, 1, MAX_CLASSES)
         width = self.width
         if isinstance(width, bool) or not isinstance(width, (int, float)):
             raise ValueError(f"{prefix}.width: expected a number, got {width!r}")
@@ -296,10 +297,3 @@ def _decode(architecture: str | Architecture) -> Architecture:
         return decode(architecture)
     except ValueError as err:
         raise ValueError(f"architecture.canonical: {err}") from None
-
-
-def _check_int(field: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{field}: expected an integer, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{field}: must be in [{low}, {high}], got {value}")

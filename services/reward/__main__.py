@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from services.common.cli import base_parser, configure_logging
-from services.common.server import serve
+from services.common.server import serve_from_args
 from services.reward.server import make_server
 
 
@@ -14,13 +14,7 @@ def main() -> None:
     configure_logging(args.log_level)
     registry = CollectorRegistry()
     running = make_server(registry=registry, port=args.port, host=args.host)
-    serve(
-        running,
-        registry=registry,
-        metrics_port=args.metrics_port,
-        metrics_host=args.host,
-        grace=args.grace,
-    )
+    serve_from_args(running, registry, args)
 
 
 if __name__ == "__main__":
