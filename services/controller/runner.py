@@ -109,7 +109,9 @@ class SearchRunner:
         """Tell the strategy; after an update, checkpoint it with the trial (lock held)."""
         if trial.state == TS.TRIAL_STATE_CANCELLED:
             return
-        if not self._strategy.observe(self._outcome(trial)):
+        updated = self._strategy.observe(self._outcome(trial))
+        if not updated:
+            self.search.strategy_status.observed = self._strategy.status().observed
             return
         self._set_status(self._strategy.status())
         self._store.save_strategy_state(

@@ -1,0 +1,124 @@
+"""The duplicate policy: a re-sampled architecture reuses its accuracy, or is retrained.
+
+The controller, the latency service (real LiteRT) and the reward service are real, on
+loopback; the trainer is a real gRPC server whose Train answers at once and counts its
+calls, since what is under test is whether the controller calls it at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from mnas.client import Client
+from mnas.specfile import parse_spec
+from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from services.common.server import RunningServer, build_server
+from services.controller.clients import Backends
+from services.controller.core import Controller
+from services.controller.metrics import ControllerMetrics
+from services.controller.server import make_server
+from services.controller.store import Store
+from services.latency.server import make_server as make_latency_server
+from services.reward.server import make_server as make_reward_server
+
+# A space of exactly one architecture: every trial samples the same network.
+SPEC = """
+strategy: %(strategy)s
+duplicates: %(policy)s
+space:
+  resolution: 28
+  stages: [{expansion: 1, filters: 16, layers: 1, stride: 1}]
+  choices: {ops: [dconv], kernels: [3], se_ratios: [0], skips: [identity],
+            filter_ratios: [1], layer_deltas: [0]}
+objective: {kind: soft, target_latency_seconds: 0.001}
+budget: {max_trials: 4, parallel_trials: 1}
+latency: {warmup_runs: 1, runs: 2}
+"""
+
+
+class CountingTrainer(trainer_pb2_grpc.TrainerServicer):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def Train(
+        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
+    ) -> Iterator[trainer_pb2.TrainResponse]:
+        self.calls += 1
+        yield trainer_pb2.TrainResponse(
+            result=common_pb2.TrainResult(accuracy=0.5 + self.calls / 100, samples_seen=1)
+        )
+
+    def GetCapacity(
+        self, request: common_pb2.GetCapacityRequest, context: grpc.ServicerContext
+    ) -> common_pb2.GetCapacityResponse:
+        return common_pb2.GetCapacityResponse(max_concurrent=1, hardware="counting")
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[str, CountingTrainer]]:
+    trainer = CountingTrainer()
+    servers: list[RunningServer] = [
+        build_server(
+            service_names=["mnas.v1.Trainer"],
+            add_servicers=lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(trainer, s),
+            registry=CollectorRegistry(),
+        ),
+        make_latency_server(registry=CollectorRegistry()),
+        make_reward_server(registry=CollectorRegistry()),
+    ]
+    store = Store.open(str(tmp_path / "mnas.db"))
+    backends = Backends(
+        trainers=[servers[0].address], latency=[servers[1].address], reward=servers[2].address
+    )
+    controller = make_server(
+        Controller(store, backends, ControllerMetrics(CollectorRegistry())),
+        registry=CollectorRegistry(),
+    )
+    yield controller.address, trainer
+    controller.stop(0)
+    for server in servers:
+        server.stop(0)
+    store.close()
+
+
+@pytest.mark.parametrize("strategy", ["random", "ppo"])
+def test_duplicates_reuse_the_earlier_accuracy(
+    stack: tuple[str, CountingTrainer], strategy: str
+) -> None:
+    address, trainer = stack
+    with Client(address) as client:
+        search = client.submit(
+            parse_spec(SPEC % {"strategy": strategy, "policy": "DUPLICATE_POLICY_REUSE"})
+        )
+        final = search.wait(timeout=120)
+        trials = list(search.trials())
+    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+    assert trainer.calls == 1
+    assert len({t.architecture.id for t in trials}) == 1
+    first, *rest = trials
+    assert not first.HasField("duplicate_of")
+    for trial in rest:
+        assert trial.duplicate_of == first.number
+        assert trial.training == first.training
+        assert trial.reward == pytest.approx(first.reward, rel=0.2)  # same accuracy; latency
+        assert trial.state == common_pb2.TRIAL_STATE_COMPLETED
+    # Every trial counts and reaches the strategy.
+    assert final.strategy_status.observed == 4
+
+
+def test_retrain_policy_trains_every_trial(stack: tuple[str, CountingTrainer]) -> None:
+    address, trainer = stack
+    with Client(address) as client:
+        search = client.submit(
+            parse_spec(SPEC % {"strategy": "random", "policy": "DUPLICATE_POLICY_RETRAIN"})
+        )
+        final = search.wait(timeout=120)
+        trials = list(search.trials())
+    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+    assert trainer.calls == 4
+    assert not any(t.HasField("duplicate_of") for t in trials)
