@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,10 @@ def test_mnas_up_serves_until_interrupted(tmp_path: Path) -> None:
     up = Process(name="up", popen=popen, port=port, metrics_port=0, log_path=log)
     try:
         wait_serving(up, "mnas.v1.Controller", timeout=180)
+        # SERVING can come before `mnas up` has printed the addresses: wait for its line.
+        deadline = time.monotonic() + 60
+        while "Ctrl-C stops" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)  # pacing the poll of a log file
         popen.send_signal(signal.SIGINT)
         assert popen.wait(60) == 0, log.read_text()
     finally:
