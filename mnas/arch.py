@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mnas.validation import check_int
@@ -349,10 +349,6 @@ def decode(text: str | Iterable[str], **defaults: object) -> Architecture:
     if not blocks:
         raise ValueError("architecture: no block strings given")
     return Architecture(blocks=tuple(blocks), **fields)  # type: ignore[arg-type]
-
-
-def decode_blocks(strings: Sequence[str]) -> tuple[BlockSpec, ...]:
-    return tuple(decode_block(s) for s in strings)
 
 
 # --- helpers ---------------------------------------------------------------------------

@@ -8,14 +8,13 @@ enums by name. For convenience ``objective.kind`` also takes ``soft``, ``hard`` 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import yaml
 from google.protobuf import json_format
 
 from mnas.v1 import common_pb2
 
-__all__ = ["load_spec", "parse_spec", "spec_to_dict"]
+__all__ = ["load_spec", "parse_spec"]
 
 _KIND_ALIASES = {
     "soft": "OBJECTIVE_KIND_SOFT",
@@ -56,6 +55,3 @@ def parse_spec(text: str, *, source: str = "spec") -> common_pb2.SearchSpec:
     except json_format.ParseError as err:
         raise ValueError(f"{source}: {err}") from None
 
-
-def spec_to_dict(spec: common_pb2.SearchSpec) -> dict[str, Any]:
-    return json_format.MessageToDict(spec, preserving_proto_field_name=True)

@@ -115,7 +115,13 @@ class Controller:
         return stored
 
     def list_searches(self) -> list[common_pb2.Search]:
-        return [self.get(s.id) for s in self._store.list_searches()]
+        """Every search, newest first; running ones as they stand in memory."""
+        with self._lock:
+            runners = dict(self._runners)
+        return [
+            runners[s.id].snapshot() if s.id in runners else s
+            for s in self._store.list_searches()
+        ]
 
     def trials(
         self, search_id: str, *, page_size: int = 0, page_token: str = ""
@@ -151,9 +157,6 @@ class Controller:
                 yield event
                 if event.kind == controller_pb2.EVENT_KIND_SEARCH_FINISHED:
                     return
-
-    def device_classes(self) -> set[str]:
-        return self._backends.device_classes()
 
     # -- internals -------------------------------------------------------------------
 

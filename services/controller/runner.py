@@ -127,11 +127,6 @@ class SearchRunner:
         if reference is not None:
             self.search.strategy_status.reference_log_prob = reference
 
-    def log_prob(self, decisions: list[int]) -> float | None:
-        """The current policy's log-probability of ``decisions`` (None without a policy)."""
-        with self._lock:
-            return self._strategy.log_prob(decisions)
-
     # -- control ---------------------------------------------------------------------
 
     def start(self) -> None:
@@ -163,10 +158,6 @@ class SearchRunner:
 
     def join(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    @property
-    def done(self) -> bool:
         return not self._thread.is_alive()
 
     # -- scheduling ------------------------------------------------------------------
