@@ -5,16 +5,26 @@ whose optimum is known exactly.
 
 - Latency: the architecture's multiply-adds (``mnas.cost.count`` at 224x224, 1000 classes)
   times a constant, ``SECONDS_PER_MAC``, that puts MobileNetV2 (301M) at ``T`` = 75 ms.
-- Accuracy: ``ACC_MAX * sigmoid((S - center) / scale)`` of a score ``S``, a sum of one
+- Accuracy: ``ACC_MAX * sigmoid((S - center) / scale) * exp(q(x))``. The first factor is
+  the quality of the decisions: a score ``S``, a sum of one
   weight per decision, drawn once from a fixed seed. A weight is a random part, scaled by
   an importance ``exp(-rank / IMPORTANCE_DECAY)`` (a few decisions matter much, most
   little, as in real spaces), plus ``CAPACITY`` times how much the choice adds to its
   block's multiply-adds (standardized per decision), so bigger networks tend to be more
   accurate. ``center`` and ``scale`` come from the exact mean and spread of ``S``; with
-  ``CENTER = -2`` the sigmoid is near saturation at the top, so many networks come within
-  1% of the best and random search gets there in a few thousand trials.
+  ``CENTER = -2.5`` the sigmoid is near saturation at the top, so many networks come within
+  1% of the best and random search gets there in a few thousand trials. The second is
+  what capacity buys: ``x = ln(latency / T)`` and ``q(x) = ELASTICITY * x - CURVATURE *
+  x**2 / 2``, so at ``T`` doubling the latency buys about ``ELASTICITY`` of relative
+  accuracy (MnasNet section 3.4 chose w = -0.07 because doubling latency bought about 5%),
+  more for small networks and less for big ones, as in the paper's Figure 3 landscapes.
 - Reward: ``services.reward.rewards.reward`` with the paper's hard (alpha = 0, beta = -1)
   and soft (alpha = beta = -0.07) objectives at ``T``.
+
+Under the soft objective ``log reward = log sigmoid(...) - CURVATURE * x**2 / 2``: a
+network at ``T`` is worth most and deviations either way cost alike, so a search keeps
+exploring both sides of ``T``. Under the hard one the reward grows up to ``T`` and falls
+as ``(latency / T)**-1`` above it, so a search concentrates just below ``T``.
 
 The optimum is exact: for a fixed latency the reward grows with ``S``, so it lies on the
 Pareto front of (fewest multiply-adds, greatest ``S``). Multiply-adds split exactly into
@@ -30,9 +40,8 @@ other proposals wait, as in the controller. Strategies run with the product's de
 
 ``trials_to_1pct``: under the hard objective, the median over seeds of the completed trials
 until the first reward within 1% of the optimum (``--max-trials`` when not reached; see
-``reached``). Under the soft objective the optimum is a small network (13 ms) that a uniform
-sample essentially never comes within 1% of: ``trials_to_1pct_soft`` reports it anyway,
-random's number being its cap. ``soft`` and ``hard``: where PPO's samples land under each
+``reached``); ``trials_to_1pct_soft`` is the same under the soft objective, whose flatter
+reward puts many more networks within 1%. ``soft`` and ``hard``: where PPO's samples land under each
 objective, over the last half of runs of at least ``--constraint-trials``: the fraction
 within 10% of ``T`` and the fraction above ``T``. PyTorch runs on one intra-op thread
 (``--torch-threads``). The last line printed is one JSON object.
@@ -68,7 +77,9 @@ ACC_MAX = 0.95
 LANDSCAPE_SEED = 20190101
 IMPORTANCE_DECAY = 3.0  # the random part of decision i weighs exp(-rank_i / this)
 CAPACITY = 0.1  # weight of the multiply-adds part
-CENTER = -2.0  # sigmoid center: mean of S plus this many standard deviations
+ELASTICITY = 0.07  # d ln(accuracy) / d ln(latency) at T
+CURVATURE = 0.2  # how fast that elasticity falls with ln(latency / T)
+CENTER = -2.5  # sigmoid center: mean of S plus this many standard deviations
 SCALE = 1.0  # sigmoid scale in standard deviations of S
 WITHIN = 0.01
 
@@ -120,8 +131,10 @@ class Landscape:
     def score(self, decisions: Sequence[int]) -> float:
         return float(sum(w[c] for w, c in zip(self.weights, decisions, strict=True)))
 
-    def accuracy_of_score(self, score: float) -> float:
-        return ACC_MAX / (1.0 + math.exp(-(score - self.center) / self.scale))
+    def accuracy(self, score: float, latency: float) -> float:
+        x = math.log(latency / TARGET_SECONDS)
+        capacity = math.exp(ELASTICITY * x - CURVATURE * x * x / 2)
+        return capacity * ACC_MAX / (1.0 + math.exp(-(score - self.center) / self.scale))
 
     def latency(self, decisions: Sequence[int]) -> float:
         arch = self.space.to_architecture(list(decisions))
@@ -131,7 +144,7 @@ class Landscape:
     def evaluate(self, decisions: Sequence[int], objective: Objective) -> tuple[float, float]:
         """(reward, latency seconds) of one point."""
         latency = self.latency(decisions)
-        accuracy = self.accuracy_of_score(self.score(decisions))
+        accuracy = self.accuracy(self.score(decisions), latency)
         return reward(accuracy, latency, objective), latency
 
     # -- exact optimum -----------------------------------------------------------------
@@ -219,7 +232,7 @@ class Landscape:
             total = macs + self._head[f]
             for i in range(len(total)):
                 latency = float(total[i]) * SECONDS_PER_MAC
-                accuracy = self.accuracy_of_score(float(scores[i]))
+                accuracy = self.accuracy(float(scores[i]), latency)
                 value = reward(accuracy, latency, objective)
                 if best is None or value > best.reward:
                     decisions = tuple(int(v) for p in paths for v in self.choices[int(p[i])])
