@@ -1,7 +1,8 @@
 """The controller's own cost per trial: sample, dispatch, record, update.
 
 The controller runs as in production (real gRPC servers on loopback, a SQLite store, the
-real reward service) against a trainer and a latency service that answer at once, so the
+real reward service) against a trainer and a latency service that answer at once, all
+three in a second process as they would be on other machines, so the
 wall time of a search divided by its trials is the controller's and gRPC's share. Run at
 1 and at 64 trials in flight; the baseline in the same run is the random strategy next to
 PPO (whose sampling and updates are the extra work).
@@ -14,7 +15,9 @@ Last line: ``{"ms_per_trial": {"1": ..., "64": ...}, ...}`` (PPO; goal <= 5 ms).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,39 +99,66 @@ budget: {max_trials: %(trials)d, parallel_trials: %(parallel)d}
 """
 
 
-def run(strategy: str, trials: int, parallel: int, workdir: Path) -> float:
-    """Milliseconds of controller time per trial for one search."""
+def serve_backends() -> None:
+    """Serve the instant trainer and latency service and the real reward service until
+    stdin closes; print their addresses as one JSON line first."""
     trainer = _serve("mnas.v1.Trainer",
                      lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(InstantTrainer(), s))
     latency = _serve("mnas.v1.Latency",
                      lambda s: latency_pb2_grpc.add_LatencyServicer_to_server(InstantLatency(), s))
     reward = make_reward_server(registry=CollectorRegistry())
-    store = Store.open(str(workdir / f"{strategy}-{parallel}.db"))
-    backends = Backends(trainers=[trainer.address], latency=[latency.address],
-                        reward=reward.address)
-    controller = Controller(store, backends, ControllerMetrics(CollectorRegistry()))
-    server = make_server(controller, registry=CollectorRegistry())
-    try:
-        with Client(server.address) as client:
-            spec = parse_spec(SPEC % {"strategy": strategy, "trials": trials,
-                                      "parallel": parallel})
-            search = client.submit(spec)  # validation and strategy set-up: once per search
-            started = time.perf_counter()
-            final = search.wait(timeout=3600)
-            elapsed = time.perf_counter() - started
-        assert final.trials_completed == trials, final.error
-    finally:
+    print(json.dumps({"trainer": trainer.address, "latency": latency.address,
+                      "reward": reward.address}), flush=True)
+    sys.stdin.read()
+    for server in (trainer, latency, reward):
         server.stop(0)
-        for s in (trainer, latency, reward):
-            s.stop(0)
-        store.close()
+
+
+@contextlib.contextmanager
+def backends_process() -> Iterator[Backends]:
+    """The backends in a process of their own, as in production: their gRPC work does not
+    share the controller's interpreter."""
+    child = subprocess.Popen([sys.executable, __file__, "--serve-backends"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdin is not None
+    try:
+        addresses = json.loads(child.stdout.readline())
+        yield Backends(trainers=[addresses["trainer"]], latency=[addresses["latency"]],
+                       reward=addresses["reward"])
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+
+
+def run(strategy: str, trials: int, parallel: int, workdir: Path) -> float:
+    """Milliseconds of controller time per trial for one search."""
+    store = Store.open(str(workdir / f"{strategy}-{parallel}.db"))
+    with backends_process() as backends:
+        controller = Controller(store, backends, ControllerMetrics(CollectorRegistry()))
+        server = make_server(controller, registry=CollectorRegistry())
+        try:
+            with Client(server.address) as client:
+                spec = parse_spec(SPEC % {"strategy": strategy, "trials": trials,
+                                          "parallel": parallel})
+                search = client.submit(spec)  # validation and strategy set-up: once per search
+                started = time.perf_counter()
+                final = search.wait(timeout=3600)
+                elapsed = time.perf_counter() - started
+            assert final.trials_completed == trials, final.error
+        finally:
+            server.stop(0)
+            store.close()
     return elapsed / trials * 1e3
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=256)
+    parser.add_argument("--serve-backends", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_backends:
+        serve_backends()
+        return
     torch.set_num_threads(1)  # as the controller process does (services/controller/__main__.py)
     workdir = Path(tempfile.mkdtemp(prefix="mnas-overhead-"))
     results: dict[str, dict[str, float]] = {}

@@ -192,6 +192,11 @@ class SearchRunner:
                         self._lock.wait(1.0)
                         continue
                     trial = self._pending.pop(0) if self._pending else self._new_trial()
+                    trial.state = TS.TRIAL_STATE_RUNNING
+                    trial.started_at.CopyFrom(_now())
+                    self.search.trials_running = len(self._running) + 1
+                    # One write records the proposal (or the re-dispatch) and the start.
+                    self._store.save(search=self.search, trials=[trial])
                     thread = threading.Thread(
                         target=self._run_trial,
                         args=(trial,),
@@ -243,18 +248,12 @@ class SearchRunner:
         )
         trial.created_at.CopyFrom(_now())
         self._next_number += 1
-        self._store.save_trial(trial)
         return trial
 
     # -- one trial -------------------------------------------------------------------
 
     def _run_trial(self, trial: common_pb2.Trial) -> None:
         started = time.monotonic()
-        trial.state = TS.TRIAL_STATE_RUNNING
-        trial.started_at.CopyFrom(_now())
-        with self._lock:
-            self.search.trials_running = len(self._running)
-            self._store.save(search=self.search, trials=[trial])
         self._metrics.trials_running.inc()
         self._publish(controller_pb2.EVENT_KIND_TRIAL_STARTED, trial)
         try:
