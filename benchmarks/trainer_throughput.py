@@ -2,10 +2,11 @@
 
 Run as ``python benchmarks/trainer_throughput.py [--steps N] [--batch B] [--repeats R]``.
 Both loops train the same fixed small architecture on the same Fashion-MNIST images with
-the same batch, optimizer (SGD, momentum 0.9, weight decay) and thread count, in the same
-process, alternating repeat by repeat. The trainer is :func:`services.trainer.training.train`
-as the servicer calls it (progress reports, cancellation checks, per-batch input
-conversion); its rate is taken between its first and last progress reports, so model
+the same batch, optimizer (SGD, momentum 0.9, weight decay) and thread count, alternating
+repeat by repeat. The trainer is :func:`services.trainer.training.train` as the servicer
+runs it: in a child process of its own (:mod:`services.trainer.isolation`), with progress
+reports through a pipe, cancellation checks and per-batch input conversion; its rate is
+taken between its first and last progress reports, so process start, model
 building, data loading, batch-norm recalibration and evaluation are not counted. The bare
 loop does forward, loss, backward and an SGD step on batches converted beforehand. Medians
 over the repeats, after a warm-up; the last line of stdout is one JSON object with
@@ -27,7 +28,8 @@ import torch.nn.functional as F
 from mnas.arch import decode
 from services.trainer import data
 from services.trainer.builder import build_torch
-from services.trainer.training import MOMENTUM, WEIGHT_DECAY, Progress, TrainingConfig, train
+from services.trainer.isolation import ChildJob, run_isolated, start_fork_server
+from services.trainer.training import DEFAULT_MOMENTUM, Progress, TrainingConfig
 
 _logger = logging.getLogger("benchmarks.trainer_throughput")
 
@@ -44,14 +46,16 @@ BARE_BATCHES = 16  # distinct pre-converted batches the bare loop cycles through
 
 
 def trainer_rate(steps: int, batch: int, device: torch.device) -> float:
-    """Images per second of ``train`` between its first and last progress reports."""
+    """Images per second of the trainer's loop (in its own child process, as the trainer
+    runs it) between its first and last progress reports."""
     reports: list[Progress] = []
     config = TrainingConfig(
         steps=steps, batch_size=batch, learning_rate=LEARNING_RATE, seed=SEED,
         train_examples=steps * batch, validation_examples=VALIDATION_EXAMPLES,
     )
-    train(ARCH, config=config, resolution=RESOLUTION, width=WIDTH, on_progress=reports.append,
-          cancelled=lambda: False, device=device)
+    job = ChildJob(arch=ARCH, num_classes=None, resolution=RESOLUTION, width=WIDTH, config=config,
+                   device=str(device), threads=torch.get_num_threads())
+    run_isolated(job, on_progress=reports.append)
     if len(reports) < 2:
         raise SystemExit(f"only {len(reports)} progress report(s); raise --steps")
     first, last = reports[0], reports[-1]
@@ -78,9 +82,9 @@ def bare_rate(steps: int, batch: int, warmup: int, device: torch.device) -> floa
     decayed = [p for p in model.parameters() if p.ndim > 1]
     plain = [p for p in model.parameters() if p.ndim <= 1]
     optimizer = torch.optim.SGD(
-        [{"params": decayed, "weight_decay": WEIGHT_DECAY},
+        [{"params": decayed, "weight_decay": TrainingConfig().decay},
          {"params": plain, "weight_decay": 0.0}],
-        lr=LEARNING_RATE, momentum=MOMENTUM,
+        lr=LEARNING_RATE, momentum=DEFAULT_MOMENTUM,
     )
     model.train()
 
@@ -120,6 +124,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    start_fork_server()
     warmup = max(5, args.steps // 6)  # about what the trainer runs before its first report
     trainer_rate(max(10, args.steps // 3), args.batch, device)  # warm-up: caches, allocator
     bare_rate(warmup, args.batch, warmup, device)

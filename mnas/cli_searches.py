@@ -1,5 +1,5 @@
-"""The search commands of the ``mnas`` CLI: submit, watch, list, trials, best, cancel, up,
-and ``search`` (start the local services, run a spec, print the results)."""
+"""The search commands of the ``mnas`` CLI: submit, watch, list, trials, best, weights,
+cancel, up, and ``search`` (start the local services, run a spec, print the results)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ def _print_results(console: Console, search: Search, k: int) -> None:
     info = search.refresh()
     console.print(
         f"search {info.id} {_state(info.state)}: {info.trials_completed} completed, "
-        f"{info.trials_failed} failed" + (f" ({info.error})" if info.error else "")
+        f"{info.trials_stopped} stopped early, {info.trials_failed} failed"
+        + (f" ({info.error})" if info.error else "")
     )
     best = search.best(k)
     if best:
@@ -106,13 +107,13 @@ def _follow(console: Console, search: Search) -> common_pb2.Search:
         task = progress.add_task(f"search {search.id}", total=total, best="-", rate="-", running=0)
         for event in search.watch():
             info = event.search
-            done = info.trials_completed + info.trials_failed
+            done = info.trials_completed + info.trials_stopped + info.trials_failed
             hours = (time.monotonic() - started) / 3600
             rate = f"{done / hours:.0f}" if done and hours > 0 else "-"
             best = f"{info.best_reward:.4f}" if info.trials_completed else "-"
             progress.update(
                 task,
-                completed=info.trials_completed,
+                completed=info.trials_completed + info.trials_stopped,
                 best=best,
                 rate=rate,
                 running=info.trials_running,
@@ -153,7 +154,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         searches = client.searches()
     table = Table()
-    for column in ("id", "name", "state", "completed", "failed", "budget", "best reward"):
+    table.add_column("id", no_wrap=True, min_width=16)  # ids are typed back: never cut
+    for column in ("name", "state", "completed", "stopped", "failed", "budget", "best reward"):
         table.add_column(column)
     for s in searches:
         table.add_row(
@@ -161,6 +163,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             s.spec.name,
             _state(s.state),
             str(s.trials_completed),
+            str(s.trials_stopped),
             str(s.trials_failed),
             str(s.spec.budget.max_trials),
             f"{s.best_reward:.4f}" if s.trials_completed else "-",
@@ -185,10 +188,13 @@ def _cmd_trials(args: argparse.Namespace) -> int:
         ):
             table.add_column(column, overflow="fold")
         for t in search.trials():
-            done = t.state == common_pb2.TRIAL_STATE_COMPLETED
+            done = t.state in (common_pb2.TRIAL_STATE_COMPLETED, common_pb2.TRIAL_STATE_STOPPED)
+            state = _trial_state(t.state)
+            if t.state == common_pb2.TRIAL_STATE_STOPPED:
+                state += f" at {t.stopped_at_step}/{t.total_steps}"
             table.add_row(
                 str(t.number),
-                _trial_state(t.state),
+                state,
                 f"{t.reward:.4f}" if done else "-",
                 f"{t.training.accuracy:.4f}" if done else "-",
                 f"{t.latency.median_seconds * 1e3:.3f}" if t.HasField("latency") else "-",
@@ -203,6 +209,17 @@ def _cmd_trials(args: argparse.Namespace) -> int:
 def _cmd_best(args: argparse.Namespace) -> int:
     with _client(args) as client:
         _print_results(Console(), client.search(args.search_id), args.top)
+    return 0
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    output = Path(args.output or f"{args.search_id}-{args.trial}.pt")
+    with _client(args) as client:
+        data = client.search(args.search_id).weights(args.trial)
+    partial = output.with_name(output.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(output)  # never a truncated file under the final name
+    print(f"wrote {len(data)} bytes of trial {args.trial}'s state_dict to {output}")
     return 0
 
 
@@ -331,6 +348,19 @@ def add_commands(
     best.add_argument("--top", type=int, default=5, help="how many (default 5)")
     target(best)
     best.set_defaults(run=_cmd_best)
+
+    weights = commands.add_parser(
+        "weights",
+        help="save the trained weights kept for a trial (budget.keep_weights) as a "
+        "PyTorch state_dict",
+    )
+    weights.add_argument("search_id")
+    weights.add_argument("trial", type=int)
+    weights.add_argument(
+        "-o", "--output", default=None, help="file to write (default SEARCH-TRIAL.pt)"
+    )
+    target(weights)
+    weights.set_defaults(run=_cmd_weights)
 
     cancel = commands.add_parser("cancel", help="cancel a search")
     cancel.add_argument("search_id")

@@ -207,6 +207,20 @@ class Search:
             latency=lambda t: t.latency.median_seconds,
         )
 
+    def weights(self, trial: int) -> bytes:
+        """The trained weights kept for ``trial`` (``budget.keep_weights``): ``torch.save``
+        bytes of its state_dict, for ``torch.load`` and the builder's module."""
+        client = self._client
+        request = controller_pb2.GetWeightsRequest(search_id=self.id, trial=trial)
+        stream = client._call(lambda: client._stub.GetWeights(request, timeout=client.timeout))
+        chunks: list[bytes] = []
+        try:
+            for chunk in stream:
+                chunks.append(chunk.data)
+        except grpc.RpcError as err:
+            raise _translate(err, client.target) from None
+        return b"".join(chunks)
+
     def cancel(self) -> common_pb2.Search:
         client = self._client
         response = client._call(

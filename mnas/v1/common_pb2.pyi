@@ -45,6 +45,79 @@ OBJECTIVE_KIND_ABSOLUTE: ObjectiveKind.ValueType  # 3
 """TuNAS: ACC + beta * |LAT/T - 1|, beta = -0.1 by default."""
 Global___ObjectiveKind: _TypeAlias = ObjectiveKind  # noqa: Y015
 
+class _EarlyStoppingRule:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EarlyStoppingRuleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EarlyStoppingRule.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EARLY_STOPPING_RULE_UNSPECIFIED: _EarlyStoppingRule.ValueType  # 0
+    """none"""
+    EARLY_STOPPING_RULE_NONE: _EarlyStoppingRule.ValueType  # 1
+    EARLY_STOPPING_RULE_MEDIAN: _EarlyStoppingRule.ValueType  # 2
+    """Stop a trial whose best intermediate accuracy so far is below the median of the
+    completed trials' accuracies at the same step (Vizier's median stopping rule).
+    """
+
+class EarlyStoppingRule(_EarlyStoppingRule, metaclass=_EarlyStoppingRuleEnumTypeWrapper): ...
+
+EARLY_STOPPING_RULE_UNSPECIFIED: EarlyStoppingRule.ValueType  # 0
+"""none"""
+EARLY_STOPPING_RULE_NONE: EarlyStoppingRule.ValueType  # 1
+EARLY_STOPPING_RULE_MEDIAN: EarlyStoppingRule.ValueType  # 2
+"""Stop a trial whose best intermediate accuracy so far is below the median of the
+completed trials' accuracies at the same step (Vizier's median stopping rule).
+"""
+Global___EarlyStoppingRule: _TypeAlias = EarlyStoppingRule  # noqa: Y015
+
+class _Optimizer:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OptimizerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Optimizer.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OPTIMIZER_UNSPECIFIED: _Optimizer.ValueType  # 0
+    """SGD"""
+    OPTIMIZER_SGD: _Optimizer.ValueType  # 1
+    """with (heavy-ball) momentum"""
+    OPTIMIZER_RMSPROP: _Optimizer.ValueType  # 2
+    """MnasNet's: decay 0.9, epsilon 1e-3, momentum"""
+
+class Optimizer(_Optimizer, metaclass=_OptimizerEnumTypeWrapper): ...
+
+OPTIMIZER_UNSPECIFIED: Optimizer.ValueType  # 0
+"""SGD"""
+OPTIMIZER_SGD: Optimizer.ValueType  # 1
+"""with (heavy-ball) momentum"""
+OPTIMIZER_RMSPROP: Optimizer.ValueType  # 2
+"""MnasNet's: decay 0.9, epsilon 1e-3, momentum"""
+Global___Optimizer: _TypeAlias = Optimizer  # noqa: Y015
+
+class _LearningRateSchedule:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LearningRateScheduleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LearningRateSchedule.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LEARNING_RATE_SCHEDULE_UNSPECIFIED: _LearningRateSchedule.ValueType  # 0
+    """cosine"""
+    LEARNING_RATE_SCHEDULE_COSINE: _LearningRateSchedule.ValueType  # 1
+    """from the peak to 0 over the steps after warm-up"""
+    LEARNING_RATE_SCHEDULE_EXPONENTIAL: _LearningRateSchedule.ValueType  # 2
+    """x0.97 every 2.4 epochs (MnasNet)"""
+    LEARNING_RATE_SCHEDULE_CONSTANT: _LearningRateSchedule.ValueType  # 3
+
+class LearningRateSchedule(_LearningRateSchedule, metaclass=_LearningRateScheduleEnumTypeWrapper): ...
+
+LEARNING_RATE_SCHEDULE_UNSPECIFIED: LearningRateSchedule.ValueType  # 0
+"""cosine"""
+LEARNING_RATE_SCHEDULE_COSINE: LearningRateSchedule.ValueType  # 1
+"""from the peak to 0 over the steps after warm-up"""
+LEARNING_RATE_SCHEDULE_EXPONENTIAL: LearningRateSchedule.ValueType  # 2
+"""x0.97 every 2.4 epochs (MnasNet)"""
+LEARNING_RATE_SCHEDULE_CONSTANT: LearningRateSchedule.ValueType  # 3
+Global___LearningRateSchedule: _TypeAlias = LearningRateSchedule  # noqa: Y015
+
 class _DuplicatePolicy:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -81,6 +154,8 @@ class _TrialStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TrialState
     TRIAL_STATE_COMPLETED: _TrialState.ValueType  # 3
     TRIAL_STATE_FAILED: _TrialState.ValueType  # 4
     TRIAL_STATE_CANCELLED: _TrialState.ValueType  # 5
+    TRIAL_STATE_STOPPED: _TrialState.ValueType  # 6
+    """Ended early by the early-stopping rule; its reward uses its last accuracy."""
 
 class TrialState(_TrialState, metaclass=_TrialStateEnumTypeWrapper): ...
 
@@ -90,6 +165,8 @@ TRIAL_STATE_RUNNING: TrialState.ValueType  # 2
 TRIAL_STATE_COMPLETED: TrialState.ValueType  # 3
 TRIAL_STATE_FAILED: TrialState.ValueType  # 4
 TRIAL_STATE_CANCELLED: TrialState.ValueType  # 5
+TRIAL_STATE_STOPPED: TrialState.ValueType  # 6
+"""Ended early by the early-stopping rule; its reward uses its last accuracy."""
 Global___TrialState: _TypeAlias = TrialState  # noqa: Y015
 
 class _SearchState:
@@ -393,6 +470,7 @@ class Budget(_message.Message):
     PARALLEL_TRIALS_FIELD_NUMBER: _builtins.int
     MAX_FAILED_TRIALS_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    KEEP_WEIGHTS_FIELD_NUMBER: _builtins.int
     max_trials: _builtins.int
     parallel_trials: _builtins.int
     """default 1"""
@@ -400,6 +478,8 @@ class Budget(_message.Message):
     """default: max_trials"""
     max_attempts: _builtins.int
     """per trial, default 3"""
+    keep_weights: _builtins.int
+    """Keep the trained weights of the best this many completed trials (0: none)."""
     def __init__(
         self,
         *,
@@ -407,17 +487,47 @@ class Budget(_message.Message):
         parallel_trials: _builtins.int = ...,
         max_failed_trials: _builtins.int = ...,
         max_attempts: _builtins.int = ...,
+        keep_weights: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_attempts", b"max_attempts", "max_failed_trials", b"max_failed_trials", "max_trials", b"max_trials", "parallel_trials", b"parallel_trials"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_weights", b"keep_weights", "max_attempts", b"max_attempts", "max_failed_trials", b"max_failed_trials", "max_trials", b"max_trials", "parallel_trials", b"parallel_trials"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Budget: _TypeAlias = Budget  # noqa: Y015
 
 @_typing.final
+class EarlyStopping(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    MIN_TRIALS_FIELD_NUMBER: _builtins.int
+    START_STEP_FIELD_NUMBER: _builtins.int
+    rule: Global___EarlyStoppingRule.ValueType
+    min_trials: _builtins.int
+    """completed trials reporting a step before it is judged; default 3"""
+    start_step: _builtins.int
+    """no trial stops before this step; default 0"""
+    def __init__(
+        self,
+        *,
+        rule: Global___EarlyStoppingRule.ValueType = ...,
+        min_trials: _builtins.int = ...,
+        start_step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_trials", b"min_trials", "rule", b"rule", "start_step", b"start_step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EarlyStopping: _TypeAlias = EarlyStopping  # noqa: Y015
+
+@_typing.final
 class Training(_message.Message):
+    """How a trainer trains one architecture. Zero fields take the defaults given here."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DATASET_FIELD_NUMBER: _builtins.int
@@ -428,8 +538,20 @@ class Training(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     TRAIN_EXAMPLES_FIELD_NUMBER: _builtins.int
     VALIDATION_EXAMPLES_FIELD_NUMBER: _builtins.int
+    OPTIMIZER_FIELD_NUMBER: _builtins.int
+    MOMENTUM_FIELD_NUMBER: _builtins.int
+    WEIGHT_DECAY_FIELD_NUMBER: _builtins.int
+    LABEL_SMOOTHING_FIELD_NUMBER: _builtins.int
+    WARMUP_FRACTION_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    EVALUATE_EVERY_STEPS_FIELD_NUMBER: _builtins.int
+    EVALUATION_EXAMPLES_FIELD_NUMBER: _builtins.int
+    RETURN_WEIGHTS_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
-    """"fashion-mnist" (Debian's dataset-fashion-mnist) or a directory of IDX files."""
+    """"fashion-mnist" (Debian's dataset-fashion-mnist), or a directory holding IDX files,
+    CIFAR-10/100 batches, or an ImageFolder tree (one folder per class).
+    """
     epochs: _builtins.int
     """used when steps is 0; default 1"""
     steps: _builtins.int
@@ -437,12 +559,32 @@ class Training(_message.Message):
     batch_size: _builtins.int
     """default 128"""
     learning_rate: _builtins.float
-    """default 0.05 (SGD, momentum 0.9)"""
+    """Peak learning rate; default 0.05 for SGD, 0.016 x batch_size / 256 for RMSProp."""
     seed: _builtins.int
     train_examples: _builtins.int
     """Examples of the training split used for training; 0: all that are not held out."""
     validation_examples: _builtins.int
     """Examples of the training split held out for accuracy; default 10000."""
+    optimizer: Global___Optimizer.ValueType
+    momentum: _builtins.float
+    """default 0.9"""
+    weight_decay: _builtins.float
+    """On convolution and dense weights; default 4e-5 (SGD), 1e-5 (RMSProp, as MnasNet)."""
+    label_smoothing: _builtins.float
+    """default 0.1"""
+    warmup_fraction: _builtins.float
+    """Linear warm-up from 0 over this fraction of the steps; default 0 (SGD), 0.05 (RMSProp)."""
+    schedule: Global___LearningRateSchedule.ValueType
+    timeout_seconds: _builtins.float
+    """A training still running after this long is ended and its trial fails; 0: no limit."""
+    evaluate_every_steps: _builtins.int
+    """Measure held-out accuracy every this many steps (progress reports carry it; the
+    median stopping rule needs it); 0: only at the end.
+    """
+    evaluation_examples: _builtins.int
+    """Held-out images an intermediate evaluation uses (the first ones); default 2000."""
+    return_weights: _builtins.bool
+    """Send the trained weights (a PyTorch state_dict) after the result."""
     def __init__(
         self,
         *,
@@ -454,12 +596,37 @@ class Training(_message.Message):
         seed: _builtins.int = ...,
         train_examples: _builtins.int = ...,
         validation_examples: _builtins.int = ...,
+        optimizer: Global___Optimizer.ValueType = ...,
+        momentum: _builtins.float | None = ...,
+        weight_decay: _builtins.float | None = ...,
+        label_smoothing: _builtins.float | None = ...,
+        warmup_fraction: _builtins.float | None = ...,
+        schedule: Global___LearningRateSchedule.ValueType = ...,
+        timeout_seconds: _builtins.float = ...,
+        evaluate_every_steps: _builtins.int = ...,
+        evaluation_examples: _builtins.int = ...,
+        return_weights: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_label_smoothing", b"_label_smoothing", "_momentum", b"_momentum", "_warmup_fraction", b"_warmup_fraction", "_weight_decay", b"_weight_decay", "label_smoothing", b"label_smoothing", "momentum", b"momentum", "warmup_fraction", b"warmup_fraction", "weight_decay", b"weight_decay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "dataset", b"dataset", "epochs", b"epochs", "learning_rate", b"learning_rate", "seed", b"seed", "steps", b"steps", "train_examples", b"train_examples", "validation_examples", b"validation_examples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_label_smoothing", b"_label_smoothing", "_momentum", b"_momentum", "_warmup_fraction", b"_warmup_fraction", "_weight_decay", b"_weight_decay", "batch_size", b"batch_size", "dataset", b"dataset", "epochs", b"epochs", "evaluate_every_steps", b"evaluate_every_steps", "evaluation_examples", b"evaluation_examples", "label_smoothing", b"label_smoothing", "learning_rate", b"learning_rate", "momentum", b"momentum", "optimizer", b"optimizer", "return_weights", b"return_weights", "schedule", b"schedule", "seed", b"seed", "steps", b"steps", "timeout_seconds", b"timeout_seconds", "train_examples", b"train_examples", "validation_examples", b"validation_examples", "warmup_fraction", b"warmup_fraction", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__label_smoothing: _TypeAlias = _typing.Literal["label_smoothing"]  # noqa: Y015
+    _WhichOneofArgType__label_smoothing: _TypeAlias = _typing.Literal["_label_smoothing", b"_label_smoothing"]  # noqa: Y015
+    _WhichOneofReturnType__momentum: _TypeAlias = _typing.Literal["momentum"]  # noqa: Y015
+    _WhichOneofArgType__momentum: _TypeAlias = _typing.Literal["_momentum", b"_momentum"]  # noqa: Y015
+    _WhichOneofReturnType__warmup_fraction: _TypeAlias = _typing.Literal["warmup_fraction"]  # noqa: Y015
+    _WhichOneofArgType__warmup_fraction: _TypeAlias = _typing.Literal["_warmup_fraction", b"_warmup_fraction"]  # noqa: Y015
+    _WhichOneofReturnType__weight_decay: _TypeAlias = _typing.Literal["weight_decay"]  # noqa: Y015
+    _WhichOneofArgType__weight_decay: _TypeAlias = _typing.Literal["_weight_decay", b"_weight_decay"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__label_smoothing) -> _WhichOneofReturnType__label_smoothing | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__momentum) -> _WhichOneofReturnType__momentum | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__warmup_fraction) -> _WhichOneofReturnType__warmup_fraction | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__weight_decay) -> _WhichOneofReturnType__weight_decay | None: ...
 
 Global___Training: _TypeAlias = Training  # noqa: Y015
 
@@ -582,6 +749,7 @@ class SearchSpec(_message.Message):
     PPO_FIELD_NUMBER: _builtins.int
     EVOLUTION_FIELD_NUMBER: _builtins.int
     DUPLICATES_FIELD_NUMBER: _builtins.int
+    EARLY_STOPPING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     strategy: _builtins.str
     """"random" (default), "ppo", "evolution" """
@@ -601,6 +769,8 @@ class SearchSpec(_message.Message):
     def ppo(self) -> Global___PPOConfig: ...
     @_builtins.property
     def evolution(self) -> Global___EvolutionConfig: ...
+    @_builtins.property
+    def early_stopping(self) -> Global___EarlyStopping: ...
     def __init__(
         self,
         *,
@@ -615,10 +785,11 @@ class SearchSpec(_message.Message):
         ppo: Global___PPOConfig | None = ...,
         evolution: Global___EvolutionConfig | None = ...,
         duplicates: Global___DuplicatePolicy.ValueType = ...,
+        early_stopping: Global___EarlyStopping | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "evolution", b"evolution", "latency", b"latency", "objective", b"objective", "ppo", b"ppo", "space", b"space", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "early_stopping", b"early_stopping", "evolution", b"evolution", "latency", b"latency", "objective", b"objective", "ppo", b"ppo", "space", b"space", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "duplicates", b"duplicates", "evolution", b"evolution", "latency", b"latency", "name", b"name", "objective", b"objective", "ppo", b"ppo", "seed", b"seed", "space", b"space", "strategy", b"strategy", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "duplicates", b"duplicates", "early_stopping", b"early_stopping", "evolution", b"evolution", "latency", b"latency", "name", b"name", "objective", b"objective", "ppo", b"ppo", "seed", b"seed", "space", b"space", "strategy", b"strategy", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -664,6 +835,7 @@ class TrainProgress(_message.Message):
     LOSS_FIELD_NUMBER: _builtins.int
     SAMPLES_SEEN_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    ACCURACY_FIELD_NUMBER: _builtins.int
     step: _builtins.int
     total_steps: _builtins.int
     epoch: _builtins.int
@@ -671,6 +843,8 @@ class TrainProgress(_message.Message):
     """running training loss"""
     samples_seen: _builtins.int
     seconds: _builtins.float
+    accuracy: _builtins.float
+    """intermediate held-out accuracy at `step`"""
     def __init__(
         self,
         *,
@@ -680,14 +854,68 @@ class TrainProgress(_message.Message):
         loss: _builtins.float = ...,
         samples_seen: _builtins.int = ...,
         seconds: _builtins.float = ...,
+        accuracy: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy", "accuracy", b"accuracy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy", "accuracy", b"accuracy", "epoch", b"epoch", "loss", b"loss", "samples_seen", b"samples_seen", "seconds", b"seconds", "step", b"step", "total_steps", b"total_steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__accuracy: _TypeAlias = _typing.Literal["accuracy"]  # noqa: Y015
+    _WhichOneofArgType__accuracy: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__accuracy) -> _WhichOneofReturnType__accuracy | None: ...
+
+Global___TrainProgress: _TypeAlias = TrainProgress  # noqa: Y015
+
+@_typing.final
+class WeightsChunk(_message.Message):
+    """A piece of a trained state_dict (torch.save format); pieces arrive in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    offset: _builtins.int
+    total_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        offset: _builtins.int = ...,
+        total_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "loss", b"loss", "samples_seen", b"samples_seen", "seconds", b"seconds", "step", b"step", "total_steps", b"total_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset", "total_bytes", b"total_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___TrainProgress: _TypeAlias = TrainProgress  # noqa: Y015
+Global___WeightsChunk: _TypeAlias = WeightsChunk  # noqa: Y015
+
+@_typing.final
+class Evaluation(_message.Message):
+    """An intermediate held-out accuracy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    ACCURACY_FIELD_NUMBER: _builtins.int
+    step: _builtins.int
+    accuracy: _builtins.float
+    def __init__(
+        self,
+        *,
+        step: _builtins.int = ...,
+        accuracy: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Evaluation: _TypeAlias = Evaluation  # noqa: Y015
 
 @_typing.final
 class LatencyStats(_message.Message):
@@ -752,6 +980,10 @@ class Trial(_message.Message):
     EXPORT_SECONDS_FIELD_NUMBER: _builtins.int
     LOG_PROBS_FIELD_NUMBER: _builtins.int
     DUPLICATE_OF_FIELD_NUMBER: _builtins.int
+    EVALUATIONS_FIELD_NUMBER: _builtins.int
+    STOPPED_AT_STEP_FIELD_NUMBER: _builtins.int
+    TOTAL_STEPS_FIELD_NUMBER: _builtins.int
+    HAS_WEIGHTS_FIELD_NUMBER: _builtins.int
     search_id: _builtins.str
     number: _builtins.int
     state: Global___TrialState.ValueType
@@ -769,6 +1001,12 @@ class Trial(_message.Message):
     """of latency_seconds, building and exporting the model"""
     duplicate_of: _builtins.int
     """the earlier trial whose accuracy was reused"""
+    stopped_at_step: _builtins.int
+    """the step a stopped trial ended at"""
+    total_steps: _builtins.int
+    """the training's step budget"""
+    has_weights: _builtins.bool
+    """the store keeps its trained weights"""
     @_builtins.property
     def architecture(self) -> Global___Architecture: ...
     @_builtins.property
@@ -786,6 +1024,10 @@ class Trial(_message.Message):
     @_builtins.property
     def log_probs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """per decision, under the policy that proposed it"""
+
+    @_builtins.property
+    def evaluations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Evaluation]:
+        """intermediate accuracies reported in training"""
 
     def __init__(
         self,
@@ -811,10 +1053,14 @@ class Trial(_message.Message):
         export_seconds: _builtins.float = ...,
         log_probs: _abc.Iterable[_builtins.float] | None = ...,
         duplicate_of: _builtins.int | None = ...,
+        evaluations: _abc.Iterable[Global___Evaluation] | None = ...,
+        stopped_at_step: _builtins.int = ...,
+        total_steps: _builtins.int = ...,
+        has_weights: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_duplicate_of", b"_duplicate_of", "architecture", b"architecture", "created_at", b"created_at", "duplicate_of", b"duplicate_of", "finished_at", b"finished_at", "latency", b"latency", "started_at", b"started_at", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_duplicate_of", b"_duplicate_of", "architecture", b"architecture", "attempts", b"attempts", "created_at", b"created_at", "decisions", b"decisions", "duplicate_of", b"duplicate_of", "error", b"error", "export_seconds", b"export_seconds", "finished_at", b"finished_at", "latency", b"latency", "latency_seconds", b"latency_seconds", "latency_worker", b"latency_worker", "log_probs", b"log_probs", "number", b"number", "reward", b"reward", "reward_seconds", b"reward_seconds", "search_id", b"search_id", "started_at", b"started_at", "state", b"state", "train_seconds", b"train_seconds", "trainer", b"trainer", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_duplicate_of", b"_duplicate_of", "architecture", b"architecture", "attempts", b"attempts", "created_at", b"created_at", "decisions", b"decisions", "duplicate_of", b"duplicate_of", "error", b"error", "evaluations", b"evaluations", "export_seconds", b"export_seconds", "finished_at", b"finished_at", "has_weights", b"has_weights", "latency", b"latency", "latency_seconds", b"latency_seconds", "latency_worker", b"latency_worker", "log_probs", b"log_probs", "number", b"number", "reward", b"reward", "reward_seconds", b"reward_seconds", "search_id", b"search_id", "started_at", b"started_at", "state", b"state", "stopped_at_step", b"stopped_at_step", "total_steps", b"total_steps", "train_seconds", b"train_seconds", "trainer", b"trainer", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__duplicate_of: _TypeAlias = _typing.Literal["duplicate_of"]  # noqa: Y015
     _WhichOneofArgType__duplicate_of: _TypeAlias = _typing.Literal["_duplicate_of", b"_duplicate_of"]  # noqa: Y015
@@ -877,6 +1123,7 @@ class Search(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     STRATEGY_STATUS_FIELD_NUMBER: _builtins.int
+    TRIALS_STOPPED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___SearchState.ValueType
     trials_completed: _builtins.int
@@ -885,6 +1132,7 @@ class Search(_message.Message):
     best_reward: _builtins.float
     best_trial: _builtins.int
     error: _builtins.str
+    trials_stopped: _builtins.int
     @_builtins.property
     def spec(self) -> Global___SearchSpec: ...
     @_builtins.property
@@ -908,10 +1156,11 @@ class Search(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         error: _builtins.str = ...,
         strategy_status: Global___StrategyStatus | None = ...,
+        trials_stopped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec", "strategy_status", b"strategy_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_reward", b"best_reward", "best_trial", b"best_trial", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "spec", b"spec", "state", b"state", "strategy_status", b"strategy_status", "trials_completed", b"trials_completed", "trials_failed", b"trials_failed", "trials_running", b"trials_running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_reward", b"best_reward", "best_trial", b"best_trial", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "spec", b"spec", "state", b"state", "strategy_status", b"strategy_status", "trials_completed", b"trials_completed", "trials_failed", b"trials_failed", "trials_running", b"trials_running", "trials_stopped", b"trials_stopped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -48,6 +48,28 @@ EVENT_KIND_SEARCH_FINISHED: EventKind.ValueType  # 5
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 @_typing.final
+class GetWeightsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEARCH_ID_FIELD_NUMBER: _builtins.int
+    TRIAL_FIELD_NUMBER: _builtins.int
+    search_id: _builtins.str
+    trial: _builtins.int
+    def __init__(
+        self,
+        *,
+        search_id: _builtins.str = ...,
+        trial: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["search_id", b"search_id", "trial", b"trial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWeightsRequest: _TypeAlias = GetWeightsRequest  # noqa: Y015
+
+@_typing.final
 class SubmitSearchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

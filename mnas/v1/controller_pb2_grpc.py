@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from mnas.v1 import common_pb2 as mnas_dot_v1_dot_common__pb2
 from mnas.v1 import controller_pb2 as mnas_dot_v1_dot_controller__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -64,6 +65,11 @@ class ControllerStub:
                 request_serializer=mnas_dot_v1_dot_controller__pb2.CancelSearchRequest.SerializeToString,
                 response_deserializer=mnas_dot_v1_dot_controller__pb2.CancelSearchResponse.FromString,
                 _registered_method=True)
+        self.GetWeights = channel.unary_stream(
+                '/mnas.v1.Controller/GetWeights',
+                request_serializer=mnas_dot_v1_dot_controller__pb2.GetWeightsRequest.SerializeToString,
+                response_deserializer=mnas_dot_v1_dot_common__pb2.WeightsChunk.FromString,
+                _registered_method=True)
 
 
 class ControllerServicer:
@@ -106,6 +112,13 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWeights(self, request, context):
+        """The trained weights kept for a trial (budget.keep_weights), in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +151,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.CancelSearch,
                     request_deserializer=mnas_dot_v1_dot_controller__pb2.CancelSearchRequest.FromString,
                     response_serializer=mnas_dot_v1_dot_controller__pb2.CancelSearchResponse.SerializeToString,
+            ),
+            'GetWeights': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetWeights,
+                    request_deserializer=mnas_dot_v1_dot_controller__pb2.GetWeightsRequest.FromString,
+                    response_serializer=mnas_dot_v1_dot_common__pb2.WeightsChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -302,6 +320,33 @@ class Controller:
             '/mnas.v1.Controller/CancelSearch',
             mnas_dot_v1_dot_controller__pb2.CancelSearchRequest.SerializeToString,
             mnas_dot_v1_dot_controller__pb2.CancelSearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mnas.v1.Controller/GetWeights',
+            mnas_dot_v1_dot_controller__pb2.GetWeightsRequest.SerializeToString,
+            mnas_dot_v1_dot_common__pb2.WeightsChunk.FromString,
             options,
             channel_credentials,
             insecure,

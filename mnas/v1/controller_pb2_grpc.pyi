@@ -5,6 +5,7 @@ The controller: accepts search specs, runs searches, reports trials."""
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from mnas.v1 import common_pb2 as _common_pb2
 from mnas.v1 import controller_pb2 as _controller_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -38,6 +39,8 @@ class ControllerStub:
     """Progress events until the search finishes; starts with the search as it stands."""
     ListTrials: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListTrialsRequest, _controller_pb2.ListTrialsResponse]
     CancelSearch: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CancelSearchRequest, _controller_pb2.CancelSearchResponse]
+    GetWeights: _grpc.UnaryStreamMultiCallable[_controller_pb2.GetWeightsRequest, _common_pb2.WeightsChunk]
+    """The trained weights kept for a trial (budget.keep_weights), in chunks."""
 
 @_typing.type_check_only
 class ControllerAsyncStub(ControllerStub):
@@ -49,6 +52,8 @@ class ControllerAsyncStub(ControllerStub):
     """Progress events until the search finishes; starts with the search as it stands."""
     ListTrials: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListTrialsRequest, _controller_pb2.ListTrialsResponse]  # type: ignore[assignment]
     CancelSearch: _aio.UnaryUnaryMultiCallable[_controller_pb2.CancelSearchRequest, _controller_pb2.CancelSearchResponse]  # type: ignore[assignment]
+    GetWeights: _aio.UnaryStreamMultiCallable[_controller_pb2.GetWeightsRequest, _common_pb2.WeightsChunk]  # type: ignore[assignment]
+    """The trained weights kept for a trial (budget.keep_weights), in chunks."""
 
 class ControllerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -93,5 +98,13 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.CancelSearchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.CancelSearchResponse, _abc.Awaitable[_controller_pb2.CancelSearchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetWeights(
+        self,
+        request: _controller_pb2.GetWeightsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_common_pb2.WeightsChunk], _abc.AsyncIterator[_common_pb2.WeightsChunk]]:
+        """The trained weights kept for a trial (budget.keep_weights), in chunks."""
 
 def add_ControllerServicer_to_server(servicer: ControllerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mnas.v1 import common_pb2 as mnas_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mnas/v1/trainer.proto\x12\x07mnas.v1\x1a\x14mnas/v1/common.proto\"\x85\x01\n\x0cTrainRequest\x12+\n\x0c\x61rchitecture\x18\x01 \x01(\x0b\x32\x15.mnas.v1.Architecture\x12#\n\x05\x62uild\x18\x02 \x01(\x0b\x32\x14.mnas.v1.BuildParams\x12#\n\x08training\x18\x03 \x01(\x0b\x32\x11.mnas.v1.Training\"l\n\rTrainResponse\x12*\n\x08progress\x18\x01 \x01(\x0b\x32\x16.mnas.v1.TrainProgressH\x00\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x14.mnas.v1.TrainResultH\x00\x42\x07\n\x05\x65vent2\x8d\x01\n\x07Trainer\x12\x38\n\x05Train\x12\x15.mnas.v1.TrainRequest\x1a\x16.mnas.v1.TrainResponse0\x01\x12H\n\x0bGetCapacity\x12\x1b.mnas.v1.GetCapacityRequest\x1a\x1c.mnas.v1.GetCapacityResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mnas/v1/trainer.proto\x12\x07mnas.v1\x1a\x14mnas/v1/common.proto\"\x85\x01\n\x0cTrainRequest\x12+\n\x0c\x61rchitecture\x18\x01 \x01(\x0b\x32\x15.mnas.v1.Architecture\x12#\n\x05\x62uild\x18\x02 \x01(\x0b\x32\x14.mnas.v1.BuildParams\x12#\n\x08training\x18\x03 \x01(\x0b\x32\x11.mnas.v1.Training\"\x96\x01\n\rTrainResponse\x12*\n\x08progress\x18\x01 \x01(\x0b\x32\x16.mnas.v1.TrainProgressH\x00\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x14.mnas.v1.TrainResultH\x00\x12(\n\x07weights\x18\x03 \x01(\x0b\x32\x15.mnas.v1.WeightsChunkH\x00\x42\x07\n\x05\x65vent2\x8d\x01\n\x07Trainer\x12\x38\n\x05Train\x12\x15.mnas.v1.TrainRequest\x1a\x16.mnas.v1.TrainResponse0\x01\x12H\n\x0bGetCapacity\x12\x1b.mnas.v1.GetCapacityRequest\x1a\x1c.mnas.v1.GetCapacityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRAINREQUEST']._serialized_start=57
   _globals['_TRAINREQUEST']._serialized_end=190
-  _globals['_TRAINRESPONSE']._serialized_start=192
-  _globals['_TRAINRESPONSE']._serialized_end=300
-  _globals['_TRAINER']._serialized_start=303
-  _globals['_TRAINER']._serialized_end=444
+  _globals['_TRAINRESPONSE']._serialized_start=193
+  _globals['_TRAINRESPONSE']._serialized_end=343
+  _globals['_TRAINER']._serialized_start=346
+  _globals['_TRAINER']._serialized_end=487
 # @@protoc_insertion_point(module_scope)

@@ -51,7 +51,7 @@ class TrainerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Train(self, request, context):
-        """Progress events, then exactly one result.
+        """Progress events, then exactly one result, then the weights when asked for.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

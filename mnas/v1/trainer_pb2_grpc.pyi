@@ -33,14 +33,14 @@ class TrainerStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TrainerAsyncStub: ...
     Train: _grpc.UnaryStreamMultiCallable[_trainer_pb2.TrainRequest, _trainer_pb2.TrainResponse]
-    """Progress events, then exactly one result."""
+    """Progress events, then exactly one result, then the weights when asked for."""
     GetCapacity: _grpc.UnaryUnaryMultiCallable[_common_pb2.GetCapacityRequest, _common_pb2.GetCapacityResponse]
 
 @_typing.type_check_only
 class TrainerAsyncStub(TrainerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Train: _aio.UnaryStreamMultiCallable[_trainer_pb2.TrainRequest, _trainer_pb2.TrainResponse]  # type: ignore[assignment]
-    """Progress events, then exactly one result."""
+    """Progress events, then exactly one result, then the weights when asked for."""
     GetCapacity: _aio.UnaryUnaryMultiCallable[_common_pb2.GetCapacityRequest, _common_pb2.GetCapacityResponse]  # type: ignore[assignment]
 
 class TrainerServicer(metaclass=_abc_1.ABCMeta):
@@ -50,7 +50,7 @@ class TrainerServicer(metaclass=_abc_1.ABCMeta):
         request: _trainer_pb2.TrainRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_trainer_pb2.TrainResponse], _abc.AsyncIterator[_trainer_pb2.TrainResponse]]:
-        """Progress events, then exactly one result."""
+        """Progress events, then exactly one result, then the weights when asked for."""
 
     @_abc_1.abstractmethod
     def GetCapacity(

@@ -27,8 +27,10 @@ from services.controller.workers import WorkerPool
 
 __all__ = ["Backends", "Deadlines", "WorkerError"]
 
-# Codes for which the trial itself is at fault: retrying elsewhere cannot help.
+# Codes for which the trial itself is at fault: retrying elsewhere cannot help. A trainer
+# answers ABORTED when a training failed by itself (out of memory, a crash, its time limit).
 _PERMANENT = {
+    grpc.StatusCode.ABORTED,
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.OUT_OF_RANGE,
@@ -139,18 +141,37 @@ class Backends:
         *,
         on_progress: Callable[[common_pb2.TrainProgress], None],
         register_cancel: Callable[[Callable[[], None]], None],
-    ) -> common_pb2.TrainResult:
-        """Stream one training; ``register_cancel`` receives a function that aborts it."""
+    ) -> tuple[common_pb2.TrainResult, bytes | None]:
+        """Stream one training; ``register_cancel`` receives a function that aborts it.
+
+        Returns the result and, when the request asked for them, the trained weights.
+        """
         stub = trainer_pb2_grpc.TrainerStub(self._channel(address))
         call = stub.Train(request, timeout=self.deadlines.train_seconds)
         register_cancel(call.cancel)
+        result: common_pb2.TrainResult | None = None
+        chunks: list[bytes] = []
         try:
             for event in call:
                 if event.HasField("result"):
-                    return event.result
-                on_progress(event.progress)
+                    result = event.result
+                    if not request.training.return_weights:
+                        return result, None
+                elif event.HasField("weights"):
+                    if event.weights.offset != sum(len(c) for c in chunks):
+                        raise WorkerError(
+                            f"trainer {address}: weights chunk at offset {event.weights.offset} "
+                            "out of order",
+                            retryable=True,
+                            endpoint_failed=True,
+                        )
+                    chunks.append(event.weights.data)
+                else:
+                    on_progress(event.progress)
         except grpc.RpcError as err:
             raise _error("trainer", address, err) from None
+        if result is not None:
+            return result, b"".join(chunks) if chunks else None
         raise WorkerError(
             f"trainer {address}: stream ended without a result",
             retryable=True,

@@ -33,6 +33,10 @@ class NotFound(KeyError):
     """No search with that id."""
 
 
+class NoWeights(LookupError):
+    """The store keeps no trained weights for that trial."""
+
+
 class Controller:
     def __init__(self, store: Store, backends: Backends, metrics: ControllerMetrics) -> None:
         self._store = store
@@ -119,8 +123,7 @@ class Controller:
         with self._lock:
             runners = dict(self._runners)
         return [
-            runners[s.id].snapshot() if s.id in runners else s
-            for s in self._store.list_searches()
+            runners[s.id].snapshot() if s.id in runners else s for s in self._store.list_searches()
         ]
 
     def trials(
@@ -136,6 +139,18 @@ class Controller:
         more = len(page) > size
         page = page[:size]
         return page, (str(page[-1].number) if more and page else "")
+
+    def weights(self, search_id: str, number: int) -> bytes:
+        """The trained weights kept for trial ``number`` (``torch.save`` bytes)."""
+        search = self.get(search_id)
+        data = self._store.load_weights(search_id, number)
+        if data is None:
+            kept = search.spec.budget.keep_weights
+            raise NoWeights(
+                f"no weights kept for trial {number} of search {search_id!r} "
+                f"(budget.keep_weights keeps the best {kept} completed trials)"
+            )
+        return data
 
     def watch(
         self, search_id: str, *, active: threading.Event | None = None

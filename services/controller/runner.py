@@ -6,12 +6,20 @@ on another endpoint up to ``budget.max_attempts`` attempts, keeping what earlier
 produced; a trial that runs out of attempts fails and counts against
 ``budget.max_failed_trials``. The search succeeds once ``budget.max_trials`` trials have
 completed, and fails when more than ``max_failed_trials`` have failed.
+
+With the median stopping rule (``spec.early_stopping``) a trial whose intermediate
+accuracy falls below the median of the completed trials' at the same step is stopped:
+its training is cancelled, it is scored with the accuracy it had reached, the strategy
+learns from it, and it ends STOPPED, counted apart from completed and failed trials but,
+like a completed one, towards ``budget.max_trials``. With ``budget.keep_weights`` the
+trained weights of the best that many completed trials are kept in the store.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +31,7 @@ from services.controller.clients import Backends, WorkerError
 from services.controller.events import EventHub
 from services.controller.metrics import ControllerMetrics
 from services.controller.spec import ResolvedSpec
+from services.controller.stopping import MedianStopping
 from services.controller.store import Store
 from services.controller.strategies import Outcome, StrategyStatus, make_strategy
 from services.controller.workers import NoWorkers, WorkerPool
@@ -33,7 +42,13 @@ _logger = logging.getLogger(__name__)
 
 TS = common_pb2.TrialState
 SS = common_pb2.SearchState
-FINAL_TRIAL_STATES = (TS.TRIAL_STATE_COMPLETED, TS.TRIAL_STATE_FAILED, TS.TRIAL_STATE_CANCELLED)
+FINAL_TRIAL_STATES = (
+    TS.TRIAL_STATE_COMPLETED,
+    TS.TRIAL_STATE_FAILED,
+    TS.TRIAL_STATE_CANCELLED,
+    TS.TRIAL_STATE_STOPPED,
+)
+SCORED_STATES = (TS.TRIAL_STATE_COMPLETED, TS.TRIAL_STATE_STOPPED)
 
 
 def _now() -> Timestamp:
@@ -44,6 +59,14 @@ def _now() -> Timestamp:
 
 class _Cancelled(Exception):
     pass
+
+
+class _Stopped(Exception):
+    """The stopping rule ended the training at ``progress``."""
+
+    def __init__(self, progress: common_pb2.TrainProgress) -> None:
+        super().__init__(f"stopped at step {progress.step}")
+        self.progress = progress
 
 
 class SearchRunner:
@@ -78,6 +101,20 @@ class SearchRunner:
             self.spec.strategy, resolved.space, self.spec.seed, resolved.strategy_config
         )
         self._proposals = 0
+        self._rule: MedianStopping | None = None
+        stopping = self.spec.early_stopping
+        if stopping.rule == common_pb2.EARLY_STOPPING_RULE_MEDIAN:
+            self._rule = MedianStopping(
+                min_trials=stopping.min_trials, start_step=stopping.start_step
+            )
+        # Trials whose weights the store keeps: (reward, number), at most keep_weights.
+        self._kept: list[tuple[float, int]] = []
+        self._weights: dict[int, bytes] = {}  # trained, not yet recorded
+        for trial in trials:
+            if trial.state == TS.TRIAL_STATE_COMPLETED:
+                self._learn_curve(trial)
+                if trial.has_weights:
+                    self._kept.append((trial.reward, trial.number))
         self._resume(sorted(trials, key=lambda t: t.number))
         self._pending = [t for t in trials if t.state not in FINAL_TRIAL_STATES]
         self._next_number = max((t.number for t in trials), default=-1) + 1
@@ -179,10 +216,10 @@ class SearchRunner:
                             f"budget.max_failed_trials ({budget.max_failed_trials})"
                         )
                         continue
-                    elif self.search.trials_completed >= budget.max_trials and not self._running:
+                    elif self._done() >= budget.max_trials and not self._running:
                         self._finish(SS.SEARCH_STATE_SUCCEEDED)
                         return
-                    wanted = budget.max_trials - self.search.trials_completed - len(self._running)
+                    wanted = budget.max_trials - self._done() - len(self._running)
                     can_start = (
                         not self._cancel.is_set()
                         and len(self._running) < budget.parallel_trials
@@ -213,6 +250,16 @@ class SearchRunner:
                 while self._running:
                     self._lock.wait(1.0)
                 self._finish(SS.SEARCH_STATE_FAILED)
+
+    def _done(self) -> int:
+        """Trials that count towards ``budget.max_trials`` (lock held)."""
+        return self.search.trials_completed + self.search.trials_stopped
+
+    def _learn_curve(self, trial: common_pb2.Trial) -> None:
+        if self._rule is not None:
+            self._rule.add_completed(
+                trial.number, [(e.step, e.accuracy) for e in trial.evaluations]
+            )
 
     def _finish(self, state: common_pb2.SearchState.ValueType) -> None:
         """Record the final state (lock held)."""
@@ -276,21 +323,56 @@ class SearchRunner:
         state_name = TS.Name(trial.state).removeprefix("TRIAL_STATE_").lower()
         self._metrics.trials_finished.labels(state_name).inc()
         self._metrics.trial_seconds.observe(time.monotonic() - started)
+        weights = self._weights.pop(trial.number, None)
         with self._lock:
             self._running.pop(trial.number, None)
             self._aborts.pop(trial.number, None)
+            keep: dict[int, bytes] = {}
+            dropped: list[common_pb2.Trial] = []
             if trial.state == TS.TRIAL_STATE_COMPLETED:
                 self.search.trials_completed += 1
                 if self.search.trials_completed == 1 or trial.reward > self.search.best_reward:
                     self.search.best_reward = trial.reward
                     self.search.best_trial = trial.number
+                self._learn_curve(trial)
+                if weights is not None:
+                    keep, dropped = self._keep_weights(trial, weights)
+            elif trial.state == TS.TRIAL_STATE_STOPPED:
+                self.search.trials_stopped += 1
             elif trial.state == TS.TRIAL_STATE_FAILED:
                 self.search.trials_failed += 1
             self.search.trials_running = len(self._running)
-            self._store.save(search=self.search, trials=[trial])
+            self._store.save(
+                search=self.search,
+                trials=[trial, *dropped],
+                weights=keep,
+                drop_weights=[t.number for t in dropped],
+            )
             self._observe(trial)
             self._lock.notify_all()
         self._publish(controller_pb2.EVENT_KIND_TRIAL_FINISHED, trial)
+
+    def _keep_weights(
+        self, trial: common_pb2.Trial, weights: bytes
+    ) -> tuple[dict[int, bytes], list[common_pb2.Trial]]:
+        """Whether the store keeps ``trial``'s weights, and the trials whose weights it
+        drops to stay within ``budget.keep_weights`` (lock held)."""
+        limit = self.spec.budget.keep_weights
+        # Highest reward first; on a tie the earlier trial, as for the search's best.
+        candidates = sorted(
+            [*self._kept, (trial.reward, trial.number)], key=lambda kept: (-kept[0], kept[1])
+        )
+        self._kept = candidates[:limit]
+        dropped = [number for _, number in candidates[limit:] if number != trial.number]
+        keep = {} if (trial.reward, trial.number) not in self._kept else {trial.number: weights}
+        trial.has_weights = bool(keep)
+        old = []
+        for number in dropped:
+            record = self._store.get_trial(self.search.id, number)
+            if record is not None:
+                record.has_weights = False
+                old.append(record)
+        return keep, old
 
     def _reuse_duplicate(self, trial: common_pb2.Trial) -> None:
         """Under the reuse policy, take the accuracy of an earlier trial of the same network."""
@@ -316,6 +398,29 @@ class SearchRunner:
                 self._score(trial)
                 trial.state = TS.TRIAL_STATE_COMPLETED
                 trial.error = ""
+                return
+            except _Stopped as stop:
+                progress = stop.progress
+                trial.training.CopyFrom(
+                    common_pb2.TrainResult(
+                        accuracy=progress.accuracy,
+                        loss=progress.loss,
+                        seconds=progress.seconds,
+                        samples_seen=progress.samples_seen,
+                    )
+                )
+                trial.stopped_at_step = progress.step
+                self._score(trial)
+                trial.state = TS.TRIAL_STATE_STOPPED
+                trial.error = ""
+                _logger.info(
+                    "trial %s/%d stopped at step %d of %d (accuracy %.4f)",
+                    self.search.id,
+                    trial.number,
+                    progress.step,
+                    progress.total_steps,
+                    progress.accuracy,
+                )
                 return
             except WorkerError as err:
                 self._check_cancel()
@@ -374,17 +479,36 @@ class SearchRunner:
         )
         started = time.monotonic()
         failed = False
+        aborts: list[Callable[[], None]] = []
+        del trial.evaluations[:]
+        best = -math.inf
 
         def register(abort: Callable[[], None]) -> None:
+            aborts.append(abort)
             with self._lock:
                 self._aborts.setdefault(trial.number, []).append(abort)
             if self._cancel.is_set():
                 abort()
 
+        def on_progress(progress: common_pb2.TrainProgress) -> None:
+            nonlocal best
+            trial.total_steps = progress.total_steps
+            if not progress.HasField("accuracy"):
+                return
+            trial.evaluations.add(step=progress.step, accuracy=progress.accuracy)
+            best = max(best, progress.accuracy)
+            if self._rule is not None and self._rule.should_stop(progress.step, best):
+                raise _Stopped(progress)
+
         try:
-            result = self._backends.train(
-                address, request, on_progress=lambda _p: None, register_cancel=register
+            result, weights = self._backends.train(
+                address, request, on_progress=on_progress, register_cancel=register
             )
+        except _Stopped:
+            for abort in aborts:
+                abort()
+            self._metrics.trial_attempts.labels("trainer", "stopped").inc()
+            raise
         except WorkerError as err:
             failed = err.endpoint_failed and not self._cancel.is_set()
             avoid.add(address)
@@ -394,10 +518,12 @@ class SearchRunner:
             with self._lock:
                 self._aborts.pop(trial.number, None)
             self._backends.trainers.release(address, failed=failed)
+            trial.trainer = address
+            trial.train_seconds = time.monotonic() - started
         self._metrics.trial_attempts.labels("trainer", "ok").inc()
         trial.training.CopyFrom(result)
-        trial.trainer = address
-        trial.train_seconds = time.monotonic() - started
+        if weights is not None:
+            self._weights[trial.number] = weights
 
     def _score(self, trial: common_pb2.Trial) -> None:
         started = time.monotonic()
@@ -413,11 +539,11 @@ class SearchRunner:
     # -- helpers ---------------------------------------------------------------------
 
     def _outcome(self, trial: common_pb2.Trial) -> Outcome:
-        completed = trial.state == TS.TRIAL_STATE_COMPLETED
+        scored = trial.state in SCORED_STATES
         return Outcome(
             number=trial.number,
             decisions=tuple(trial.decisions),
-            reward=trial.reward if completed else None,
+            reward=trial.reward if scored else None,
             log_probs=tuple(trial.log_probs),
         )
 

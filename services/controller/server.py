@@ -9,17 +9,19 @@ from typing import NoReturn, TypeVar
 import grpc
 from prometheus_client import CollectorRegistry
 
-from mnas.v1 import controller_pb2, controller_pb2_grpc
+from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc
 from services.common.server import RunningServer, build_server
-from services.controller.core import Controller, NotFound
+from services.controller.core import Controller, NotFound, NoWeights
 
 __all__ = ["SERVICE_NAME", "ControllerServicer", "make_server"]
 
 SERVICE_NAME = "mnas.v1.Controller"
+WEIGHTS_CHUNK_BYTES = 1 << 20
 
 # Domain errors and the status codes they become.
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (NoWeights, grpc.StatusCode.NOT_FOUND),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 
@@ -37,7 +39,7 @@ def _abort(context: grpc.ServicerContext, err: Exception) -> NoReturn:
 def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
     try:
         return fn()
-    except (NotFound, ValueError) as err:
+    except (NotFound, NoWeights, ValueError) as err:
         _abort(context, err)
 
 
@@ -89,6 +91,17 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
         return controller_pb2.CancelSearchResponse(
             search=_call(context, lambda: self._c.cancel(request.search_id))
         )
+
+    def GetWeights(
+        self, request: controller_pb2.GetWeightsRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.WeightsChunk]:
+        data = _call(context, lambda: self._c.weights(request.search_id, request.trial))
+        for offset in range(0, len(data), WEIGHTS_CHUNK_BYTES):
+            yield common_pb2.WeightsChunk(
+                data=data[offset : offset + WEIGHTS_CHUNK_BYTES],
+                offset=offset,
+                total_bytes=len(data),
+            )
 
 
 def make_server(

@@ -73,6 +73,8 @@ def resolve(
     classes, native = _training(out.training)
     space = _space(out.space, classes, native)
     _budget(out.budget)
+    _early_stopping(out.early_stopping, out.training)
+    out.training.return_weights = out.budget.keep_weights > 0
     _latency(out.latency, out.space.resolution, device_classes)
     if not out.strategy:
         out.strategy = "random"
@@ -134,11 +136,65 @@ def _training(t: common_pb2.Training) -> tuple[int, int]:
             f"spec.training.train_examples: {t.train_examples} exceeds the "
             f"{info.examples - t.validation_examples} examples not held out"
         )
+    _recipe(t)
+    return info.classes, info.native_resolution
+
+
+def _recipe(t: common_pb2.Training) -> None:
+    """The optimizer, schedule and evaluation settings, with the trainer's defaults."""
+    if t.optimizer not in common_pb2.Optimizer.values():
+        raise ValueError(f"spec.training.optimizer: unknown value {t.optimizer}")
+    if t.schedule not in common_pb2.LearningRateSchedule.values():
+        raise ValueError(f"spec.training.schedule: unknown value {t.schedule}")
+    if t.optimizer == common_pb2.OPTIMIZER_UNSPECIFIED:
+        t.optimizer = common_pb2.OPTIMIZER_SGD
+    rmsprop = t.optimizer == common_pb2.OPTIMIZER_RMSPROP
+    if t.schedule == common_pb2.LEARNING_RATE_SCHEDULE_UNSPECIFIED:
+        t.schedule = common_pb2.LEARNING_RATE_SCHEDULE_COSINE
     if t.learning_rate == 0:
-        t.learning_rate = 0.05
+        t.learning_rate = 0.016 * t.batch_size / 256 if rmsprop else 0.05
     if not math.isfinite(t.learning_rate) or t.learning_rate < 0:
         raise ValueError(f"spec.training.learning_rate: must be positive, got {t.learning_rate}")
-    return info.classes, info.native_resolution
+    defaults = {
+        "momentum": 0.9,
+        "weight_decay": 1e-5 if rmsprop else 4e-5,
+        "label_smoothing": 0.1,
+        "warmup_fraction": 0.05 if rmsprop else 0.0,
+    }
+    for name, default in defaults.items():
+        if not t.HasField(name):  # type: ignore[arg-type]
+            setattr(t, name, default)
+        value = getattr(t, name)
+        high = math.inf if name == "weight_decay" else 1.0
+        if not (math.isfinite(value) and 0.0 <= value < high):
+            bound = ">= 0" if high == math.inf else "in [0, 1)"
+            raise ValueError(f"spec.training.{name}: must be {bound}, got {value}")
+    if not (math.isfinite(t.timeout_seconds) and t.timeout_seconds >= 0):
+        raise ValueError(
+            f"spec.training.timeout_seconds: must be >= 0 (0: no limit), got {t.timeout_seconds}"
+        )
+    for name in ("evaluate_every_steps", "evaluation_examples"):
+        if getattr(t, name) < 0:
+            raise ValueError(f"spec.training.{name}: must be >= 0, got {getattr(t, name)}")
+    if t.evaluation_examples == 0:
+        t.evaluation_examples = min(2000, t.validation_examples)
+
+
+def _early_stopping(e: common_pb2.EarlyStopping, t: common_pb2.Training) -> None:
+    if e.rule not in common_pb2.EarlyStoppingRule.values():
+        raise ValueError(f"spec.early_stopping.rule: unknown value {e.rule}")
+    if e.rule == common_pb2.EARLY_STOPPING_RULE_UNSPECIFIED:
+        e.rule = common_pb2.EARLY_STOPPING_RULE_NONE
+    for name in ("min_trials", "start_step"):
+        if getattr(e, name) < 0:
+            raise ValueError(f"spec.early_stopping.{name}: must be >= 0, got {getattr(e, name)}")
+    if e.min_trials == 0:
+        e.min_trials = 3
+    if e.rule == common_pb2.EARLY_STOPPING_RULE_MEDIAN and t.evaluate_every_steps == 0:
+        raise ValueError(
+            "spec.early_stopping.rule: the median rule compares intermediate accuracies; "
+            "set spec.training.evaluate_every_steps > 0"
+        )
 
 
 def _space(s: common_pb2.SearchSpaceSpec, classes: int, native: int) -> SearchSpace:
@@ -265,6 +321,11 @@ def _budget(b: common_pb2.Budget) -> None:
         raise ValueError(f"spec.budget.max_attempts: must be >= 1, got {b.max_attempts}")
     if b.max_attempts == 0:
         b.max_attempts = DEFAULT_MAX_ATTEMPTS
+    if not 0 <= b.keep_weights <= b.max_trials:
+        raise ValueError(
+            f"spec.budget.keep_weights: must be in 0..max_trials ({b.max_trials}), "
+            f"got {b.keep_weights}"
+        )
 
 
 def _latency(

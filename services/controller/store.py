@@ -16,7 +16,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -28,6 +28,7 @@ from sqlalchemy import (
     DateTime,
     Double,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    delete,
     event,
     func,
     inspect,
@@ -83,6 +85,7 @@ class _Tables(NamedTuple):
     searches: Table
     trials: Table
     strategy_states: Table
+    weights: Table
 
 
 def _tables(schema: str | None) -> _Tables:
@@ -131,7 +134,20 @@ def _tables(schema: str | None) -> _Tables:
         Column("updated_at", DateTime(timezone=True), nullable=False),
         Column("state", LargeBinary, nullable=False),
     )
-    return _Tables(metadata, searches, trials, strategy_states)
+    weights = Table(
+        "weights",
+        metadata,
+        Column("search_id", String(), primary_key=True),
+        Column("number", Integer, primary_key=True, autoincrement=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+        Column("data", LargeBinary, nullable=False),
+        ForeignKeyConstraint(
+            ["search_id", "number"],
+            [trials.c.search_id, trials.c.number],
+            ondelete="CASCADE",
+        ),
+    )
+    return _Tables(metadata, searches, trials, strategy_states, weights)
 
 
 def _to_json(message: Message) -> str:
@@ -180,6 +196,7 @@ class Store:
         self._metadata = tables.metadata
         self._searches, self._trials = tables.searches, tables.trials
         self._strategy_states = tables.strategy_states
+        self._weights = tables.weights
         # Writers wait for each other here rather than in SQLite's busy loop; PostgreSQL
         # takes concurrent writers as they come.
         self._write_guard: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -374,12 +391,51 @@ class Store:
 
     # Several records at once.
 
-    def save(self, *, search: Search | None = None, trials: Sequence[Trial] = ()) -> None:
-        """Update the search (which must exist) and upsert the trials, all or nothing."""
+    def save(
+        self,
+        *,
+        search: Search | None = None,
+        trials: Sequence[Trial] = (),
+        weights: Mapping[int, bytes] | None = None,
+        drop_weights: Collection[int] = (),
+    ) -> None:
+        """Update the search (which must exist), upsert the trials, keep the trained
+        ``weights`` of trials (by number, of ``search``) and drop those of
+        ``drop_weights``, all or nothing."""
+        if (weights or drop_weights) and search is None:
+            raise ValueError("weights: saving or dropping weights needs the search")
         with self._write() as conn:
             if search is not None:
                 self._update_search(conn, search)
             self._upsert_trials(conn, trials)
+            if search is not None and drop_weights:
+                columns = self._weights.c
+                conn.execute(
+                    delete(self._weights).where(
+                        columns.search_id == search.id, columns.number.in_(list(drop_weights))
+                    )
+                )
+            for number, data in (weights or {}).items():
+                assert search is not None
+                insert = sqlite_dialect.insert if self._backend == "sqlite" else pg_dialect.insert
+                values = {"data": data, "updated_at": _now()}
+                conn.execute(
+                    insert(self._weights)
+                    .values(search_id=search.id, number=number, **values)
+                    .on_conflict_do_update(
+                        index_elements=[self._weights.c.search_id, self._weights.c.number],
+                        set_=values,
+                    )
+                )
+
+    def load_weights(self, search_id: str, number: int) -> bytes | None:
+        """The trained weights kept for that trial (``torch.save`` bytes), or None."""
+        columns = self._weights.c
+        with self._read() as conn:
+            data = conn.execute(
+                select(columns.data).where(columns.search_id == search_id, columns.number == number)
+            ).scalar_one_or_none()
+        return None if data is None else bytes(data)
 
     def save_strategy_state(
         self, search_id: str, state: bytes, *, trials: Sequence[Trial] = ()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import re
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
@@ -37,6 +39,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="on SIGTERM, seconds running trainings may go on before they are "
         "ended with UNAVAILABLE; keep below --grace (default 0)",
     )
+    parser.add_argument(
+        "--memory-limit",
+        type=_bytes,
+        default=None,
+        help="memory a CPU trial may allocate, e.g. 4GiB or 512MiB; past it the trial "
+        "fails alone (default: physical memory divided among the slots)",
+    )
+    parser.add_argument(
+        "--no-isolation",
+        action="store_true",
+        help="train on threads of this process instead of a child process per trial "
+        "(no memory limit or timeout; for debugging)",
+    )
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     registry = CollectorRegistry()
@@ -48,12 +63,26 @@ def main(argv: Sequence[str] | None = None) -> None:
             threads=args.threads,
             device=args.device,
             drain_seconds=args.drain,
+            memory_limit_bytes=args.memory_limit,
+            isolate=not args.no_isolation,
         )
         running = make_server(config, registry)
     except ValueError as err:
         parser.error(str(err))
     _logger.info("trainer bound to %s:%d", args.host, running.port)
     serve_from_args(running, registry, args)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_POWERS = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
+
+
+def _bytes(text: str) -> int:
+    """``4GiB``, ``512MiB``, ``512M`` or a number of bytes (binary units)."""
+    match = _SIZE.match(text)
+    if match is None or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size such as 4GiB or 512MiB, got {text!r}")
+    return int(float(match.group(1)) * 2 ** _POWERS[match.group(2).upper()])
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """The ``mnas.v1.Trainer`` servicer: proto to domain, :func:`training.train`, domain to proto.
 
-Each accepted ``Train`` call runs its training on a worker thread and streams that
-thread's progress reports, then one result. A call ends early when the client cancels,
-disconnects or its deadline passes (the training stops within a step), and when the
-server stops (the call ends with ``UNAVAILABLE``). At most ``max_concurrent`` trainings
-run at once; a call over that is refused with ``RESOURCE_EXHAUSTED``.
+Each accepted ``Train`` call takes a slot and trains in a child process of its own
+(:mod:`services.trainer.isolation`), streaming the child's progress reports, then one
+result, then the trained weights in chunks when the request asks for them. A trial that
+runs out of memory, crashes or outlives ``training.timeout_seconds`` ends with
+``ABORTED`` and the trainer serves on. A call ends early when the client cancels,
+disconnects or its deadline passes (the child is killed at once), and when the server
+stops (``UNAVAILABLE``). Slots: one per GPU on CUDA (slot ``i`` trains on ``cuda:i``),
+else ``max_concurrent``; a call over them is refused with ``RESOURCE_EXHAUSTED``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -25,6 +29,7 @@ from mnas.arch import Architecture, decode
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common.server import RunningServer, build_server
 from services.trainer import data
+from services.trainer.isolation import ChildJob, TrialFailed, run_isolated, start_fork_server
 from services.trainer.training import (
     Progress,
     TrainingCancelled,
@@ -56,7 +61,13 @@ SERVICE_NAME = "mnas.v1.Trainer"
 # Proto defaults: a zero (unset) field takes these values.
 DEFAULT_EPOCHS = 1
 DEFAULT_BATCH_SIZE = 128
-DEFAULT_LEARNING_RATE = 0.05
+DEFAULT_LEARNING_RATE = 0.05  # SGD
+RMSPROP_LEARNING_RATE_PER_256 = 0.016  # MnasNet: 0.016 per 256 images of batch
+RMSPROP_WARMUP_FRACTION = 0.05
+DEFAULT_MOMENTUM = 0.9
+DEFAULT_LABEL_SMOOTHING = 0.1
+DEFAULT_EVALUATION_EXAMPLES = 2000
+WEIGHTS_CHUNK_BYTES = 1 << 20
 DEFAULT_VALIDATION_EXAMPLES = 10000
 DEFAULT_WIDTH = 1.0
 
@@ -79,6 +90,7 @@ _STATUS_TABLE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (CapacityExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (TrainingCancelled, grpc.StatusCode.CANCELLED),
+    (TrialFailed, grpc.StatusCode.ABORTED),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 _MAX_DETAILS = 300
@@ -101,6 +113,14 @@ _FIELD_PATHS = {
     "learning_rate": "training.learning_rate",
     "train_examples": "training.train_examples",
     "validation_examples": "training.validation_examples",
+    "optimizer": "training.optimizer",
+    "momentum": "training.momentum",
+    "weight_decay": "training.weight_decay",
+    "label_smoothing": "training.label_smoothing",
+    "warmup_fraction": "training.warmup_fraction",
+    "schedule": "training.schedule",
+    "evaluate_every_steps": "training.evaluate_every_steps",
+    "evaluation_examples": "training.evaluation_examples",
     "num_classes": "build.num_classes",
     "resolution": "build.resolution",
     "width": "build.width",
@@ -121,10 +141,14 @@ def _qualify(message: str) -> str:
 class TrainerConfig:
     """How a trainer endpoint runs.
 
-    ``device`` is a torch device name or ``"auto"`` (CUDA when present). ``threads`` sets
-    torch's intra-op threads (default: torch's own choice). ``drain_seconds``: on stop,
-    running trainings may go on this long before they are ended with ``UNAVAILABLE``;
-    keep it below the server's stop grace.
+    ``device`` is a torch device name or ``"auto"`` (CUDA when present); on CUDA there is
+    one slot per visible GPU unless ``device`` names one (``cuda:N``: ``max_concurrent``
+    slots on it). ``threads`` sets torch's intra-op threads (default: torch's own choice).
+    ``drain_seconds``: on stop, running trainings may go on this long before they are
+    ended with ``UNAVAILABLE``; keep it below the server's stop grace.
+    ``memory_limit_bytes``: how much more memory a CPU trial's process may map than it
+    starts with (default: physical memory divided among the slots); ``isolate`` False
+    trains on threads of this process instead (no limits; for debugging).
     """
 
     port: int = 0
@@ -134,6 +158,8 @@ class TrainerConfig:
     device: str = "cpu"
     drain_seconds: float = 0.0
     max_workers: int = 32
+    memory_limit_bytes: int | None = None
+    isolate: bool = True
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 1:
@@ -142,6 +168,8 @@ class TrainerConfig:
             raise ValueError(f"threads: must be >= 1, got {self.threads}")
         if not self.drain_seconds >= 0:
             raise ValueError(f"drain_seconds: must be >= 0, got {self.drain_seconds}")
+        if self.memory_limit_bytes is not None and self.memory_limit_bytes < 1:
+            raise ValueError(f"memory_limit_bytes: must be >= 1, got {self.memory_limit_bytes}")
 
 
 class TrainerMetrics:
@@ -203,21 +231,62 @@ def build_params_from_proto(message: common_pb2.BuildParams) -> BuildParams:
     )
 
 
+_OPTIMIZERS = {
+    common_pb2.OPTIMIZER_UNSPECIFIED: "sgd",
+    common_pb2.OPTIMIZER_SGD: "sgd",
+    common_pb2.OPTIMIZER_RMSPROP: "rmsprop",
+}
+_SCHEDULES = {
+    common_pb2.LEARNING_RATE_SCHEDULE_UNSPECIFIED: "cosine",
+    common_pb2.LEARNING_RATE_SCHEDULE_COSINE: "cosine",
+    common_pb2.LEARNING_RATE_SCHEDULE_EXPONENTIAL: "exponential",
+    common_pb2.LEARNING_RATE_SCHEDULE_CONSTANT: "constant",
+}
+
+
 def training_config_from_proto(message: common_pb2.Training) -> TrainingConfig:
     """Zero fields take the documented defaults (see ``common.proto``)."""
+    if message.optimizer not in _OPTIMIZERS:
+        raise ValueError(f"training.optimizer: unknown value {message.optimizer}")
+    if message.schedule not in _SCHEDULES:
+        raise ValueError(f"training.schedule: unknown value {message.schedule}")
+    optimizer = _OPTIMIZERS[message.optimizer]
+    batch_size = message.batch_size or DEFAULT_BATCH_SIZE
+    rmsprop = optimizer == "rmsprop"
+    default_lr = (RMSPROP_LEARNING_RATE_PER_256 * batch_size / 256 if rmsprop
+                  else DEFAULT_LEARNING_RATE)
+    default_warmup = RMSPROP_WARMUP_FRACTION if rmsprop else 0.0
     try:
         return TrainingConfig(
             dataset=message.dataset or data.FASHION_MNIST,
             epochs=message.epochs or DEFAULT_EPOCHS,
             steps=message.steps,
-            batch_size=message.batch_size or DEFAULT_BATCH_SIZE,
-            learning_rate=message.learning_rate or DEFAULT_LEARNING_RATE,
+            batch_size=batch_size,
+            learning_rate=message.learning_rate or default_lr,
             seed=message.seed,
             train_examples=message.train_examples,
             validation_examples=message.validation_examples or DEFAULT_VALIDATION_EXAMPLES,
+            optimizer=optimizer,
+            momentum=message.momentum if message.HasField("momentum") else DEFAULT_MOMENTUM,
+            weight_decay=message.weight_decay if message.HasField("weight_decay") else None,
+            label_smoothing=(message.label_smoothing if message.HasField("label_smoothing")
+                             else DEFAULT_LABEL_SMOOTHING),
+            warmup_fraction=(message.warmup_fraction if message.HasField("warmup_fraction")
+                             else default_warmup),
+            schedule=_SCHEDULES[message.schedule],
+            evaluate_every_steps=message.evaluate_every_steps,
+            evaluation_examples=message.evaluation_examples or DEFAULT_EVALUATION_EXAMPLES,
         )
     except ValueError as err:
         raise ValueError(f"training.{err}") from None
+
+
+def timeout_from_proto(message: common_pb2.Training) -> float | None:
+    if not (math.isfinite(message.timeout_seconds) and message.timeout_seconds >= 0):
+        raise ValueError(
+            f"training.timeout_seconds: must be a number >= 0, got {message.timeout_seconds}"
+        )
+    return message.timeout_seconds or None
 
 
 def progress_to_proto(progress: Progress) -> common_pb2.TrainProgress:
@@ -228,6 +297,7 @@ def progress_to_proto(progress: Progress) -> common_pb2.TrainProgress:
         loss=progress.loss,
         samples_seen=progress.samples_seen,
         seconds=progress.seconds,
+        accuracy=progress.accuracy,
     )
 
 
@@ -248,6 +318,8 @@ class _Job:
     arch: Architecture
     build: BuildParams
     training: TrainingConfig
+    timeout_seconds: float | None = None
+    keep_weights: bool = False
 
 
 @dataclass(frozen=True)
@@ -262,16 +334,23 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     def __init__(self, config: TrainerConfig, metrics: TrainerMetrics) -> None:
         self._config = config
         self._metrics = metrics
-        self._device = _resolve_device(config.device)
+        self._devices = _slot_devices(_resolve_device(config.device), config.max_concurrent)
+        self._memory_limit = config.memory_limit_bytes
+        if self._memory_limit is None and self._devices[0].type == "cpu":
+            self._memory_limit = _physical_memory() // len(self._devices)
         self._lock = threading.Lock()
-        self._in_flight = 0
+        self._free = list(range(len(self._devices)))
         self._stopping = threading.Event()  # refuse new trainings
         self._cancel_all = threading.Event()  # end running trainings
 
     @property
     def in_flight(self) -> int:
         with self._lock:
-            return self._in_flight
+            return len(self._devices) - len(self._free)
+
+    @property
+    def capacity(self) -> int:
+        return len(self._devices)
 
     def begin_shutdown(self) -> None:
         """Refuse new trainings; end running ones after ``drain_seconds``."""
@@ -289,9 +368,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         self, request: common_pb2.GetCapacityRequest, context: grpc.ServicerContext
     ) -> common_pb2.GetCapacityResponse:
         return common_pb2.GetCapacityResponse(
-            max_concurrent=self._config.max_concurrent,
+            max_concurrent=self.capacity,
             in_flight=self.in_flight,
-            hardware=_hardware(self._device, self._config.threads),
+            hardware=_hardware(self._devices, self._config.threads),
         )
 
     def Train(
@@ -302,34 +381,37 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                 arch=architecture_from_proto(request.architecture),
                 build=build_params_from_proto(request.build),
                 training=training_config_from_proto(request.training),
+                timeout_seconds=timeout_from_proto(request.training),
+                keep_weights=request.training.return_weights,
             )
-            self._acquire()
-            yield from self._stream(job, context)
+            slot = self._acquire()
+            yield from self._stream(job, slot, context)
         except Exception as err:
             code, details = status_for(err)
             if code is grpc.StatusCode.INTERNAL:
                 _logger.error("Train failed", exc_info=err)
             context.abort(code, details)
 
-    def _acquire(self) -> None:
+    def _acquire(self) -> int:
         if self._stopping.is_set():
             raise ShuttingDown("trainer is shutting down; train elsewhere")
         with self._lock:
-            if self._in_flight >= self._config.max_concurrent:
+            if not self._free:
                 raise CapacityExhausted(
-                    f"trainer busy: {self._in_flight} of {self._config.max_concurrent} "
-                    "training slots in use"
+                    f"trainer busy: all {len(self._devices)} training slots in use"
                 )
-            self._in_flight += 1
+            slot = self._free.pop(0)
         self._metrics.in_flight.inc()
+        return slot
 
-    def _release(self) -> None:
+    def _release(self, slot: int) -> None:
         with self._lock:
-            self._in_flight -= 1
+            self._free.append(slot)
+            self._free.sort()
         self._metrics.in_flight.dec()
 
     def _stream(
-        self, job: _Job, context: grpc.ServicerContext
+        self, job: _Job, slot: int, context: grpc.ServicerContext
     ) -> Iterator[trainer_pb2.TrainResponse]:
         """Run ``job`` on a worker thread (which owns the slot) and relay its events."""
         events: queue.Queue[Progress | _Done] = queue.Queue()
@@ -340,13 +422,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             return client_gone.is_set() or self._cancel_all.is_set()
 
         worker = threading.Thread(
-            target=self._work, args=(job, events, cancelled), name=f"train-{job.arch.id}",
-            daemon=True,
+            target=self._work, args=(job, slot, events, cancelled),
+            name=f"train-{job.arch.id}", daemon=True,
         )
         try:
             worker.start()
         except BaseException:
-            self._release()
+            self._release(slot)
             raise
         try:
             while True:
@@ -363,13 +445,19 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                     raise event.error
                 assert event.outcome is not None
                 yield trainer_pb2.TrainResponse(result=outcome_to_proto(event.outcome))
+                if job.keep_weights and event.outcome.weights is not None:
+                    yield from _weights_chunks(event.outcome.weights)
                 return
         finally:
             client_gone.set()  # no-op when the training already ended
             worker.join(_JOIN_SECONDS)
 
     def _work(
-        self, job: _Job, events: queue.Queue[Progress | _Done], cancelled: Callable[[], bool]
+        self,
+        job: _Job,
+        slot: int,
+        events: queue.Queue[Progress | _Done],
+        cancelled: Callable[[], bool],
     ) -> None:
         """Train ``job``; free its slot, then post the outcome (so a client that got the
         result can start the next training at once)."""
@@ -384,17 +472,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 
         done: _Done
         try:
-            outcome = train(
-                job.arch,
-                num_classes=job.build.num_classes,
-                resolution=job.build.resolution,
-                width=job.build.width,
-                config=job.training,
-                on_progress=on_progress,
-                cancelled=cancelled,
-                threads=self._config.threads,
-                device=self._device,
-            )
+            outcome = self._train(job, self._devices[slot], on_progress, cancelled)
             self._metrics.samples.inc(max(0, outcome.samples_seen - reported))
             label, done = "completed", _Done(outcome=outcome)
         except TrainingCancelled as err:
@@ -404,15 +482,72 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             else:
                 label, done = "cancelled", _Done(error=err)
             _logger.info("training of %s cancelled", job.arch.id)
+        except TrialFailed as err:
+            label, done = "failed", _Done(error=err)
+            _logger.warning("training of %s failed: %s", job.arch.id, err)
         except Exception as err:
             label, done = "failed", _Done(error=err)
             if not isinstance(err, ValueError):
                 _logger.error("training of %s failed", job.arch.id, exc_info=err)
         finally:
             self._metrics.seconds.observe(time.perf_counter() - start)
-            self._release()
+            self._release(slot)
         self._metrics.jobs.labels(label).inc()
         events.put(done)
+
+    def _train(
+        self,
+        job: _Job,
+        device: torch.device,
+        on_progress: Callable[[Progress], None],
+        cancelled: Callable[[], bool],
+    ) -> TrainOutcome:
+        if not self._config.isolate:
+            return train(
+                job.arch,
+                num_classes=job.build.num_classes,
+                resolution=job.build.resolution,
+                width=job.build.width,
+                config=job.training,
+                on_progress=on_progress,
+                cancelled=cancelled,
+                threads=self._config.threads,
+                device=device,
+                keep_weights=job.keep_weights,
+            )
+        child = ChildJob(
+            arch=job.arch,
+            num_classes=job.build.num_classes,
+            resolution=job.build.resolution,
+            width=job.build.width,
+            config=job.training,
+            device=str(device),
+            threads=self._config.threads,
+            keep_weights=job.keep_weights,
+            memory_limit_bytes=self._memory_limit if device.type == "cpu" else None,
+        )
+        return run_isolated(child, on_progress=on_progress, cancelled=cancelled,
+                            timeout_seconds=job.timeout_seconds)
+
+
+def _weights_chunks(weights: bytes) -> Iterator[trainer_pb2.TrainResponse]:
+    total = len(weights)
+    for offset in range(0, total, WEIGHTS_CHUNK_BYTES):
+        yield trainer_pb2.TrainResponse(weights=common_pb2.WeightsChunk(
+            data=weights[offset:offset + WEIGHTS_CHUNK_BYTES], offset=offset, total_bytes=total
+        ))
+
+
+def _slot_devices(device: torch.device, max_concurrent: int) -> list[torch.device]:
+    """The device of every slot: one per GPU for plain ``cuda``, else ``max_concurrent``
+    slots on ``device``."""
+    if device.type == "cuda" and device.index is None:
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [device] * max_concurrent
+
+
+def _physical_memory() -> int:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -427,17 +562,20 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-def _hardware(device: torch.device, threads: int | None) -> str:
+def _hardware(devices: list[torch.device], threads: int | None) -> str:
     version = f"torch {torch.__version__}"
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda:{index} {torch.cuda.get_device_name(index)} ({version})"
+    if devices[0].type == "cuda":
+        names = sorted({f"cuda:{d.index or 0} {torch.cuda.get_device_name(d.index or 0)}"
+                        for d in devices})
+        return f"{', '.join(names)} ({version})"
     return f"cpu x{threads or torch.get_num_threads()} ({version})"
 
 
 def make_server(config: TrainerConfig, registry: CollectorRegistry) -> RunningServer:
     """Start a trainer on ``config.host:config.port`` (0: a free port)."""
     servicer = TrainerServicer(config, TrainerMetrics(registry))
+    if config.isolate:
+        start_fork_server()  # before the server's threads exist
     running = build_server(
         service_names=[SERVICE_NAME],
         add_servicers=lambda server: trainer_pb2_grpc.add_TrainerServicer_to_server(

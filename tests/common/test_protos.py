@@ -44,5 +44,9 @@ def test_client_retry_policy_covers_unary_methods_only() -> None:
         for m in s.methods
         if m.server_streaming
     }
-    assert streaming == {("mnas.v1.Controller", "WatchSearch"), ("mnas.v1.Trainer", "Train")}
+    assert streaming == {
+        ("mnas.v1.Controller", "WatchSearch"),
+        ("mnas.v1.Controller", "GetWeights"),
+        ("mnas.v1.Trainer", "Train"),
+    }
     assert not names & streaming

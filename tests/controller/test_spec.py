@@ -48,6 +48,39 @@ def test_defaults_are_written_in() -> None:
     assert (s.objective.alpha, s.objective.beta) == (-0.07, -0.07)
     assert (s.latency.device_class, s.latency.runs, s.latency.resolution) == ("host-cpu", 20, 28)
     assert resolved.space.size == 432**7
+    t = s.training
+    assert (t.optimizer, t.schedule) == (
+        common_pb2.OPTIMIZER_SGD,
+        common_pb2.LEARNING_RATE_SCHEDULE_COSINE,
+    )
+    assert (t.learning_rate, t.momentum, t.weight_decay, t.label_smoothing) == (
+        0.05,
+        0.9,
+        4e-5,
+        0.1,
+    )
+    assert (t.warmup_fraction, t.timeout_seconds, t.evaluation_examples) == (0.0, 0.0, 2000)
+    assert not t.return_weights
+    assert s.early_stopping.rule == common_pb2.EARLY_STOPPING_RULE_NONE
+    assert s.early_stopping.min_trials == 3
+
+
+def test_rmsprop_takes_mnasnet_defaults() -> None:
+    resolved = resolve(
+        spec(**{"training.optimizer": "OPTIMIZER_RMSPROP", "training.batch_size": 512}),
+        device_classes=DEVICES,
+        strategies=STRATEGIES,
+    )
+    t = resolved.spec.training
+    assert t.learning_rate == pytest.approx(0.016 * 512 / 256)
+    assert (t.weight_decay, t.warmup_fraction) == (1e-5, 0.05)
+
+
+def test_keeping_weights_asks_trainers_for_them() -> None:
+    resolved = resolve(
+        spec(**{"budget.keep_weights": 2}), device_classes=DEVICES, strategies=STRATEGIES
+    )
+    assert resolved.spec.training.return_weights
 
 
 def test_hard_objective_defaults() -> None:
@@ -97,6 +130,17 @@ BAD = [
     ("all held out", {"training.validation_examples": 60000},
      "spec.training.validation_examples"),
     ("too many examples", {"training.train_examples": 55000}, "spec.training.train_examples"),
+    ("momentum 1", {"training.momentum": 1.0}, "spec.training.momentum"),
+    ("negative decay", {"training.weight_decay": -1e-5}, "spec.training.weight_decay"),
+    ("warm-up 1", {"training.warmup_fraction": 1.0}, "spec.training.warmup_fraction"),
+    ("smoothing 1", {"training.label_smoothing": 1.0}, "spec.training.label_smoothing"),
+    ("negative timeout", {"training.timeout_seconds": -1}, "spec.training.timeout_seconds"),
+    ("negative evaluations", {"training.evaluate_every_steps": -1},
+     "spec.training.evaluate_every_steps"),
+    ("median without evaluations", {"early_stopping.rule": "EARLY_STOPPING_RULE_MEDIAN"},
+     "spec.early_stopping.rule"),
+    ("negative min trials", {"early_stopping.min_trials": -1}, "spec.early_stopping.min_trials"),
+    ("keep more weights than trials", {"budget.keep_weights": 5}, "spec.budget.keep_weights"),
 ]
 
 

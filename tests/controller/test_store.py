@@ -485,7 +485,7 @@ def test_plain_postgresql_url_uses_psycopg_in_its_own_schema(postgres_admin: Eng
                 ),
                 {"schema": schema},
             ).scalars()
-            assert list(tables) == ["searches", "strategy_states", "trials"]
+            assert list(tables) == ["searches", "strategy_states", "trials", "weights"]
     assert not schema_exists(postgres_admin, schema)
     with postgres_admin.connect() as conn:
         left = conn.execute(

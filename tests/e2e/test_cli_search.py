@@ -45,7 +45,7 @@ def test_mnas_search_runs_a_spec_and_prints_results(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "succeeded: 2 completed, 0 failed" in out
+    assert "succeeded: 2 completed, 0 stopped early, 0 failed" in out
     assert "best 2 by reward" in out
     assert "Pareto front: accuracy vs latency" in out
     assert "#0: r" in out or "#1: r" in out

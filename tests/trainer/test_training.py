@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import math
 import threading
 
 import pytest
+import torch
 
 from mnas.arch import Architecture, decode
+from services.trainer.builder import build_torch
 from services.trainer.training import (
     Progress,
     TrainingCancelled,
     TrainingConfig,
     TrainOutcome,
+    learning_rate_at,
     train,
 )
 
@@ -128,3 +134,65 @@ def test_cancellation_stops_a_long_training_promptly() -> None:
     worker.join(STOP_WITHIN_SECONDS)
     assert not worker.is_alive(), f"training still running {STOP_WITHIN_SECONDS}s after cancel"
     assert len(errors) == 1 and isinstance(errors[0], TrainingCancelled)
+
+
+def test_intermediate_evaluations_leave_the_training_unchanged() -> None:
+    plain = TrainingConfig(train_examples=320, validation_examples=200, batch_size=32, steps=9)
+    evaluated = dataclasses.replace(plain, evaluate_every_steps=4, evaluation_examples=100)
+    first, _ = run(config=plain)
+    second, events = run(config=evaluated)
+    reports = [(e.step, e.accuracy) for e in events if e.accuracy is not None]
+    assert [step for step, _ in reports] == [4, 8]  # not at the last step: the result is
+    assert all(0.0 <= accuracy <= 1.0 for _, accuracy in reports)
+    # Evaluating restores batch-norm statistics and draws no randomness.
+    assert (first.accuracy, first.loss) == (second.accuracy, second.loss)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "rmsprop"])
+def test_both_optimizers_learn(optimizer: str) -> None:
+    lr = 0.05 if optimizer == "sgd" else 0.016 * 32 / 256
+    config = dataclasses.replace(
+        SMALL_SUBSET, optimizer=optimizer, learning_rate=lr, warmup_fraction=0.1
+    )
+    outcome, _ = run(config=config)
+    assert outcome.accuracy > 0.3  # chance is 0.1
+
+
+def test_learning_rate_warms_up_then_follows_the_schedule() -> None:
+    cosine = TrainingConfig(learning_rate=1.0, warmup_fraction=0.1)
+    lrs = [learning_rate_at(step, 100, 10, cosine) for step in range(100)]
+    assert lrs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.5)
+    assert lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    exponential = dataclasses.replace(cosine, schedule="exponential")
+    # 0.97 every 2.4 epochs, counted from the end of the warm-up.
+    assert learning_rate_at(10 + 24, 100, 10, exponential) == pytest.approx(0.97)
+    constant = dataclasses.replace(cosine, schedule="constant", warmup_fraction=0.0)
+    assert {learning_rate_at(s, 100, 10, constant) for s in range(100)} == {1.0}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("optimizer", "adam", r"^optimizer: must be one of sgd, rmsprop"),
+        ("schedule", "step", r"^schedule: must be one of"),
+        ("momentum", 1.0, r"^momentum: must be in \[0, 1\)"),
+        ("weight_decay", -1.0, r"^weight_decay: must be a number >= 0"),
+        ("warmup_fraction", 1.0, r"^warmup_fraction: must be in \[0, 1\)"),
+        ("evaluate_every_steps", -1, r"^evaluate_every_steps: must be an integer >= 0"),
+    ],
+)
+def test_recipe_errors_name_the_field(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainingConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_kept_weights_load_into_the_same_network() -> None:
+    config = TrainingConfig(train_examples=64, validation_examples=64, batch_size=32, steps=2)
+    outcome, _ = run(config=config, keep_weights=True)
+    assert outcome.weights is not None
+    state = torch.load(io.BytesIO(outcome.weights), weights_only=True)
+    model = build_torch(TINY, num_classes=10, resolution=28)
+    model.load_state_dict(state)  # every key and shape matches
+    assert run(config=config)[0].weights is None

@@ -1,0 +1,121 @@
+"""Each training runs in a child process: a trial that runs out of memory, raises or
+outlives its time limit fails alone, and the same trainer completes the next one."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import torch
+
+from mnas.arch import decode
+from mnas.v1 import trainer_pb2
+from services.trainer.isolation import ChildJob, TrialTimedOut, run_isolated
+from services.trainer.server import TrainerConfig
+from services.trainer.training import Progress, TrainingCancelled, TrainingConfig
+from tests.trainer.test_server import TINY, Trainer, details, request, start
+
+MEMORY_LIMIT = 512 * 2**20
+
+
+@pytest.fixture(scope="module")
+def trainer() -> Iterator[Trainer]:
+    """One trainer for the whole module, so each test's failure must leave it serving."""
+    t = start(TrainerConfig(max_concurrent=1, threads=1, memory_limit_bytes=MEMORY_LIMIT))
+    yield t
+    t.channel.close()
+    t.running.stop(grace=1.0)
+
+
+def train(trainer: Trainer, message: trainer_pb2.TrainRequest) -> list[trainer_pb2.TrainResponse]:
+    return list(trainer.stub.Train(message, timeout=120))
+
+
+def assert_next_trial_completes(trainer: Trainer) -> None:
+    responses = train(trainer, request(steps=3))
+    assert responses[-1].HasField("result")
+    assert 0.0 <= responses[-1].result.accuracy <= 1.0
+
+
+def test_a_trial_past_its_memory_limit_fails_alone(trainer: Trainer) -> None:
+    big = request(steps=2)
+    big.training.batch_size = 512
+    big.build.resolution = 224  # activations of several GiB at this batch
+    with pytest.raises(grpc.RpcError) as info:
+        train(trainer, big)
+    assert info.value.code() is grpc.StatusCode.ABORTED
+    assert "out of memory" in details(info.value)
+    assert "512 MiB" in details(info.value)
+    assert_next_trial_completes(trainer)
+    assert trainer.sample("mnas_trainer_jobs_total", outcome="failed") >= 1
+
+
+def test_a_trial_that_raises_fails_alone_naming_the_field(trainer: Trainer) -> None:
+    # Fashion-MNIST has 10 classes: the child refuses to build a 5-class head.
+    with pytest.raises(grpc.RpcError) as info:
+        train(trainer, request(steps=2, num_classes=5))
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert details(info.value).startswith("build.num_classes:")
+    assert_next_trial_completes(trainer)
+
+
+def test_a_trial_past_its_timeout_fails_alone(trainer: Trainer) -> None:
+    slow = request(steps=1_000_000)
+    slow.training.timeout_seconds = 2.0
+    with pytest.raises(grpc.RpcError) as info:
+        train(trainer, slow)
+    assert info.value.code() is grpc.StatusCode.ABORTED
+    assert "time limit of 2s" in details(info.value)
+    assert_next_trial_completes(trainer)
+
+
+def test_weights_follow_the_result_when_asked_for(trainer: Trainer) -> None:
+    message = request(steps=2)
+    message.training.return_weights = True
+    responses = train(trainer, message)
+    kinds = [r.WhichOneof("event") for r in responses]
+    first_weights = kinds.index("weights")
+    assert kinds[first_weights - 1] == "result"
+    assert set(kinds[first_weights:]) == {"weights"}
+    chunks = [r.weights for r in responses[first_weights:]]
+    data = b"".join(c.data for c in chunks)
+    assert len(data) == chunks[0].total_bytes
+    state = torch.load(io.BytesIO(data), weights_only=True)
+    assert any(name.endswith("running_mean") for name in state)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_cancelling_kills_the_child_before_returning() -> None:
+    job = ChildJob(
+        arch=decode(TINY),
+        num_classes=10,
+        resolution=28,
+        width=1.0,
+        config=TrainingConfig(
+            steps=1_000_000, batch_size=32, train_examples=1000, validation_examples=500
+        ),
+        threads=1,
+    )
+    seen: list[Progress] = []
+    with pytest.raises(TrainingCancelled):
+        run_isolated(job, on_progress=seen.append, cancelled=lambda: bool(seen))
+    assert seen  # it trained until the first report, then was cancelled
+    assert multiprocessing.active_children() == []
+
+
+def test_timeout_names_the_spec_field() -> None:
+    job = ChildJob(
+        arch=decode(TINY),
+        num_classes=10,
+        resolution=28,
+        width=1.0,
+        config=TrainingConfig(steps=1_000_000, batch_size=32, train_examples=1000,
+                              validation_examples=500),
+        threads=1,
+    )
+    with pytest.raises(TrialTimedOut, match=r"training\.timeout_seconds"):
+        run_isolated(job, timeout_seconds=0.5)
+    assert multiprocessing.active_children() == []
