@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=128)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument("--optimizer", choices=("sgd", "rmsprop"), default="sgd")
+    parser.add_argument("--warmup-fraction", type=float, default=0.0)
     parser.add_argument("--train-examples", type=int, default=4096)
     parser.add_argument("--validation-examples", type=int, default=2000)
     parser.add_argument("--width", type=float, default=0.5)
@@ -83,7 +85,8 @@ def main() -> None:
             config = TrainingConfig(
                 steps=args.steps, batch_size=args.batch, learning_rate=args.learning_rate,
                 seed=seed, train_examples=args.train_examples,
-                validation_examples=args.validation_examples,
+                validation_examples=args.validation_examples, optimizer=args.optimizer,
+                warmup_fraction=args.warmup_fraction,
             )
             outcome = train(arch, config=config, resolution=args.resolution, width=args.width)
             by_seed[seed].append(outcome.accuracy)
@@ -104,6 +107,7 @@ def main() -> None:
         "proxy": {
             "dataset": "fashion-mnist", "width": args.width, "resolution": args.resolution,
             "steps": args.steps, "batch": args.batch, "learning_rate": args.learning_rate,
+            "optimizer": args.optimizer, "warmup_fraction": args.warmup_fraction,
             "train_examples": args.train_examples,
             "validation_examples": args.validation_examples,
         },

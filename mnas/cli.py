@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from mnas import references
-from mnas.arch import Architecture, decode
+from mnas.cli_args import add_arch_selector, arch_from_args
+from mnas.cli_latency import add_commands as add_latency_commands
 from mnas.cli_searches import add_commands
 from mnas.client import MnasError
 from mnas.cost import count
@@ -47,20 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- arch ------------------------------------------------------------------------------
 
 
-def _arch_from_args(args: argparse.Namespace) -> tuple[str | None, Architecture]:
-    if args.name and args.blocks:
-        raise UsageError("give an architecture NAME or --blocks, not both")
-    if args.name:
-        return args.name, references.get(args.name)
-    if args.blocks:
-        return None, decode(args.blocks)
-    raise UsageError(
-        f"give an architecture NAME ({', '.join(references.names())}) or --blocks 'S1 S2 ...'"
-    )
-
-
 def _cmd_arch_describe(args: argparse.Namespace) -> int:
-    name, arch = _arch_from_args(args)
+    name, arch = arch_from_args(args)
     report = count(arch, width=args.width, resolution=args.resolution, num_classes=args.classes)
     if args.json:
         out: dict[str, Any] = {
@@ -143,7 +132,7 @@ def _cmd_arch_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_arch_export(args: argparse.Namespace) -> int:
-    _, arch = _arch_from_args(args)
+    _, arch = arch_from_args(args)
     try:
         from services.latency.export import export_arch
     except ImportError as err:
@@ -194,14 +183,6 @@ def _cmd_space_describe(args: argparse.Namespace) -> int:
 # --- parser ----------------------------------------------------------------------------
 
 
-def _add_arch_selector(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", nargs="?", help=f"a reference: {', '.join(references.names())}")
-    p.add_argument("--blocks", help="block strings, e.g. 'r1_k3_s11_e1_i32_o16_noskip ...'")
-    p.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
-    p.add_argument("--resolution", type=int, default=224, help="input size (default 224)")
-    p.add_argument("--classes", type=int, default=1000, help="number of classes (default 1000)")
-
-
 def _print_help_by_default(p: argparse.ArgumentParser) -> None:
     def show(_: argparse.Namespace) -> int:
         p.print_help(sys.stderr)
@@ -223,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     describe = arch_commands.add_parser(
         "describe", help="parameters, multiply-adds and a per-block table"
     )
-    _add_arch_selector(describe)
+    add_arch_selector(describe)
     describe.add_argument("--json", action="store_true", help="print one JSON object")
     describe.set_defaults(run=_cmd_arch_describe)
 
@@ -240,11 +221,12 @@ def _parser() -> argparse.ArgumentParser:
     export = arch_commands.add_parser(
         "export", help="write the .tflite file the latency service would measure"
     )
-    _add_arch_selector(export)
+    add_arch_selector(export)
     export.add_argument("-o", "--output", required=True, help="output .tflite path")
     export.set_defaults(run=_cmd_arch_export)
 
     add_commands(commands)
+    add_latency_commands(commands)
 
     space = commands.add_parser("space", help="the search space")
     _print_help_by_default(space)

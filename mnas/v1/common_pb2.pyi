@@ -928,14 +928,24 @@ class LatencyStats(_message.Message):
     SAMPLES_SECONDS_FIELD_NUMBER: _builtins.int
     DEVICE_CLASS_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
+    FLAGS_FIELD_NUMBER: _builtins.int
+    THERMAL_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
     median_seconds: _builtins.float
     min_seconds: _builtins.float
     p90_seconds: _builtins.float
     mean_seconds: _builtins.float
     device_class: _builtins.str
     device: _builtins.str
+    thermal_wait_seconds: _builtins.float
+    """waited for a hot phone to cool first"""
     @_builtins.property
     def samples_seconds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def flags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What was unusual about the device during the measurement: hot, throttling,
+        unpowered, governor-mismatch, temperature-unknown (phones).
+        """
+
     def __init__(
         self,
         *,
@@ -946,10 +956,12 @@ class LatencyStats(_message.Message):
         samples_seconds: _abc.Iterable[_builtins.float] | None = ...,
         device_class: _builtins.str = ...,
         device: _builtins.str = ...,
+        flags: _abc.Iterable[_builtins.str] | None = ...,
+        thermal_wait_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "device_class", b"device_class", "mean_seconds", b"mean_seconds", "median_seconds", b"median_seconds", "min_seconds", b"min_seconds", "p90_seconds", b"p90_seconds", "samples_seconds", b"samples_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "device_class", b"device_class", "flags", b"flags", "mean_seconds", b"mean_seconds", "median_seconds", b"median_seconds", "min_seconds", b"min_seconds", "p90_seconds", b"p90_seconds", "samples_seconds", b"samples_seconds", "thermal_wait_seconds", b"thermal_wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

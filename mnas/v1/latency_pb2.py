@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mnas.v1 import common_pb2 as mnas_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mnas/v1/latency.proto\x12\x07mnas.v1\x1a\x14mnas/v1/common.proto\"\x8e\x01\n\x0eMeasureRequest\x12+\n\x0c\x61rchitecture\x18\x01 \x01(\x0b\x32\x15.mnas.v1.Architecture\x12#\n\x05\x62uild\x18\x02 \x01(\x0b\x32\x14.mnas.v1.BuildParams\x12*\n\x08settings\x18\x03 \x01(\x0b\x32\x18.mnas.v1.LatencySettings\"_\n\x0fMeasureResponse\x12$\n\x05stats\x18\x01 \x01(\x0b\x32\x15.mnas.v1.LatencyStats\x12\x0e\n\x06\x63\x61\x63hed\x18\x02 \x01(\x08\x12\x16\n\x0e\x65xport_seconds\x18\x03 \x01(\x01\"\x14\n\x12ListDevicesRequest\"H\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65vice_class\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\"7\n\x13ListDevicesResponse\x12 \n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x0f.mnas.v1.Device2\xdb\x01\n\x07Latency\x12<\n\x07Measure\x12\x17.mnas.v1.MeasureRequest\x1a\x18.mnas.v1.MeasureResponse\x12H\n\x0bListDevices\x12\x1b.mnas.v1.ListDevicesRequest\x1a\x1c.mnas.v1.ListDevicesResponse\x12H\n\x0bGetCapacity\x12\x1b.mnas.v1.GetCapacityRequest\x1a\x1c.mnas.v1.GetCapacityResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mnas/v1/latency.proto\x12\x07mnas.v1\x1a\x14mnas/v1/common.proto\"\x8e\x01\n\x0eMeasureRequest\x12+\n\x0c\x61rchitecture\x18\x01 \x01(\x0b\x32\x15.mnas.v1.Architecture\x12#\n\x05\x62uild\x18\x02 \x01(\x0b\x32\x14.mnas.v1.BuildParams\x12*\n\x08settings\x18\x03 \x01(\x0b\x32\x18.mnas.v1.LatencySettings\"_\n\x0fMeasureResponse\x12$\n\x05stats\x18\x01 \x01(\x0b\x32\x15.mnas.v1.LatencyStats\x12\x0e\n\x06\x63\x61\x63hed\x18\x02 \x01(\x08\x12\x16\n\x0e\x65xport_seconds\x18\x03 \x01(\x01\"\x14\n\x12ListDevicesRequest\"\xe2\x02\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65vice_class\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x17\n\x0f\x61ndroid_version\x18\x05 \x01(\t\x12\x0b\n\x03\x61\x62i\x18\x06 \x01(\t\x12\x15\n\rhealth_reason\x18\x07 \x01(\t\x12\x1c\n\x14\x63onsecutive_failures\x18\x08 \x01(\x05\x12 \n\x13temperature_celsius\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0ethermal_status\x18\n \x01(\x05H\x01\x88\x01\x01\x12\x1a\n\rbattery_level\x18\x0b \x01(\x05H\x02\x88\x01\x01\x12\x0f\n\x07powered\x18\x0c \x01(\x08\x12\x14\n\x0c\x63pu_governor\x18\r \x01(\tB\x16\n\x14_temperature_celsiusB\x11\n\x0f_thermal_statusB\x10\n\x0e_battery_level\"7\n\x13ListDevicesResponse\x12 \n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x0f.mnas.v1.Device2\xdb\x01\n\x07Latency\x12<\n\x07Measure\x12\x17.mnas.v1.MeasureRequest\x1a\x18.mnas.v1.MeasureResponse\x12H\n\x0bListDevices\x12\x1b.mnas.v1.ListDevicesRequest\x1a\x1c.mnas.v1.ListDevicesResponse\x12H\n\x0bGetCapacity\x12\x1b.mnas.v1.GetCapacityRequest\x1a\x1c.mnas.v1.GetCapacityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,10 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEASURERESPONSE']._serialized_end=296
   _globals['_LISTDEVICESREQUEST']._serialized_start=298
   _globals['_LISTDEVICESREQUEST']._serialized_end=318
-  _globals['_DEVICE']._serialized_start=320
-  _globals['_DEVICE']._serialized_end=392
-  _globals['_LISTDEVICESRESPONSE']._serialized_start=394
-  _globals['_LISTDEVICESRESPONSE']._serialized_end=449
-  _globals['_LATENCY']._serialized_start=452
-  _globals['_LATENCY']._serialized_end=671
+  _globals['_DEVICE']._serialized_start=321
+  _globals['_DEVICE']._serialized_end=675
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=677
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=732
+  _globals['_LATENCY']._serialized_start=735
+  _globals['_LATENCY']._serialized_end=954
 # @@protoc_insertion_point(module_scope)

@@ -96,11 +96,34 @@ class Device(_message.Message):
     DEVICE_CLASS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    ANDROID_VERSION_FIELD_NUMBER: _builtins.int
+    ABI_FIELD_NUMBER: _builtins.int
+    HEALTH_REASON_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_CELSIUS_FIELD_NUMBER: _builtins.int
+    THERMAL_STATUS_FIELD_NUMBER: _builtins.int
+    BATTERY_LEVEL_FIELD_NUMBER: _builtins.int
+    POWERED_FIELD_NUMBER: _builtins.int
+    CPU_GOVERNOR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """the phone's serial, or the host's CPU model"""
     device_class: _builtins.str
     model: _builtins.str
     state: _builtins.str
     """ready, busy, unhealthy"""
+    android_version: _builtins.str
+    """Phones: what adb reports, why a phone is unhealthy, and its last reading."""
+    abi: _builtins.str
+    health_reason: _builtins.str
+    consecutive_failures: _builtins.int
+    temperature_celsius: _builtins.float
+    thermal_status: _builtins.int
+    """Android's PowerManager THERMAL_STATUS_*"""
+    battery_level: _builtins.int
+    """percent"""
+    powered: _builtins.bool
+    """charging over AC or USB"""
+    cpu_governor: _builtins.str
     def __init__(
         self,
         *,
@@ -108,12 +131,32 @@ class Device(_message.Message):
         device_class: _builtins.str = ...,
         model: _builtins.str = ...,
         state: _builtins.str = ...,
+        android_version: _builtins.str = ...,
+        abi: _builtins.str = ...,
+        health_reason: _builtins.str = ...,
+        consecutive_failures: _builtins.int = ...,
+        temperature_celsius: _builtins.float | None = ...,
+        thermal_status: _builtins.int | None = ...,
+        battery_level: _builtins.int | None = ...,
+        powered: _builtins.bool = ...,
+        cpu_governor: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery_level", b"_battery_level", "_temperature_celsius", b"_temperature_celsius", "_thermal_status", b"_thermal_status", "battery_level", b"battery_level", "temperature_celsius", b"temperature_celsius", "thermal_status", b"thermal_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_class", b"device_class", "id", b"id", "model", b"model", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery_level", b"_battery_level", "_temperature_celsius", b"_temperature_celsius", "_thermal_status", b"_thermal_status", "abi", b"abi", "android_version", b"android_version", "battery_level", b"battery_level", "consecutive_failures", b"consecutive_failures", "cpu_governor", b"cpu_governor", "device_class", b"device_class", "health_reason", b"health_reason", "id", b"id", "model", b"model", "powered", b"powered", "state", b"state", "temperature_celsius", b"temperature_celsius", "thermal_status", b"thermal_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__battery_level: _TypeAlias = _typing.Literal["battery_level"]  # noqa: Y015
+    _WhichOneofArgType__battery_level: _TypeAlias = _typing.Literal["_battery_level", b"_battery_level"]  # noqa: Y015
+    _WhichOneofReturnType__temperature_celsius: _TypeAlias = _typing.Literal["temperature_celsius"]  # noqa: Y015
+    _WhichOneofArgType__temperature_celsius: _TypeAlias = _typing.Literal["_temperature_celsius", b"_temperature_celsius"]  # noqa: Y015
+    _WhichOneofReturnType__thermal_status: _TypeAlias = _typing.Literal["thermal_status"]  # noqa: Y015
+    _WhichOneofArgType__thermal_status: _TypeAlias = _typing.Literal["_thermal_status", b"_thermal_status"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__battery_level) -> _WhichOneofReturnType__battery_level | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature_celsius) -> _WhichOneofReturnType__temperature_celsius | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__thermal_status) -> _WhichOneofReturnType__thermal_status | None: ...
 
 Global___Device: _TypeAlias = Device  # noqa: Y015
 

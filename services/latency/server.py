@@ -18,6 +18,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from mnas.v1 import common_pb2, latency_pb2, latency_pb2_grpc
 from services.common.server import RunningServer, build_server
 from services.latency.oracle import HOST_CPU, HostOracle, LatencyOracle, MeasureSettings
+from services.latency.phones.adb import PhoneConnectionError
+from services.latency.phones.benchmark_output import BenchmarkFailed
+from services.latency.phones.oracle import NoPhoneAvailable, PhoneLatencyResult, PhoneOracle
+from services.latency.phones.runner import PhoneSetupError
 from services.latency.service import (
     DEFAULT_CACHE_SIZE,
     BuildParams,
@@ -47,6 +51,12 @@ DEFAULT_THREADS = 1
 # Domain errors to status codes, first match wins; anything else is INTERNAL.
 _STATUS_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+    # The phone's benchmark tool refused the model: another phone of the class would too.
+    (BenchmarkFailed, grpc.StatusCode.FAILED_PRECONDITION),
+    # No healthy phone left, or one fell off the bus: another latency service may have one.
+    (NoPhoneAvailable, grpc.StatusCode.UNAVAILABLE),
+    (PhoneConnectionError, grpc.StatusCode.UNAVAILABLE),
+    (PhoneSetupError, grpc.StatusCode.UNAVAILABLE),
 )
 
 _MODEL_BUCKETS = (
@@ -95,7 +105,7 @@ def build_from_proto(
 
 def stats_to_proto(measurement: Measurement) -> common_pb2.LatencyStats:
     result = measurement.result
-    return common_pb2.LatencyStats(
+    stats = common_pb2.LatencyStats(
         median_seconds=result.median,
         min_seconds=result.min,
         p90_seconds=result.p90,
@@ -104,6 +114,47 @@ def stats_to_proto(measurement: Measurement) -> common_pb2.LatencyStats:
         device_class=measurement.device_class,
         device=result.device,
     )
+    if isinstance(result, PhoneLatencyResult):
+        stats.flags.extend(result.flags)
+        stats.thermal_wait_seconds = result.waited_seconds
+    return stats
+
+
+def devices_to_proto(service: LatencyService) -> list[latency_pb2.Device]:
+    """Every device of every oracle; phones with what adb reports and their last reading."""
+    devices: list[latency_pb2.Device] = []
+    for oracle in service.oracles:
+        if not isinstance(oracle, PhoneOracle):
+            devices.extend(
+                latency_pb2.Device(
+                    id=d.id, device_class=d.device_class, model=d.model, state=d.state
+                )
+                for d in oracle.devices()
+            )
+            continue
+        for phone in oracle.phones():
+            device = latency_pb2.Device(
+                id=phone.details.serial,
+                device_class=phone.device_class,
+                model=phone.details.model,
+                state=phone.state,
+                android_version=phone.details.android_version,
+                abi=phone.details.abi,
+                health_reason=phone.reason,
+                consecutive_failures=phone.consecutive_failures,
+            )
+            reading = phone.last_state
+            if reading is not None:
+                if reading.temperature_c is not None:
+                    device.temperature_celsius = reading.temperature_c
+                if reading.thermal_status is not None:
+                    device.thermal_status = reading.thermal_status
+                if reading.battery.level is not None:
+                    device.battery_level = reading.battery.level
+                device.powered = reading.battery.powered
+                device.cpu_governor = reading.governor or ""
+            devices.append(device)
+    return devices
 
 
 class LatencyMetrics:
@@ -118,8 +169,9 @@ class LatencyMetrics:
         )
         self.model_seconds = Histogram(
             "mnas_latency_model_seconds",
-            "Median latency of the models measured (not counting cache hits).",
-            ("device_class",),
+            "Median latency of the models measured (not counting cache hits), by device "
+            "class and device model.",
+            ("device_class", "model"),
             buckets=_MODEL_BUCKETS,
             registry=registry,
         )
@@ -149,11 +201,11 @@ class LatencyMetrics:
         )
         in_flight.set_function(lambda: service.in_flight)
 
-    def observe(self, measurement: Measurement) -> None:
+    def observe(self, measurement: Measurement, model: str) -> None:
         device_class = measurement.device_class
         self.measurements.labels(device_class, "true" if measurement.cached else "false").inc()
         if not measurement.cached:
-            self.model_seconds.labels(device_class).observe(measurement.result.median)
+            self.model_seconds.labels(device_class, model).observe(measurement.result.median)
             self.export_seconds.observe(measurement.export_seconds)
             self.measure_seconds.labels(device_class).observe(measurement.measure_seconds)
 
@@ -176,7 +228,7 @@ class LatencyServicer(latency_pb2_grpc.LatencyServicer):
             )
         except Exception as err:
             _abort(context, err)
-        self._metrics.observe(measurement)
+        self._metrics.observe(measurement, self._model_of(measurement.result.device))
         return latency_pb2.MeasureResponse(
             stats=stats_to_proto(measurement),
             cached=measurement.cached,
@@ -186,14 +238,14 @@ class LatencyServicer(latency_pb2_grpc.LatencyServicer):
     def ListDevices(
         self, request: latency_pb2.ListDevicesRequest, context: grpc.ServicerContext
     ) -> latency_pb2.ListDevicesResponse:
-        return latency_pb2.ListDevicesResponse(
-            devices=[
-                latency_pb2.Device(
-                    id=d.id, device_class=d.device_class, model=d.model, state=d.state
-                )
-                for d in self._service.devices()
-            ]
-        )
+        return latency_pb2.ListDevicesResponse(devices=devices_to_proto(self._service))
+
+    def _model_of(self, device_id: str) -> str:
+        """The model of the device that measured (a phone's serial -> its model)."""
+        for device in self._service.devices():
+            if device.id == device_id:
+                return device.model
+        return device_id
 
     def GetCapacity(
         self, request: common_pb2.GetCapacityRequest, context: grpc.ServicerContext

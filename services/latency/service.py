@@ -156,6 +156,11 @@ class LatencyService:
     def device_classes(self) -> list[str]:
         return sorted(self._slots)
 
+    @property
+    def oracles(self) -> list[LatencyOracle]:
+        """The oracles, by device class."""
+        return [self._slots[name].oracle for name in self.device_classes]
+
     def devices(self) -> list[DeviceInfo]:
         """Every oracle's devices, by device class."""
         return [d for name in self.device_classes for d in self._slots[name].oracle.devices()]

@@ -1,0 +1,209 @@
+"""The latency commands of the ``mnas`` CLI: ``devices`` (what a latency service measures
+on) and ``latency measure`` (one architecture, through a latency service or in-process)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from rich.console import Console
+from rich.table import Table
+
+from mnas.cli_args import add_arch_selector, arch_from_args
+from mnas.errors import UsageError
+from mnas.rpc import channel
+from mnas.v1 import common_pb2, latency_pb2, latency_pb2_grpc
+
+__all__ = ["add_commands"]
+
+DEFAULT_LATENCY_TARGET = "127.0.0.1:50052"
+TIMEOUT_SECONDS = 600.0  # a measurement may wait for a busy or hot phone
+
+
+def _stub(target: str) -> tuple[grpc.Channel, latency_pb2_grpc.LatencyStub]:
+    ch = channel(target)
+    return ch, latency_pb2_grpc.LatencyStub(ch)
+
+
+def _rpc(target: str, call: Callable[[latency_pb2_grpc.LatencyStub], Any]) -> Any:
+    ch, stub = _stub(target)
+    try:
+        return call(stub)
+    except grpc.RpcError as err:
+        raise UsageError(
+            f"latency service at {target}: {err.code().name}: {err.details()}"
+        ) from None
+    finally:
+        ch.close()
+
+
+# --- devices -----------------------------------------------------------------------------
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    response: latency_pb2.ListDevicesResponse = _rpc(
+        args.target,
+        lambda stub: stub.ListDevices(latency_pb2.ListDevicesRequest(), timeout=30),
+    )
+    if args.json:
+        print(json.dumps([_as_dict(d) for d in response.devices]))
+        return 0
+    table = Table()
+    table.add_column("device", no_wrap=True)  # serials are typed back: never cut
+    for column in ("class", "model", "state", "android", "abi", "temp", "battery", "governor"):
+        table.add_column(column)
+    table.add_column("note", overflow="fold")
+    for d in response.devices:
+        battery = ""
+        if d.HasField("battery_level"):
+            battery = f"{d.battery_level}%" + (" charging" if d.powered else "")
+        table.add_row(
+            d.id,
+            d.device_class,
+            d.model,
+            d.state,
+            d.android_version or "-",
+            d.abi or "-",
+            f"{d.temperature_celsius:.1f} C" if d.HasField("temperature_celsius") else "-",
+            battery or "-",
+            d.cpu_governor or "-",
+            d.health_reason
+            or (f"{d.consecutive_failures} failures" if d.consecutive_failures else ""),
+        )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped: whole rows rather than squeezed columns
+    console.print(table)
+    return 0
+
+
+# --- latency measure ---------------------------------------------------------------------
+
+
+def _cmd_measure(args: argparse.Namespace) -> int:
+    name, arch = arch_from_args(args)
+    if args.local:
+        stats, export_seconds = _measure_locally(args, arch.canonical)
+    else:
+        request = latency_pb2.MeasureRequest(
+            architecture=common_pb2.Architecture(canonical=arch.canonical),
+            build=common_pb2.BuildParams(
+                resolution=args.resolution, num_classes=args.classes, width=args.width
+            ),
+            settings=common_pb2.LatencySettings(
+                device_class=args.device_class or "",
+                warmup_runs=args.warmup_runs,
+                runs=args.runs,
+                threads=args.threads,
+                resolution=args.resolution,
+            ),
+        )
+        response: latency_pb2.MeasureResponse = _rpc(
+            args.target, lambda stub: stub.Measure(request, timeout=TIMEOUT_SECONDS)
+        )
+        stats, export_seconds = response.stats, response.export_seconds
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "architecture": name or arch.canonical,
+                    "id": arch.id,
+                    "export_seconds": round(export_seconds, 4),
+                    **_as_dict(stats),
+                }
+            )
+        )
+        return 0
+    label = name or arch.id
+    print(
+        f"{label} on {stats.device_class} ({stats.device}): median "
+        f"{stats.median_seconds * 1e3:.3f} ms, min {stats.min_seconds * 1e3:.3f}, "
+        f"p90 {stats.p90_seconds * 1e3:.3f}, mean {stats.mean_seconds * 1e3:.3f} "
+        f"over {len(stats.samples_seconds)} samples; export {export_seconds:.2f} s"
+    )
+    if stats.flags:
+        print(f"flags: {', '.join(stats.flags)}")
+    return 0
+
+
+def _measure_locally(args: argparse.Namespace, canonical: str) -> tuple[Any, float]:
+    """This machine's CPU through LiteRT, in this process (no service)."""
+    if args.device_class not in (None, "host-cpu"):
+        raise UsageError(f"--local measures on host-cpu, not {args.device_class!r}")
+    try:
+        from services.latency.oracle import HostOracle, MeasureSettings
+        from services.latency.server import stats_to_proto
+        from services.latency.service import BuildParams, LatencyService
+    except ImportError as err:
+        raise UsageError(
+            f"--local needs the latency extra (pip install 'mnas[latency]'): {err}"
+        ) from None
+    service = LatencyService([HostOracle()])
+    measurement = service.measure(
+        canonical,
+        build=BuildParams(num_classes=args.classes, resolution=args.resolution, width=args.width),
+        settings=MeasureSettings(
+            warmup_runs=args.warmup_runs or 5, runs=args.runs or 20, threads=args.threads or 1
+        ),
+        device_class="host-cpu",
+    )
+    return stats_to_proto(measurement), measurement.export_seconds
+
+
+def _as_dict(message: Any) -> dict[str, Any]:
+    result: dict[str, Any] = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return result
+
+
+# --- parser --------------------------------------------------------------------------------
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``devices`` and ``latency measure`` to the ``mnas`` parser."""
+
+    def target(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--target",
+            default=os.environ.get("MNAS_LATENCY_TARGET", DEFAULT_LATENCY_TARGET),
+            help="latency service address (env MNAS_LATENCY_TARGET, default "
+            f"{DEFAULT_LATENCY_TARGET}; `mnas up` prints it)",
+        )
+
+    devices = commands.add_parser(
+        "devices", help="the devices a latency service measures on, with their state"
+    )
+    target(devices)
+    devices.add_argument("--json", action="store_true", help="print one JSON list")
+    devices.set_defaults(run=_cmd_devices)
+
+    latency = commands.add_parser("latency", help="measure latency")
+    latency_commands = latency.add_subparsers(title="commands", metavar="COMMAND")
+    measure = latency_commands.add_parser(
+        "measure", help="export one architecture and time it on a device class"
+    )
+    add_arch_selector(measure)
+    target(measure)
+    measure.add_argument(
+        "--device-class", default=None, help="e.g. host-cpu or a phone class (default host-cpu)"
+    )
+    measure.add_argument("--runs", type=int, default=0, help="timed runs (default 20)")
+    measure.add_argument("--warmup-runs", type=int, default=0, help="warm-up runs (default 5)")
+    measure.add_argument("--threads", type=int, default=0, help="interpreter threads (default 1)")
+    measure.add_argument(
+        "--local", action="store_true", help="measure on this machine's CPU, in this process"
+    )
+    measure.add_argument("--json", action="store_true", help="print one JSON object")
+    measure.set_defaults(run=_cmd_measure)
+
+    def show_help(_: argparse.Namespace) -> int:
+        latency.print_help()
+        return 2
+
+    latency.set_defaults(run=show_help)
