@@ -32,7 +32,7 @@ from services.controller.events import EventHub
 from services.controller.metrics import ControllerMetrics
 from services.controller.spec import ResolvedSpec
 from services.controller.stopping import MedianStopping
-from services.controller.store import Store
+from services.controller.store import Store, measurement_key
 from services.controller.strategies import Outcome, StrategyStatus, make_strategy
 from services.controller.workers import NoWorkers, WorkerPool
 
@@ -110,6 +110,7 @@ class SearchRunner:
         # Trials whose weights the store keeps: (reward, number), at most keep_weights.
         self._kept: list[tuple[float, int]] = []
         self._weights: dict[int, bytes] = {}  # trained, not yet recorded
+        self._measured: dict[int, tuple[str, common_pb2.LatencyStats]] = {}  # not yet recorded
         for trial in trials:
             if trial.state == TS.TRIAL_STATE_COMPLETED:
                 self._learn_curve(trial)
@@ -324,6 +325,7 @@ class SearchRunner:
         self._metrics.trials_finished.labels(state_name).inc()
         self._metrics.trial_seconds.observe(time.monotonic() - started)
         weights = self._weights.pop(trial.number, None)
+        measured = self._measured.pop(trial.number, None)
         with self._lock:
             self._running.pop(trial.number, None)
             self._aborts.pop(trial.number, None)
@@ -347,6 +349,7 @@ class SearchRunner:
                 trials=[trial, *dropped],
                 weights=keep,
                 drop_weights=[t.number for t in dropped],
+                measurements=dict([measured]) if measured is not None else None,
             )
             self._observe(trial)
             self._lock.notify_all()
@@ -444,6 +447,12 @@ class SearchRunner:
             raise _Cancelled from None
 
     def _measure(self, trial: common_pb2.Trial, avoid: set[str]) -> None:
+        key = measurement_key(trial.architecture.id, self.spec.latency, self.resolved.latency_build)
+        recorded = self._store.find_measurement(key)
+        if recorded is not None:  # measured before, in this search or another
+            trial.latency.CopyFrom(recorded)
+            trial.latency_worker = "store"
+            return
         address = self._acquire(self._backends.latency, avoid)
         request = latency_pb2.MeasureRequest(
             architecture=common_pb2.Architecture(canonical=trial.architecture.canonical),
@@ -464,6 +473,7 @@ class SearchRunner:
         self._metrics.trial_attempts.labels("latency", "ok").inc()
         trial.latency.CopyFrom(response.stats)
         trial.latency_worker = address
+        self._measured[trial.number] = (key, response.stats)
         trial.latency_seconds = time.monotonic() - started
         trial.export_seconds = response.export_seconds
         self._metrics.model_latency.labels(response.stats.device_class).observe(

@@ -52,9 +52,16 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateSchema
 from sqlalchemy.sql.elements import ColumnElement
 
-from mnas.v1.common_pb2 import Search, Trial, TrialState
+from mnas.v1.common_pb2 import (
+    BuildParams,
+    LatencySettings,
+    LatencyStats,
+    Search,
+    Trial,
+    TrialState,
+)
 
-__all__ = ["AlreadyExistsError", "NotFoundError", "Store", "StoreError"]
+__all__ = ["AlreadyExistsError", "NotFoundError", "Store", "StoreError", "measurement_key"]
 
 _logger = logging.getLogger(__name__)
 
@@ -62,6 +69,24 @@ _M = TypeVar("_M", bound=Message)
 
 # How long an SQLite writer waits for another process's lock before giving up.
 _SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+
+
+def measurement_key(arch_id: str, settings: LatencySettings, build: BuildParams) -> str:
+    """What determines a latency measurement: the architecture, the device class, how the
+    model is built and how it is timed."""
+    return "|".join(
+        str(part)
+        for part in (
+            arch_id,
+            settings.device_class,
+            build.resolution,
+            build.num_classes,
+            repr(build.width),
+            settings.warmup_runs,
+            settings.runs,
+            settings.threads,
+        )
+    )
 
 
 class StoreError(Exception):
@@ -86,6 +111,7 @@ class _Tables(NamedTuple):
     trials: Table
     strategy_states: Table
     weights: Table
+    measurements: Table
 
 
 def _tables(schema: str | None) -> _Tables:
@@ -147,7 +173,18 @@ def _tables(schema: str | None) -> _Tables:
             ondelete="CASCADE",
         ),
     )
-    return _Tables(metadata, searches, trials, strategy_states, weights)
+    # Latency measurements by what determines them (architecture, device class, build and
+    # settings; see :func:`measurement_key`), across searches: none is measured twice.
+    measurements = Table(
+        "measurements",
+        metadata,
+        Column("key", String(), primary_key=True),
+        Column("arch_id", String(), nullable=False),
+        Column("device_class", String(), nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("stats_json", Text, nullable=False),
+    )
+    return _Tables(metadata, searches, trials, strategy_states, weights, measurements)
 
 
 def _to_json(message: Message) -> str:
@@ -197,6 +234,7 @@ class Store:
         self._searches, self._trials = tables.searches, tables.trials
         self._strategy_states = tables.strategy_states
         self._weights = tables.weights
+        self._measurements = tables.measurements
         # Writers wait for each other here rather than in SQLite's busy loop; PostgreSQL
         # takes concurrent writers as they come.
         self._write_guard: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -398,10 +436,12 @@ class Store:
         trials: Sequence[Trial] = (),
         weights: Mapping[int, bytes] | None = None,
         drop_weights: Collection[int] = (),
+        measurements: Mapping[str, LatencyStats] | None = None,
     ) -> None:
         """Update the search (which must exist), upsert the trials, keep the trained
         ``weights`` of trials (by number, of ``search``) and drop those of
-        ``drop_weights``, all or nothing."""
+        ``drop_weights``, and record latency ``measurements`` (by
+        :func:`measurement_key`), all or nothing."""
         if (weights or drop_weights) and search is None:
             raise ValueError("weights: saving or dropping weights needs the search")
         with self._write() as conn:
@@ -415,6 +455,19 @@ class Store:
                         columns.search_id == search.id, columns.number.in_(list(drop_weights))
                     )
                 )
+            for key, stats in (measurements or {}).items():
+                insert = sqlite_dialect.insert if self._backend == "sqlite" else pg_dialect.insert
+                conn.execute(
+                    insert(self._measurements)
+                    .values(
+                        key=key,
+                        arch_id=key.split("|", 1)[0],
+                        device_class=stats.device_class,
+                        created_at=_now(),
+                        stats_json=_to_json(stats),
+                    )
+                    .on_conflict_do_nothing(index_elements=[self._measurements.c.key])
+                )
             for number, data in (weights or {}).items():
                 assert search is not None
                 insert = sqlite_dialect.insert if self._backend == "sqlite" else pg_dialect.insert
@@ -427,6 +480,15 @@ class Store:
                         set_=values,
                     )
                 )
+
+    def find_measurement(self, key: str) -> LatencyStats | None:
+        """The latency recorded under ``key`` (:func:`measurement_key`), or None."""
+        columns = self._measurements.c
+        with self._read() as conn:
+            text = conn.execute(
+                select(columns.stats_json).where(columns.key == key)
+            ).scalar_one_or_none()
+        return None if text is None else _from_json(text, LatencyStats())
 
     def load_weights(self, search_id: str, number: int) -> bytes | None:
         """The trained weights kept for that trial (``torch.save`` bytes), or None."""

@@ -60,15 +60,16 @@ class CountingTrainer(trainer_pb2_grpc.TrainerServicer):
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[str, CountingTrainer]]:
+def stack(tmp_path: Path) -> Iterator[tuple[str, CountingTrainer, CollectorRegistry]]:
     trainer = CountingTrainer()
+    latency_registry = CollectorRegistry()
     servers: list[RunningServer] = [
         build_server(
             service_names=["mnas.v1.Trainer"],
             add_servicers=lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(trainer, s),
             registry=CollectorRegistry(),
         ),
-        make_latency_server(registry=CollectorRegistry()),
+        make_latency_server(registry=latency_registry),
         make_reward_server(registry=CollectorRegistry()),
     ]
     store = Store.open(str(tmp_path / "mnas.db"))
@@ -79,7 +80,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[str, CountingTrainer]]:
         Controller(store, backends, ControllerMetrics(CollectorRegistry())),
         registry=CollectorRegistry(),
     )
-    yield controller.address, trainer
+    yield controller.address, trainer, latency_registry
     controller.stop(0)
     for server in servers:
         server.stop(0)
@@ -88,9 +89,9 @@ def stack(tmp_path: Path) -> Iterator[tuple[str, CountingTrainer]]:
 
 @pytest.mark.parametrize("strategy", ["random", "ppo"])
 def test_duplicates_reuse_the_earlier_accuracy(
-    stack: tuple[str, CountingTrainer], strategy: str
+    stack: tuple[str, CountingTrainer, CollectorRegistry], strategy: str
 ) -> None:
-    address, trainer = stack
+    address, trainer, _ = stack
     with Client(address) as client:
         search = client.submit(
             parse_spec(SPEC % {"strategy": strategy, "policy": "DUPLICATE_POLICY_REUSE"})
@@ -111,8 +112,10 @@ def test_duplicates_reuse_the_earlier_accuracy(
     assert final.strategy_status.observed == 4
 
 
-def test_retrain_policy_trains_every_trial(stack: tuple[str, CountingTrainer]) -> None:
-    address, trainer = stack
+def test_retrain_policy_trains_every_trial(
+    stack: tuple[str, CountingTrainer, CollectorRegistry],
+) -> None:
+    address, trainer, _ = stack
     with Client(address) as client:
         search = client.submit(
             parse_spec(SPEC % {"strategy": "random", "policy": "DUPLICATE_POLICY_RETRAIN"})
@@ -122,3 +125,32 @@ def test_retrain_policy_trains_every_trial(stack: tuple[str, CountingTrainer]) -
     assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
     assert trainer.calls == 4
     assert not any(t.HasField("duplicate_of") for t in trials)
+
+
+def test_no_architecture_is_measured_twice_across_searches(
+    stack: tuple[str, CountingTrainer, CollectorRegistry],
+) -> None:
+    """The store records every measurement; later trials of the same network, in this
+    search or the next, take it from there without calling the latency service."""
+    address, _, latency = stack
+    spec = parse_spec(SPEC % {"strategy": "random", "policy": "DUPLICATE_POLICY_RETRAIN"})
+    with Client(address) as client:
+        first = client.submit(spec)
+        first.wait(timeout=120)
+        second = client.submit(spec)
+        second.wait(timeout=120)
+        trials = [*first.trials(), *second.trials()]
+    assert len(trials) == 8
+    calls = sum(
+        latency.get_sample_value(
+            "mnas_latency_measurements_total", {"device_class": "host-cpu", "cached": cached}
+        )
+        or 0.0
+        for cached in ("true", "false")
+    )
+    assert calls == 1
+    measured, *recorded = trials
+    assert measured.latency_worker != "store"
+    assert all(t.latency_worker == "store" for t in recorded)
+    assert all(t.latency == measured.latency for t in recorded)
+    assert len(measured.latency.samples_seconds) == 2 and measured.latency.device

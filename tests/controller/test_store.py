@@ -485,7 +485,13 @@ def test_plain_postgresql_url_uses_psycopg_in_its_own_schema(postgres_admin: Eng
                 ),
                 {"schema": schema},
             ).scalars()
-            assert list(tables) == ["searches", "strategy_states", "trials", "weights"]
+            assert list(tables) == [
+                "measurements",
+                "searches",
+                "strategy_states",
+                "trials",
+                "weights",
+            ]
     assert not schema_exists(postgres_admin, schema)
     with postgres_admin.connect() as conn:
         left = conn.execute(
@@ -517,3 +523,26 @@ def test_unreachable_postgres_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("MNAS_TEST_SKIP_POSTGRES", "1")
     with pytest.raises(pytest.skip.Exception, match="not reachable"):
         connect_postgres(unreachable)
+
+
+def test_measurements_are_kept_once_by_what_determines_them(store: Store) -> None:
+    from mnas.v1.common_pb2 import BuildParams, LatencySettings, LatencyStats
+
+    from services.controller.store import measurement_key
+
+    store.create_search(make_search())
+    settings = LatencySettings(device_class="pixel-1", warmup_runs=5, runs=20, threads=1)
+    build = BuildParams(resolution=224, num_classes=1000, width=1.0)
+    key = measurement_key("a", settings, build)
+    first = LatencyStats(median_seconds=0.01, samples_seconds=[0.01, 0.011], device="X")
+    first.device_class = "pixel-1"
+    assert store.find_measurement(key) is None
+    store.save(search=make_search(), trials=[make_trial()], measurements={key: first})
+    again = LatencyStats(median_seconds=0.02, device_class="pixel-1")
+    store.save(search=make_search(), measurements={key: again})  # the first one stays
+    assert store.find_measurement(key) == first
+    # Any other setting is another measurement.
+    other = LatencySettings(device_class="pixel-1", warmup_runs=5, runs=50, threads=1)
+    assert store.find_measurement(measurement_key("a", other, build)) is None
+    wider = BuildParams(resolution=224, num_classes=1000, width=1.4)
+    assert store.find_measurement(measurement_key("a", settings, wider)) is None
