@@ -1,7 +1,7 @@
 """``python -m services.latency --port P [--metrics-port M] [--phones FARM.yaml]``.
 
-The server binds and answers health at once; TensorFlow (seconds to import) loads in a
-background thread meanwhile, and a Measure that arrives first waits for it. With
+The server binds and answers health at once; the exporter and LiteRT load in a background
+thread meanwhile, and a Measure that arrives first waits for them. With
 ``--phones`` it also serves the phones attached to this machine's adb server, one device
 class per profile of the farm file (docs/phones.md).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-# Before anything imports TensorFlow: keep its C++ logging to warnings and errors.
+# Should anything import TensorFlow: keep its C++ logging to warnings and errors.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import logging
@@ -55,7 +55,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     configure_logging(args.log_level)
-    logging.getLogger("absl").setLevel(logging.WARNING)  # the TFLite converter's notices
     oracles: list[LatencyOracle] = [HostOracle()]
     if args.phones is not None:
         try:

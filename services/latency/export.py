@@ -1,6 +1,6 @@
-"""Turn Keras models into TFLite flatbuffers, read their operators back, and run them.
+"""Export architectures and Keras models to TFLite flatbuffers, read them back, run them.
 
-Three export paths produce the same operators (batch norm folded into the convolutions,
+Three converter paths produce the same operators (batch norm folded into the convolutions,
 activations fused) and the same outputs:
 
 - :func:`to_tflite`: ``TFLiteConverter.from_keras_model``, the reference. It writes the
@@ -12,8 +12,13 @@ activations fused) and the same outputs:
 
 The two graph paths carry no SignatureDef (their input is ``image``, their output
 ``Identity``); run them through the input and output details, as :func:`run_tflite` and
-``benchmark_model`` do. :func:`export_arch` builds an architecture at batch 1 and exports
-it the fastest way.
+``benchmark_model`` do.
+
+:func:`export_arch`, what the latency service runs, needs no Keras model and no
+TensorFlow: it writes the flatbuffer straight from the network plan
+(:mod:`services.latency.tflite`), the same operators the converter emits, in
+milliseconds. TensorFlow is imported only when a converter path runs, so importing this
+module stays cheap.
 """
 
 from __future__ import annotations
@@ -23,22 +28,23 @@ import io
 import logging
 from collections import Counter
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
-from tensorflow.python.framework.convert_to_constants import (
-    convert_variables_to_constants_v2_as_graph,
-)
 
 from mnas.arch import Architecture
-from services.latency.keras_builder import build_keras
+from services.latency.tflite import WeightSource, write_tflite
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 __all__ = [
     "EXPORTERS",
     "export_arch",
+    "keras_weights",
     "operator_counts",
     "operator_types",
     "run_tflite",
@@ -57,6 +63,8 @@ _BUILTIN_NAMES = {
 def to_tflite(model: keras.Model) -> bytes:
     """Export with ``TFLiteConverter.from_keras_model`` (the reference path; slow)."""
     _require_tensorflow_backend()
+    import tensorflow as tf
+
     saved = io.StringIO()
     with contextlib.redirect_stdout(saved):  # Keras prints where it wrote the SavedModel
         flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
@@ -67,6 +75,11 @@ def to_tflite(model: keras.Model) -> bytes:
 def to_tflite_frozen(model: keras.Model) -> bytes:
     """Export by tracing inference, freezing variables to constants, converting the graph."""
     _require_tensorflow_backend()
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2_as_graph,
+    )
+
     call = tf.function(lambda x: model(x, training=False))
     frozen, graph_def = convert_variables_to_constants_v2_as_graph(
         call.get_concrete_function(_input_spec(model))
@@ -78,6 +91,8 @@ def to_tflite_frozen(model: keras.Model) -> bytes:
 def to_tflite_fast(model: keras.Model) -> bytes:
     """Export by tracing inference with the weights as constants and converting the graph."""
     _require_tensorflow_backend()
+    import tensorflow as tf
+
     trainable = [v.numpy() for v in model.trainable_variables]
     non_trainable = [v.numpy() for v in model.non_trainable_variables]
 
@@ -102,13 +117,27 @@ EXPORTERS: dict[str, Callable[[keras.Model], bytes]] = {
 
 
 def export_arch(
-    arch: Architecture, *, num_classes: int = 1000, resolution: int = 224, width: float = 1.0
+    arch: Architecture,
+    *,
+    num_classes: int = 1000,
+    resolution: int = 224,
+    width: float = 1.0,
+    weights: WeightSource | None = None,
 ) -> bytes:
-    """The ``.tflite`` flatbuffer of ``arch`` at batch 1, as the latency oracles run it."""
-    model = build_keras(
-        arch, num_classes=num_classes, resolution=resolution, width=width, batch_size=1
+    """The ``.tflite`` flatbuffer of ``arch`` at batch 1, as the latency oracles run it.
+
+    Written directly from the network plan (no TensorFlow); the weights are seeded random
+    draws unless ``weights`` gives them (see :mod:`services.latency.tflite.weights`).
+    """
+    return write_tflite(
+        arch, num_classes=num_classes, resolution=resolution, width=width, weights=weights
     )
-    return to_tflite_fast(model)
+
+
+def keras_weights(model: keras.Model) -> dict[str, list[np.ndarray]]:
+    """Every weight-holding layer's weights by layer name, for
+    :class:`services.latency.tflite.FoldedWeights`."""
+    return {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
 
 
 def operator_types(model_bytes: bytes) -> list[str]:
@@ -149,18 +178,24 @@ def run_tflite(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
 def _convert_graph(
     graph_def: tf.compat.v1.GraphDef, inputs: list[tf.Tensor], outputs: list[tf.Tensor]
 ) -> bytes:
+    import tensorflow as tf
+
     converter = tf.compat.v1.lite.TFLiteConverter(graph_def, inputs, outputs)
     return bytes(converter.convert())
 
 
 def _input_spec(model: keras.Model) -> tf.TensorSpec:
     """The model's input with a fixed batch (1 where the model leaves it open)."""
+    import tensorflow as tf
+
     (inp,) = model.inputs
     batch, *rest = inp.shape
     return tf.TensorSpec((batch or 1, *rest), inp.dtype, name="image")
 
 
 def _require_tensorflow_backend() -> None:
+    import keras
+
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(
             f"TFLite export needs the Keras 'tensorflow' backend, got {keras.backend.backend()!r}"

@@ -98,7 +98,7 @@ Exporter = Callable[[Architecture, BuildParams], bytes]
 
 
 def export_flatbuffer(arch: Architecture, build: BuildParams) -> bytes:
-    """The default exporter: :func:`services.latency.export.export_arch` (loads TensorFlow)."""
+    """The default exporter: :func:`services.latency.export.export_arch` (no TensorFlow)."""
     from services.latency.export import export_arch
 
     return export_arch(
@@ -107,13 +107,13 @@ def export_flatbuffer(arch: Architecture, build: BuildParams) -> bytes:
 
 
 def preload_exporter() -> None:
-    """Import the default exporter and LiteRT now (seconds: TensorFlow) instead of on first use."""
+    """Import the default exporter and LiteRT now instead of on the first Measure."""
     started = time.perf_counter()
     import ai_edge_litert.interpreter  # noqa: F401
 
     import services.latency.export  # noqa: F401
 
-    _logger.info("loaded TensorFlow and LiteRT in %.1fs", time.perf_counter() - started)
+    _logger.info("loaded the exporter and LiteRT in %.1fs", time.perf_counter() - started)
 
 
 class _Slots:
