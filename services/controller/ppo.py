@@ -21,13 +21,18 @@ reward. Here:
   with ``r = exp(log_prob_now - log_prob_proposed)``, plus ``entropy_weight`` times the
   mean per-decision entropy. The proposed log-probs come with each outcome, so a trial
   sampled before the last update is weighted correctly.
+- In the controller the updates run on a learner thread (:meth:`learn_in_background`):
+  proposals keep coming from the sampler of the last finished update while the next is
+  computed, so an update never holds up dispatching trials. Used directly, the strategy
+  updates inline and a search is reproducible from its seed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,19 +212,29 @@ class PPOStrategy(Strategy):
         self._pending: list[_Sample] = []
         self._updates = 0
         self._entropy = self._mean_entropy([space.reference_decisions()])
+        # Guards the policy and optimizer, and the batches handed to the learner.
+        self._lock = threading.RLock()
+        self._queued: list[list[_Sample]] = []  # handed to the learner, not yet applied
+        self._wake = threading.Condition(self._lock)
+        self._on_update: Callable[[], None] | None = None
+        self._learner: threading.Thread | None = None
+        self._updating = False
+        self._closed = False
 
     # -- proposing -------------------------------------------------------------------
 
     def propose(self) -> Proposal:
         uniforms = torch.rand(len(self._sizes), generator=self._generator, dtype=torch.float64)
-        if self._sampler is None:
-            self._sampler = _Sampler(self.policy)
-        decisions, log_probs = self._sampler.sample(uniforms.numpy())
+        sampler = self._sampler
+        if sampler is None:
+            with self._lock:
+                sampler = self._sampler = _Sampler(self.policy)
+        decisions, log_probs = sampler.sample(uniforms.numpy())
         return self._proposal(decisions, log_probs)
 
     def log_prob(self, decisions: Sequence[int]) -> float | None:
         self._check_decisions(decisions, "decisions")
-        with torch.no_grad():
+        with self._lock, torch.no_grad():
             chosen, _ = self.policy(torch.tensor([list(decisions)], dtype=torch.long))
         return float(chosen.sum())
 
@@ -250,8 +265,60 @@ class PPOStrategy(Strategy):
         if len(self._pending) < self.settings.batch_size:
             return False
         batch, self._pending = self._pending, []
+        if self._on_update is not None:
+            with self._lock:
+                self._queued.append(batch)
+                self._wake.notify_all()
+            return False
         self._update(batch)
         return True
+
+    # -- the learner thread ----------------------------------------------------------
+
+    def learn_in_background(self, on_update: Callable[[], None]) -> bool:
+        with self._lock:
+            if self._learner is not None:
+                raise RuntimeError("learn_in_background: already learning in the background")
+            self._on_update = on_update
+            self._learner = threading.Thread(
+                target=self._learn_loop, name="ppo-learner", daemon=True
+            )
+            # Batches restored from a checkpoint (see state()) are learned first.
+            size = self.settings.batch_size
+            while len(self._pending) >= size:
+                self._queued.append(self._pending[:size])
+                self._pending = self._pending[size:]
+        self._learner.start()
+        return True
+
+    def learning(self) -> bool:
+        with self._lock:
+            return bool(self._queued) or self._updating
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+        learner = self._learner
+        if learner is not None and learner is not threading.current_thread():
+            learner.join()
+
+    def _learn_loop(self) -> None:
+        assert self._on_update is not None
+        while True:
+            with self._lock:
+                while not self._queued and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                self._updating = True
+                self._update(self._queued.pop(0))
+            try:
+                self._on_update()
+            finally:
+                with self._lock:
+                    self._updating = False
+                    self._wake.notify_all()
 
     def _update(self, batch: Sequence[_Sample]) -> None:
         """``epochs`` Adam steps of PPO on ``batch``."""
@@ -272,8 +339,8 @@ class PPOStrategy(Strategy):
             loss.backward()  # type: ignore[no-untyped-call]
             self.optimizer.step()
         self._updates += 1
-        self._sampler = None
         self._entropy = self._mean_entropy([s.decisions for s in batch])
+        self._sampler = _Sampler(self.policy)  # proposals switch to the new policy here
 
     def _old_log_probs(self, batch: Sequence[_Sample], decisions: torch.Tensor) -> torch.Tensor:
         """The log-probs each sequence was proposed with, ``(B, n)``. An outcome without
@@ -303,23 +370,27 @@ class PPOStrategy(Strategy):
     # -- state -----------------------------------------------------------------------
 
     def state(self) -> bytes:
-        payload: dict[str, Any] = {
-            **self._header(),
-            "format": STATE_FORMAT,
-            "hidden_size": self.settings.hidden_size,
-            "policy": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self._generator.get_state(),
-            "baseline": self._baseline,
-            "updates": self._updates,
-            "entropy": self._entropy,
-            "pending": [
-                [s.number, list(s.decisions), s.reward, s.advantage, list(s.log_probs)]
-                for s in self._pending
-            ],
-        }
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
+        """Everything to continue from here; batches waiting for the learner are kept as
+        outcomes not yet learned from (a restored strategy learns them first)."""
+        with self._lock:
+            waiting = [sample for batch in self._queued for sample in batch] + self._pending
+            payload: dict[str, Any] = {
+                **self._header(),
+                "format": STATE_FORMAT,
+                "hidden_size": self.settings.hidden_size,
+                "policy": self.policy.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "generator": self._generator.get_state(),
+                "baseline": self._baseline,
+                "updates": self._updates,
+                "entropy": self._entropy,
+                "pending": [
+                    [s.number, list(s.decisions), s.reward, s.advantage, list(s.log_probs)]
+                    for s in waiting
+                ],
+            }
+            buffer = io.BytesIO()
+            torch.save(payload, buffer)
         return buffer.getvalue()
 
     def restore(self, data: bytes) -> None:

@@ -117,6 +117,7 @@ class SearchRunner:
                 if trial.has_weights:
                     self._kept.append((trial.reward, trial.number))
         self._resume(sorted(trials, key=lambda t: t.number))
+        self._strategy.learn_in_background(self._updated_in_background)
         self._pending = [t for t in trials if t.state not in FINAL_TRIAL_STATES]
         self._next_number = max((t.number for t in trials), default=-1) + 1
         self._thread = threading.Thread(target=self._run, name=f"search-{search.id}", daemon=True)
@@ -155,6 +156,15 @@ class SearchRunner:
         self._store.save_strategy_state(
             self.search.id, _pack(self._proposals, self._strategy.state()), trials=[trial]
         )
+
+    def _updated_in_background(self) -> None:
+        """The strategy's learner made an update: checkpoint it (on the learner's thread)."""
+        with self._lock:
+            self._set_status(self._strategy.status())
+            self._store.save_strategy_state(
+                self.search.id, _pack(self._proposals, self._strategy.state())
+            )
+            self._lock.notify_all()
 
     def _set_status(self, status: StrategyStatus) -> None:
         self.search.strategy_status.updates = status.updates
@@ -201,6 +211,12 @@ class SearchRunner:
     # -- scheduling ------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._schedule()
+        finally:
+            self._strategy.close()  # not under the lock: the learner's callback takes it
+
+    def _schedule(self) -> None:
         budget = self.spec.budget
         try:
             while True:
@@ -218,6 +234,9 @@ class SearchRunner:
                         )
                         continue
                     elif self._done() >= budget.max_trials and not self._running:
+                        if self._strategy.learning():  # the last update and its checkpoint
+                            self._lock.wait(1.0)
+                            continue
                         self._finish(SS.SEARCH_STATE_SUCCEEDED)
                         return
                     wanted = budget.max_trials - self._done() - len(self._running)

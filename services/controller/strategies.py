@@ -13,7 +13,7 @@ import abc
 import json
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -176,6 +176,23 @@ class Strategy(abc.ABC):
     def log_prob(self, decisions: Sequence[int]) -> float | None:
         """Log-probability of ``decisions`` under the current policy (None: no policy)."""
         return None
+
+    # -- learning in the background (optional) ---------------------------------------
+
+    def learn_in_background(self, on_update: Callable[[], None]) -> bool:
+        """Run expensive updates on a thread of the strategy's own from now on, calling
+        ``on_update`` (on that thread, holding no lock of the strategy's) after each; True
+        when the strategy does so. :meth:`observe` then returns False and proposals keep
+        coming from the policy before the update until it is done. The caller serializes
+        ``propose``, ``observe``, ``state`` and ``restore`` as before."""
+        return False
+
+    def learning(self) -> bool:
+        """Whether a background update is running or waiting to run."""
+        return False
+
+    def close(self) -> None:  # noqa: B027 -- a hook: only strategies that learn need it
+        """Stop the background learner, if any (updates not yet made are dropped)."""
 
     # -- helpers for subclasses ------------------------------------------------------
 
