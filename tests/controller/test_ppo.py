@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 
@@ -171,3 +172,59 @@ def test_propose_is_fast() -> None:
         strategy.propose()
         times.append(time.perf_counter() - started)
     assert statistics.median(times) < 0.005
+
+
+def _outcomes(strategy: PPOStrategy, first: int, count: int) -> list[Outcome]:
+    outcomes = []
+    for number in range(first, first + count):
+        proposal = strategy.propose()
+        outcomes.append(Outcome(number, proposal.decisions, 0.1 * (number % 3), proposal.log_probs))
+    return outcomes
+
+
+def test_background_learning_gives_the_inline_update() -> None:
+    """The learner thread applies the same update as an inline one, then calls back."""
+    inline, background = ppo(seed=3, batch_size=4), ppo(seed=3, batch_size=4)
+    outcomes = _outcomes(inline, 0, 4)
+    assert _outcomes(background, 0, 4) == outcomes
+    done = threading.Event()
+    seen: list[int] = []
+
+    def on_update() -> None:
+        seen.append(background.status().updates)
+        done.set()
+
+    assert background.learn_in_background(on_update)
+    try:
+        assert [inline.observe(o) for o in outcomes] == [False, False, False, True]
+        assert [background.observe(o) for o in outcomes] == [False] * 4  # queued instead
+        assert done.wait(60)
+        assert seen == [1]
+        assert not background.learning()
+        reference = SPACE.reference_decisions()
+        assert background.log_prob(reference) == pytest.approx(inline.log_prob(reference))
+    finally:
+        background.close()
+
+
+def test_a_checkpoint_keeps_batches_the_learner_has_not_applied() -> None:
+    """state() taken while a batch waits holds it as outcomes not yet learned from; a
+    restored strategy learns it first."""
+    strategy = ppo(seed=4, batch_size=2)
+    strategy.learn_in_background(lambda: None)
+    with strategy._lock:  # the learner cannot start the update while we hold this
+        for outcome in _outcomes(strategy, 0, 2):
+            strategy.observe(outcome)
+        assert strategy.learning()
+        state = strategy.state()
+    strategy.close()
+    restored = ppo(seed=4, batch_size=2)
+    restored.restore(state)
+    assert restored.status().updates == 0
+    updated = threading.Event()
+    restored.learn_in_background(updated.set)
+    try:
+        assert updated.wait(60)
+        assert restored.status().updates == 1
+    finally:
+        restored.close()
