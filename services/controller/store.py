@@ -456,9 +456,8 @@ class Store:
                     )
                 )
             for key, stats in (measurements or {}).items():
-                insert = sqlite_dialect.insert if self._backend == "sqlite" else pg_dialect.insert
                 conn.execute(
-                    insert(self._measurements)
+                    self._insert(self._measurements)
                     .values(
                         key=key,
                         arch_id=key.split("|", 1)[0],
@@ -470,10 +469,9 @@ class Store:
                 )
             for number, data in (weights or {}).items():
                 assert search is not None
-                insert = sqlite_dialect.insert if self._backend == "sqlite" else pg_dialect.insert
                 values = {"data": data, "updated_at": _now()}
                 conn.execute(
-                    insert(self._weights)
+                    self._insert(self._weights)
                     .values(search_id=search.id, number=number, **values)
                     .on_conflict_do_update(
                         index_elements=[self._weights.c.search_id, self._weights.c.number],
@@ -503,10 +501,9 @@ class Store:
         self, search_id: str, state: bytes, *, trials: Sequence[Trial] = ()
     ) -> None:
         """Checkpoint the search's strategy together with those trials, all or nothing."""
-        insert = sqlite_dialect.insert if self._backend == "sqlite" else pg_dialect.insert
         values = {"state": state, "updated_at": _now()}
         statement = (
-            insert(self._strategy_states)
+            self._insert(self._strategy_states)
             .values(search_id=search_id, **values)
             .on_conflict_do_update(index_elements=[self._strategy_states.c.search_id], set_=values)
         )
@@ -532,6 +529,11 @@ class Store:
 
     # Helpers, inside a write transaction.
 
+    @property
+    def _insert(self) -> Any:
+        """The dialect's INSERT, which has ON CONFLICT."""
+        return sqlite_dialect.insert if self._backend == "sqlite" else pg_dialect.insert
+
     def _update_search(self, conn: Connection, search: Search) -> None:
         result = conn.execute(
             update(self._searches)
@@ -547,7 +549,6 @@ class Store:
             raise NotFoundError(f"search {search.id!r} not found")
 
     def _upsert_trials(self, conn: Connection, trials: Sequence[Trial]) -> None:
-        insert = sqlite_dialect.insert if self._backend == "sqlite" else pg_dialect.insert
         now = _now()
         for trial in trials:
             completed = trial.state == TrialState.TRIAL_STATE_COMPLETED
@@ -560,7 +561,7 @@ class Store:
                 "trial_json": _to_json(trial),
             }
             statement = (
-                insert(self._trials)
+                self._insert(self._trials)
                 .values(search_id=trial.search_id, number=trial.number, **values)
                 .on_conflict_do_update(
                     index_elements=[self._trials.c.search_id, self._trials.c.number],

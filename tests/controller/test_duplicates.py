@@ -17,14 +17,7 @@ from prometheus_client import CollectorRegistry
 from mnas.client import Client
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
-from services.common.server import RunningServer, build_server
-from services.controller.clients import Backends
-from services.controller.core import Controller
-from services.controller.metrics import ControllerMetrics
-from services.controller.server import make_server
-from services.controller.store import Store
-from services.latency.server import make_server as make_latency_server
-from services.reward.server import make_server as make_reward_server
+from tests.controller.stack import controller_stack
 
 # A space of exactly one architecture: every trial samples the same network.
 SPEC = """
@@ -62,29 +55,8 @@ class CountingTrainer(trainer_pb2_grpc.TrainerServicer):
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[str, CountingTrainer, CollectorRegistry]]:
     trainer = CountingTrainer()
-    latency_registry = CollectorRegistry()
-    servers: list[RunningServer] = [
-        build_server(
-            service_names=["mnas.v1.Trainer"],
-            add_servicers=lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(trainer, s),
-            registry=CollectorRegistry(),
-        ),
-        make_latency_server(registry=latency_registry),
-        make_reward_server(registry=CollectorRegistry()),
-    ]
-    store = Store.open(str(tmp_path / "mnas.db"))
-    backends = Backends(
-        trainers=[servers[0].address], latency=[servers[1].address], reward=servers[2].address
-    )
-    controller = make_server(
-        Controller(store, backends, ControllerMetrics(CollectorRegistry())),
-        registry=CollectorRegistry(),
-    )
-    yield controller.address, trainer, latency_registry
-    controller.stop(0)
-    for server in servers:
-        server.stop(0)
-    store.close()
+    with controller_stack(tmp_path, trainer) as running:
+        yield running.address, trainer, running.latency_registry
 
 
 @pytest.mark.parametrize("strategy", ["random", "ppo"])

@@ -15,21 +15,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client import CollectorRegistry
 
 from mnas.arch import decode
 from mnas.client import Client, MnasError
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
-from services.common.server import RunningServer, build_server
-from services.controller.clients import Backends
-from services.controller.core import Controller
-from services.controller.metrics import ControllerMetrics
-from services.controller.server import make_server
 from services.controller.stopping import MedianStopping
 from services.controller.store import Store
-from services.latency.server import make_server as make_latency_server
-from services.reward.server import make_server as make_reward_server
+from tests.controller.stack import controller_stack
 
 TOTAL_STEPS = 40
 EVERY = 10
@@ -94,28 +87,8 @@ class ScriptedTrainer(trainer_pb2_grpc.TrainerServicer):
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[str, ScriptedTrainer, Store]]:
     trainer = ScriptedTrainer()
-    servers: list[RunningServer] = [
-        build_server(
-            service_names=["mnas.v1.Trainer"],
-            add_servicers=lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(trainer, s),
-            registry=CollectorRegistry(),
-        ),
-        make_latency_server(registry=CollectorRegistry()),
-        make_reward_server(registry=CollectorRegistry()),
-    ]
-    store = Store.open(str(tmp_path / "mnas.db"))
-    backends = Backends(
-        trainers=[servers[0].address], latency=[servers[1].address], reward=servers[2].address
-    )
-    controller = make_server(
-        Controller(store, backends, ControllerMetrics(CollectorRegistry())),
-        registry=CollectorRegistry(),
-    )
-    yield controller.address, trainer, store
-    controller.stop(0)
-    for server in servers:
-        server.stop(0)
-    store.close()
+    with controller_stack(tmp_path, trainer) as running:
+        yield running.address, trainer, running.store
 
 
 def test_median_rule_needs_min_trials_and_compares_the_best_so_far() -> None:

@@ -1,0 +1,57 @@
+"""A controller on loopback with the real latency and reward services and a given trainer
+servicer (for tests whose subject is what the controller does with a trainer's answers)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from mnas.v1 import trainer_pb2_grpc
+from services.common.server import RunningServer, build_server
+from services.controller.clients import Backends
+from services.controller.core import Controller
+from services.controller.metrics import ControllerMetrics
+from services.controller.server import make_server
+from services.controller.store import Store
+from services.latency.server import make_server as make_latency_server
+from services.reward.server import make_server as make_reward_server
+
+
+@dataclass(frozen=True)
+class Stack:
+    address: str  # the controller's
+    store: Store
+    latency_registry: CollectorRegistry
+
+
+@contextlib.contextmanager
+def controller_stack(tmp_path: Path, trainer: trainer_pb2_grpc.TrainerServicer) -> Iterator[Stack]:
+    latency_registry = CollectorRegistry()
+    servers: list[RunningServer] = [
+        build_server(
+            service_names=["mnas.v1.Trainer"],
+            add_servicers=lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(trainer, s),
+            registry=CollectorRegistry(),
+        ),
+        make_latency_server(registry=latency_registry),
+        make_reward_server(registry=CollectorRegistry()),
+    ]
+    store = Store.open(str(tmp_path / "mnas.db"))
+    backends = Backends(
+        trainers=[servers[0].address], latency=[servers[1].address], reward=servers[2].address
+    )
+    controller = make_server(
+        Controller(store, backends, ControllerMetrics(CollectorRegistry())),
+        registry=CollectorRegistry(),
+    )
+    try:
+        yield Stack(controller.address, store, latency_registry)
+    finally:
+        controller.stop(0)
+        for server in servers:
+            server.stop(0)
+        store.close()
