@@ -16,6 +16,8 @@ from sqlalchemy import Engine, text
 from mnas.v1.common_pb2 import (
     Architecture,
     Budget,
+    BuildParams,
+    LatencySettings,
     LatencyStats,
     Search,
     SearchSpaceSpec,
@@ -27,7 +29,13 @@ from mnas.v1.common_pb2 import (
     TrialState,
 )
 from services.controller import store as store_module
-from services.controller.store import AlreadyExistsError, NotFoundError, Store, StoreError
+from services.controller.store import (
+    AlreadyExistsError,
+    NotFoundError,
+    Store,
+    StoreError,
+    measurement_key,
+)
 from tests.controller.conftest import (
     POSTGRES_URL,
     Backend,
@@ -526,10 +534,6 @@ def test_unreachable_postgres_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_measurements_are_kept_once_by_what_determines_them(store: Store) -> None:
-    from mnas.v1.common_pb2 import BuildParams, LatencySettings, LatencyStats
-
-    from services.controller.store import measurement_key
-
     store.create_search(make_search())
     settings = LatencySettings(device_class="pixel-1", warmup_runs=5, runs=20, threads=1)
     build = BuildParams(resolution=224, num_classes=1000, width=1.0)
