@@ -52,6 +52,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="train on threads of this process instead of a child process per trial "
         "(no memory limit or timeout; for debugging)",
     )
+    parser.add_argument(
+        "--preload-dataset",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a data set (name or path) to decode once for every trial; repeatable "
+        "(default: fashion-mnist)",
+    )
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     registry = CollectorRegistry()
@@ -65,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             drain_seconds=args.drain,
             memory_limit_bytes=args.memory_limit,
             isolate=not args.no_isolation,
+            preload_datasets=tuple(args.preload_dataset or ("fashion-mnist",)),
         )
         running = make_server(config, registry)
     except ValueError as err:

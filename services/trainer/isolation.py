@@ -22,10 +22,11 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.forkserver
+import os
 import resource
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mnas.arch import Architecture
@@ -36,6 +37,7 @@ from services.trainer.training import (
     TrainOutcome,
     train,
 )
+from services.trainer.warm import PRELOAD_ENV
 
 __all__ = [
     "ChildJob",
@@ -50,7 +52,7 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_PRELOAD = ["services.trainer.isolation"]
+_PRELOAD = ["services.trainer.isolation", "services.trainer.warm"]
 _POLL_SECONDS = 0.1
 _JOIN_SECONDS = 5.0
 _PR_SET_PDEATHSIG = 1
@@ -88,11 +90,13 @@ class ChildJob:
     memory_limit_bytes: int | None = None
 
 
-def start_fork_server() -> None:
-    """Start the fork server now (it imports torch: seconds) rather than on first use.
+def start_fork_server(preload_datasets: Sequence[str] = ()) -> None:
+    """Start the fork server now (it imports torch: seconds) rather than on first use,
+    with ``preload_datasets`` decoded once for every child (:mod:`services.trainer.warm`).
 
     Call before the process starts threads of its own, e.g. before a gRPC server.
     """
+    os.environ[PRELOAD_ENV] = ",".join(preload_datasets)
     _CONTEXT.set_forkserver_preload(_PRELOAD)
     multiprocessing.forkserver.ensure_running()
 

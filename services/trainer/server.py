@@ -149,6 +149,7 @@ class TrainerConfig:
     ``memory_limit_bytes``: how much more memory a CPU trial's process may map than it
     starts with (default: physical memory divided among the slots); ``isolate`` False
     trains on threads of this process instead (no limits; for debugging).
+    ``preload_datasets`` are decoded once in the fork server, so trials start faster.
     """
 
     port: int = 0
@@ -160,6 +161,7 @@ class TrainerConfig:
     max_workers: int = 32
     memory_limit_bytes: int | None = None
     isolate: bool = True
+    preload_datasets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 1:
@@ -575,7 +577,7 @@ def make_server(config: TrainerConfig, registry: CollectorRegistry) -> RunningSe
     """Start a trainer on ``config.host:config.port`` (0: a free port)."""
     servicer = TrainerServicer(config, TrainerMetrics(registry))
     if config.isolate:
-        start_fork_server()  # before the server's threads exist
+        start_fork_server(config.preload_datasets)  # before the server's threads exist
     running = build_server(
         service_names=[SERVICE_NAME],
         add_servicers=lambda server: trainer_pb2_grpc.add_TrainerServicer_to_server(

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import grpc
@@ -112,10 +115,23 @@ def test_timeout_names_the_spec_field() -> None:
         num_classes=10,
         resolution=28,
         width=1.0,
-        config=TrainingConfig(steps=1_000_000, batch_size=32, train_examples=1000,
-                              validation_examples=500),
+        config=TrainingConfig(
+            steps=1_000_000, batch_size=32, train_examples=1000, validation_examples=500
+        ),
         threads=1,
     )
     with pytest.raises(TrialTimedOut, match=r"training\.timeout_seconds"):
         run_isolated(job, timeout_seconds=0.5)
     assert multiprocessing.active_children() == []
+
+
+def test_the_fork_server_decodes_preloaded_data_sets_once() -> None:
+    """Importing the warm-up module with the variable set decodes the named sets (in the
+    fork server, before any child exists); an unknown one is only a warning."""
+    code = "from services.trainer import data, warm; print(data._load.cache_info().currsize)"
+    env = {**os.environ, "MNAS_TRAINER_PRELOAD": "fashion-mnist,/nonexistent/mnas-data"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "1"
+    assert "could not preload data set '/nonexistent/mnas-data'" in result.stderr
