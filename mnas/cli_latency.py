@@ -1,5 +1,6 @@
 """The latency commands of the ``mnas`` CLI: ``devices`` (what a latency service measures
-on) and ``latency measure`` (one architecture, through a latency service or in-process)."""
+on), ``latency measure`` (one architecture, through a latency service or in-process) and
+``latency calibrate`` (a predictor for this machine's CPU)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,6 +18,7 @@ from rich.table import Table
 
 from mnas.cli_args import add_arch_selector, arch_from_args
 from mnas.errors import UsageError
+from mnas.latency import reported_seconds
 from mnas.rpc import channel
 from mnas.v1 import common_pb2, latency_pb2, latency_pb2_grpc
 
@@ -121,8 +124,9 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         return 0
     label = name or arch.id
     print(
-        f"{label} on {stats.device_class} ({stats.device}): median "
-        f"{stats.median_seconds * 1e3:.3f} ms, min {stats.min_seconds * 1e3:.3f}, "
+        f"{label} on {stats.device_class} ({stats.device}): "
+        f"{reported_seconds(stats) * 1e3:.3f} ms (fastest-tenth mean), median "
+        f"{stats.median_seconds * 1e3:.3f}, min {stats.min_seconds * 1e3:.3f}, "
         f"p90 {stats.p90_seconds * 1e3:.3f}, mean {stats.mean_seconds * 1e3:.3f} "
         f"over {len(stats.samples_seconds)} samples; export {export_seconds:.2f} s"
     )
@@ -153,6 +157,51 @@ def _measure_locally(args: argparse.Namespace, canonical: str) -> tuple[Any, flo
         device_class="host-cpu",
     )
     return stats_to_proto(measurement), measurement.export_seconds
+
+
+# --- latency calibrate -------------------------------------------------------------------
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    """Calibrate (or, with ``--recalibrate``, calibrate again) a host-cpu predictor."""
+    import random
+
+    from mnas.space import SearchSpace
+
+    try:
+        from services.latency.oracle import HostOracle
+        from services.latency.predictor import LatencyPredictor, calibrate, recalibrate
+    except ImportError as err:
+        raise UsageError(f"calibrating needs the latency extra: {err}") from None
+    oracle = HostOracle()
+    if args.recalibrate is not None:
+        old = LatencyPredictor.load(args.recalibrate, device_class=oracle.device_class)
+        predictor = recalibrate(old, oracle)
+        output = Path(args.output or args.recalibrate)
+    else:
+        if args.output is None:
+            raise UsageError("give -o FILE for the new predictor (or --recalibrate FILE)")
+        space = SearchSpace(resolution=args.resolution, width=args.width, num_classes=args.classes)
+        rng = random.Random(args.seed)
+        archs = [space.sample(rng) for _ in range(args.archs)]
+        predictor = calibrate(
+            oracle,
+            archs,
+            resolution=args.resolution,
+            width=args.width,
+            num_classes=args.classes,
+            space=None if args.no_space else space,
+            passes=args.passes,
+        )
+        output = Path(args.output)
+    predictor.save(output)
+    seconds = predictor.calibration.get("seconds", 0.0)
+    print(
+        f"wrote {output}: {len(predictor.kernels)} kernels of {predictor.device_class} "
+        f"({predictor.build}), calibrated in {seconds:.0f}s; serve it with "
+        f"python -m services.latency --predictor {output}"
+    )
+    return 0
 
 
 def _as_dict(message: Any) -> dict[str, Any]:
@@ -201,6 +250,34 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     measure.add_argument("--json", action="store_true", help="print one JSON object")
     measure.set_defaults(run=_cmd_measure)
+
+    calibrate = latency_commands.add_parser(
+        "calibrate",
+        help="measure a predictor's kernels and correction on this machine's CPU "
+        "(minutes; see docs/predictor.md)",
+    )
+    calibrate.add_argument("-o", "--output", default=None, help="predictor file to write")
+    calibrate.add_argument(
+        "--recalibrate",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="repeat FILE's recorded calibration (written back to FILE unless -o)",
+    )
+    calibrate.add_argument(
+        "--archs", type=int, default=40, help="random networks that fit the correction (40)"
+    )
+    calibrate.add_argument("--passes", type=int, default=2, help="measurement passes (2)")
+    calibrate.add_argument(
+        "--no-space",
+        action="store_true",
+        help="measure only the kernels of the calibration networks, not of the whole space",
+    )
+    calibrate.add_argument("--seed", type=int, default=0, help="which random networks (0)")
+    calibrate.add_argument("--width", type=float, default=1.0, help="width multiplier (1.0)")
+    calibrate.add_argument("--resolution", type=int, default=224, help="input size (224)")
+    calibrate.add_argument("--classes", type=int, default=1000, help="classes (1000)")
+    calibrate.set_defaults(run=_cmd_calibrate)
 
     def show_help(_: argparse.Namespace) -> int:
         latency.print_help()

@@ -25,6 +25,7 @@ from mnas.arch import decode
 from mnas.client import Client, Search
 from mnas.cost import count
 from mnas.errors import UsageError
+from mnas.latency import reported_seconds
 from mnas.local import LocalStack
 from mnas.specfile import load_spec
 from mnas.v1 import common_pb2, controller_pb2
@@ -66,7 +67,7 @@ def _print_trials(
             str(trial.number),
             f"{trial.reward:.4f}",
             f"{trial.training.accuracy:.4f}",
-            f"{trial.latency.median_seconds * 1e3:.3f}",
+            f"{reported_seconds(trial.latency) * 1e3:.3f}",
             f"{cost.params / 1e6:.2f}M",
             f"{cost.macs / 1e6:.1f}M",
         )
@@ -197,7 +198,7 @@ def _cmd_trials(args: argparse.Namespace) -> int:
                 state,
                 f"{t.reward:.4f}" if done else "-",
                 f"{t.training.accuracy:.4f}" if done else "-",
-                f"{t.latency.median_seconds * 1e3:.3f}" if t.HasField("latency") else "-",
+                f"{reported_seconds(t.latency) * 1e3:.3f}" if t.HasField("latency") else "-",
                 str(t.attempts),
                 t.trainer or "-",
                 t.error or " ".join(str(b) for b in decode(t.architecture.canonical).blocks),

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import grpc
 
+from mnas.latency import reported_seconds
 from mnas.pareto import pareto_front
 from mnas.rpc import channel
 from mnas.specfile import load_spec
@@ -204,7 +205,7 @@ class Search:
         return pareto_front(
             self.completed(),
             accuracy=lambda t: t.training.accuracy,
-            latency=lambda t: t.latency.median_seconds,
+            latency=lambda t: reported_seconds(t.latency),
         )
 
     def weights(self, trial: int) -> bytes:

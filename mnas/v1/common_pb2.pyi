@@ -644,7 +644,7 @@ class LatencySettings(_message.Message):
     warmup_runs: _builtins.int
     """default 5"""
     runs: _builtins.int
-    """default 20"""
+    """default 50"""
     resolution: _builtins.int
     """deployment resolution; 0: the space's resolution"""
     threads: _builtins.int
@@ -921,6 +921,7 @@ Global___Evaluation: _TypeAlias = Evaluation  # noqa: Y015
 class LatencyStats(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    ROBUST_SECONDS_FIELD_NUMBER: _builtins.int
     MEDIAN_SECONDS_FIELD_NUMBER: _builtins.int
     MIN_SECONDS_FIELD_NUMBER: _builtins.int
     P90_SECONDS_FIELD_NUMBER: _builtins.int
@@ -930,6 +931,11 @@ class LatencyStats(_message.Message):
     DEVICE_FIELD_NUMBER: _builtins.int
     FLAGS_FIELD_NUMBER: _builtins.int
     THERMAL_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    robust_seconds: _builtins.float
+    """The figure to compare and reward by: the mean of the fastest tenth of the runs (on
+    the host with a reference model, made relative to it; see docs/predictor.md). 0 from
+    a server that predates it: use the median.
+    """
     median_seconds: _builtins.float
     min_seconds: _builtins.float
     p90_seconds: _builtins.float
@@ -949,6 +955,7 @@ class LatencyStats(_message.Message):
     def __init__(
         self,
         *,
+        robust_seconds: _builtins.float = ...,
         median_seconds: _builtins.float = ...,
         min_seconds: _builtins.float = ...,
         p90_seconds: _builtins.float = ...,
@@ -961,7 +968,7 @@ class LatencyStats(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "device_class", b"device_class", "flags", b"flags", "mean_seconds", b"mean_seconds", "median_seconds", b"median_seconds", "min_seconds", b"min_seconds", "p90_seconds", b"p90_seconds", "samples_seconds", b"samples_seconds", "thermal_wait_seconds", b"thermal_wait_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "device_class", b"device_class", "flags", b"flags", "mean_seconds", b"mean_seconds", "median_seconds", b"median_seconds", "min_seconds", b"min_seconds", "p90_seconds", b"p90_seconds", "robust_seconds", b"robust_seconds", "samples_seconds", b"samples_seconds", "thermal_wait_seconds", b"thermal_wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

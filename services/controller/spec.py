@@ -344,7 +344,7 @@ def _latency(
     if lat.warmup_runs == 0:
         lat.warmup_runs = 5
     if lat.runs == 0:
-        lat.runs = 20
+        lat.runs = 50
     if lat.threads == 0:
         lat.threads = 1
     if lat.resolution == 0:

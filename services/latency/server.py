@@ -1,7 +1,7 @@
 """The Latency servicer: proto in, :class:`LatencyService`, proto out, plus its metrics.
 
 Unset (zero) fields of ``LatencySettings`` take the defaults written in common.proto:
-device class ``host-cpu``, 5 warm-up runs, 20 runs, 1 thread. ``settings.resolution``,
+device class ``host-cpu``, 5 warm-up runs, 50 runs, 1 thread. ``settings.resolution``,
 when set, is the deployment resolution and must agree with ``build.resolution`` where
 that is set too.
 """
@@ -22,12 +22,14 @@ from services.latency.phones.adb import PhoneConnectionError
 from services.latency.phones.benchmark_output import BenchmarkFailed
 from services.latency.phones.oracle import NoPhoneAvailable, PhoneLatencyResult, PhoneOracle
 from services.latency.phones.runner import PhoneSetupError
+from services.latency.predictor.adapter import PredictedLatency
 from services.latency.service import (
     DEFAULT_CACHE_SIZE,
     BuildParams,
     Exporter,
     LatencyService,
     Measurement,
+    NotCalibrated,
 )
 
 __all__ = [
@@ -45,7 +47,7 @@ _logger = logging.getLogger(__name__)
 SERVICE_NAME = "mnas.v1.Latency"
 
 DEFAULT_WARMUP_RUNS = 5
-DEFAULT_RUNS = 20
+DEFAULT_RUNS = 50
 DEFAULT_THREADS = 1
 
 # Domain errors to status codes, first match wins; anything else is INTERNAL.
@@ -55,6 +57,8 @@ _STATUS_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (BenchmarkFailed, grpc.StatusCode.FAILED_PRECONDITION),
     # No healthy phone left, or one fell off the bus: another latency service may have one.
     (NoPhoneAvailable, grpc.StatusCode.UNAVAILABLE),
+    # The predictor was calibrated at other sizes: asking again will not help.
+    (NotCalibrated, grpc.StatusCode.FAILED_PRECONDITION),
     (PhoneConnectionError, grpc.StatusCode.UNAVAILABLE),
     (PhoneSetupError, grpc.StatusCode.UNAVAILABLE),
 )
@@ -106,6 +110,7 @@ def build_from_proto(
 def stats_to_proto(measurement: Measurement) -> common_pb2.LatencyStats:
     result = measurement.result
     stats = common_pb2.LatencyStats(
+        robust_seconds=result.robust,
         median_seconds=result.median,
         min_seconds=result.min,
         p90_seconds=result.p90,
@@ -121,7 +126,8 @@ def stats_to_proto(measurement: Measurement) -> common_pb2.LatencyStats:
 
 
 def devices_to_proto(service: LatencyService) -> list[latency_pb2.Device]:
-    """Every device of every oracle; phones with what adb reports and their last reading."""
+    """Every device of every oracle (phones with what adb reports and their last reading),
+    then every predictor."""
     devices: list[latency_pb2.Device] = []
     for oracle in service.oracles:
         if not isinstance(oracle, PhoneOracle):
@@ -154,6 +160,11 @@ def devices_to_proto(service: LatencyService) -> list[latency_pb2.Device]:
                 device.powered = reading.battery.powered
                 device.cpu_governor = reading.governor or ""
             devices.append(device)
+    for predictor in service.predictors:
+        devices.extend(
+            latency_pb2.Device(id=d.id, device_class=d.device_class, model=d.model, state=d.state)
+            for d in predictor.devices()
+        )
     return devices
 
 
@@ -169,7 +180,7 @@ class LatencyMetrics:
         )
         self.model_seconds = Histogram(
             "mnas_latency_model_seconds",
-            "Median latency of the models measured (not counting cache hits), by device "
+            "Latency (robust figure) of the models measured (not counting cache hits), by device "
             "class and device model.",
             ("device_class", "model"),
             buckets=_MODEL_BUCKETS,
@@ -205,7 +216,7 @@ class LatencyMetrics:
         device_class = measurement.device_class
         self.measurements.labels(device_class, "true" if measurement.cached else "false").inc()
         if not measurement.cached:
-            self.model_seconds.labels(device_class, model).observe(measurement.result.median)
+            self.model_seconds.labels(device_class, model).observe(measurement.result.robust)
             self.export_seconds.observe(measurement.export_seconds)
             self.measure_seconds.labels(device_class).observe(measurement.measure_seconds)
 
@@ -265,12 +276,14 @@ def make_server(
     oracles: Sequence[LatencyOracle] | None = None,
     exporter: Exporter | None = None,
     cache_size: int = DEFAULT_CACHE_SIZE,
+    predictors: Sequence[PredictedLatency] = (),
 ) -> RunningServer:
     """Start a latency server; by default on this machine's CPU (:class:`HostOracle`)."""
     service = LatencyService(
         list(oracles) if oracles is not None else [HostOracle()],
         exporter=exporter,
         cache_size=cache_size,
+        predictors=predictors,
     )
     servicer = LatencyServicer(service, registry)
     return build_server(

@@ -28,6 +28,7 @@ from services.latency.oracle import (
     LatencyResult,
     MeasureSettings,
 )
+from services.latency.predictor.adapter import PredictedLatency
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -36,6 +37,7 @@ __all__ = [
     "Exporter",
     "LatencyService",
     "Measurement",
+    "NotCalibrated",
     "export_flatbuffer",
     "preload_exporter",
 ]
@@ -124,8 +126,16 @@ class _Slots:
         self.semaphore = threading.BoundedSemaphore(max(1, len(oracle.devices())))
 
 
+class NotCalibrated(LookupError):
+    """A predictor cannot price the architecture: a kernel it was not calibrated for."""
+
+
 class LatencyService:
-    """Measures architectures on the oracles' devices, caching results by key."""
+    """Measures architectures on the oracles' devices, caching results by key.
+
+    ``predictors`` answer for device classes of their own (``host-cpu-predicted``...)
+    from the architecture alone: no export, no device time.
+    """
 
     def __init__(
         self,
@@ -133,6 +143,7 @@ class LatencyService:
         *,
         exporter: Exporter | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        predictors: Sequence[PredictedLatency] = (),
     ) -> None:
         if not oracles:
             raise ValueError("oracles: a latency service needs at least one oracle")
@@ -143,6 +154,11 @@ class LatencyService:
             if oracle.device_class in self._slots:
                 raise ValueError(f"oracles: device class {oracle.device_class!r} given twice")
             self._slots[oracle.device_class] = _Slots(oracle)
+        self._predictors: dict[str, PredictedLatency] = {}
+        for predictor in predictors:
+            if predictor.device_class in self._slots or predictor.device_class in self._predictors:
+                raise ValueError(f"predictors: device class {predictor.device_class!r} given twice")
+            self._predictors[predictor.device_class] = predictor
         self._export = exporter or export_flatbuffer
         self._cache_size = cache_size
         self._cache: OrderedDict[CacheKey, Measurement] = OrderedDict()
@@ -154,16 +170,24 @@ class LatencyService:
 
     @property
     def device_classes(self) -> list[str]:
-        return sorted(self._slots)
+        return sorted([*self._slots, *self._predictors])
 
     @property
     def oracles(self) -> list[LatencyOracle]:
-        """The oracles, by device class."""
-        return [self._slots[name].oracle for name in self.device_classes]
+        """The oracles, by device class (not the predictors)."""
+        return [self._slots[name].oracle for name in sorted(self._slots)]
+
+    @property
+    def predictors(self) -> list[PredictedLatency]:
+        return [self._predictors[name] for name in sorted(self._predictors)]
 
     def devices(self) -> list[DeviceInfo]:
-        """Every oracle's devices, by device class."""
-        return [d for name in self.device_classes for d in self._slots[name].oracle.devices()]
+        """Every oracle's devices and every predictor, by device class."""
+        devices: list[DeviceInfo] = []
+        for name in self.device_classes:
+            source = self._slots[name].oracle if name in self._slots else self._predictors[name]
+            devices.extend(source.devices())
+        return devices
 
     @property
     def capacity(self) -> int:
@@ -200,7 +224,7 @@ class LatencyService:
         settings = settings or MeasureSettings()
         arch = _decode(architecture)
         slots = self._slots.get(device_class)
-        if slots is None:
+        if slots is None and device_class not in self._predictors:
             known = ", ".join(self.device_classes)
             raise ValueError(
                 f"settings.device_class: unknown device class {device_class!r} (known: {known})"
@@ -231,7 +255,10 @@ class LatencyService:
         if not owner:
             return replace(pending.result(), cached=True)
         try:
-            measurement = self._run(slots, arch, build, settings)
+            if slots is None:
+                measurement = self._predict(self._predictors[device_class], arch, build)
+            else:
+                measurement = self._run(slots, arch, build, settings)
         except BaseException as err:
             with self._lock:
                 del self._pending[key]
@@ -277,6 +304,24 @@ class LatencyService:
             result=result,
             export_seconds=export_seconds,
             measure_seconds=measure_seconds,
+        )
+
+    def _predict(
+        self, predictor: PredictedLatency, arch: Architecture, build: BuildParams
+    ) -> Measurement:
+        started = time.perf_counter()
+        try:
+            result = predictor.measure(
+                arch, resolution=build.resolution, width=build.width, num_classes=build.num_classes
+            )
+        except KeyError as err:  # a kernel the predictor was not calibrated for
+            raise NotCalibrated(f"{predictor.device_class}: {err.args[0]}") from None
+        return Measurement(
+            architecture_id=arch.id,
+            device_class=predictor.device_class,
+            result=result,
+            export_seconds=0.0,
+            measure_seconds=time.perf_counter() - started,
         )
 
     def _timed_export(self, arch: Architecture, build: BuildParams) -> tuple[bytes, float]:

@@ -29,7 +29,10 @@ class Stack:
 
 
 @contextlib.contextmanager
-def controller_stack(tmp_path: Path, trainer: trainer_pb2_grpc.TrainerServicer) -> Iterator[Stack]:
+def controller_stack(
+    tmp_path: Path, trainer: trainer_pb2_grpc.TrainerServicer, *, latency: str | None = None
+) -> Iterator[Stack]:
+    """``latency``: the address of a latency service to use instead of a new one."""
     latency_registry = CollectorRegistry()
     servers: list[RunningServer] = [
         build_server(
@@ -37,13 +40,13 @@ def controller_stack(tmp_path: Path, trainer: trainer_pb2_grpc.TrainerServicer) 
             add_servicers=lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(trainer, s),
             registry=CollectorRegistry(),
         ),
-        make_latency_server(registry=latency_registry),
         make_reward_server(registry=CollectorRegistry()),
     ]
+    if latency is None:
+        servers.append(make_latency_server(registry=latency_registry))
+        latency = servers[-1].address
     store = Store.open(str(tmp_path / "mnas.db"))
-    backends = Backends(
-        trainers=[servers[0].address], latency=[servers[1].address], reward=servers[2].address
-    )
+    backends = Backends(trainers=[servers[0].address], latency=[latency], reward=servers[1].address)
     controller = make_server(
         Controller(store, backends, ControllerMetrics(CollectorRegistry())),
         registry=CollectorRegistry(),

@@ -46,7 +46,7 @@ def test_defaults_are_written_in() -> None:
     assert len(s.space.stages) == 7
     assert list(s.space.choices.ops) == ["conv", "dconv", "mbconv3", "mbconv6"]
     assert (s.objective.alpha, s.objective.beta) == (-0.07, -0.07)
-    assert (s.latency.device_class, s.latency.runs, s.latency.resolution) == ("host-cpu", 20, 28)
+    assert (s.latency.device_class, s.latency.runs, s.latency.resolution) == ("host-cpu", 50, 28)
     assert resolved.space.size == 432**7
     t = s.training
     assert (t.optimizer, t.schedule) == (

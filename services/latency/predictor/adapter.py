@@ -12,11 +12,11 @@ import threading
 from typing import Protocol
 
 from mnas.arch import Architecture
+from mnas.latency import PREDICTED_SUFFIX
 from services.latency.oracle import DeviceInfo, LatencyResult
 
 __all__ = ["PREDICTED_SUFFIX", "PredictedLatency", "Predictor"]
 
-PREDICTED_SUFFIX = "-predicted"
 
 
 class Predictor(Protocol):
