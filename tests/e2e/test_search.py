@@ -65,8 +65,9 @@ def check_search(client: Client, spec: common_pb2.SearchSpec, store_url: str) ->
         assert len(trial.latency.samples_seconds) == 5
         assert trial.latency.device_class == "host-cpu"
         assert 0 < trial.latency.min_seconds <= trial.latency.median_seconds
+        assert trial.latency.robust_seconds > 0  # what the reward is computed from
         assert trial.reward == pytest.approx(
-            reward(trial.training.accuracy, trial.latency.median_seconds, objective), rel=1e-12
+            reward(trial.training.accuracy, trial.latency.robust_seconds, objective), rel=1e-12
         )
     best = search.best(1)[0]
     assert best.reward == max(t.reward for t in trials)
