@@ -91,17 +91,18 @@ def test_weights_follow_the_result_when_asked_for(trainer: Trainer) -> None:
     assert all(isinstance(v, torch.Tensor) for v in state.values())
 
 
-def test_cancelling_kills_the_child_before_returning() -> None:
-    job = ChildJob(
-        arch=decode(TINY),
-        num_classes=10,
-        resolution=28,
-        width=1.0,
-        config=TrainingConfig(
-            steps=1_000_000, batch_size=32, train_examples=1000, validation_examples=500
-        ),
-        threads=1,
+def endless_job() -> ChildJob:
+    """A training of a million steps: it ends only when it is ended."""
+    config = TrainingConfig(
+        steps=1_000_000, batch_size=32, train_examples=1000, validation_examples=500
     )
+    return ChildJob(
+        arch=decode(TINY), num_classes=10, resolution=28, width=1.0, config=config, threads=1
+    )
+
+
+def test_cancelling_kills_the_child_before_returning() -> None:
+    job = endless_job()
     seen: list[Progress] = []
     with pytest.raises(TrainingCancelled):
         run_isolated(job, on_progress=seen.append, cancelled=lambda: bool(seen))
@@ -110,16 +111,7 @@ def test_cancelling_kills_the_child_before_returning() -> None:
 
 
 def test_timeout_names_the_spec_field() -> None:
-    job = ChildJob(
-        arch=decode(TINY),
-        num_classes=10,
-        resolution=28,
-        width=1.0,
-        config=TrainingConfig(
-            steps=1_000_000, batch_size=32, train_examples=1000, validation_examples=500
-        ),
-        threads=1,
-    )
+    job = endless_job()
     with pytest.raises(TrialTimedOut, match=r"training\.timeout_seconds"):
         run_isolated(job, timeout_seconds=0.5)
     assert multiprocessing.active_children() == []
