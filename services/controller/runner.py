@@ -253,8 +253,9 @@ class SearchRunner:
                     trial.state = TS.TRIAL_STATE_RUNNING
                     trial.started_at.CopyFrom(_now())
                     self.search.trials_running = len(self._running) + 1
-                    # One write records the proposal (or the re-dispatch) and the start.
-                    self._store.save(search=self.search, trials=[trial])
+                    # One write records the proposal (or the re-dispatch) and the start;
+                    # the search record follows with the trial's end.
+                    self._store.save_trial(trial)
                     thread = threading.Thread(
                         target=self._run_trial,
                         args=(trial,),
