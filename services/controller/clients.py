@@ -151,6 +151,7 @@ class Backends:
         register_cancel(call.cancel)
         result: common_pb2.TrainResult | None = None
         chunks: list[bytes] = []
+        received = 0
         try:
             for event in call:
                 if event.HasField("result"):
@@ -158,7 +159,7 @@ class Backends:
                     if not request.training.return_weights:
                         return result, None
                 elif event.HasField("weights"):
-                    if event.weights.offset != sum(len(c) for c in chunks):
+                    if event.weights.offset != received:
                         raise WorkerError(
                             f"trainer {address}: weights chunk at offset {event.weights.offset} "
                             "out of order",
@@ -166,6 +167,7 @@ class Backends:
                             endpoint_failed=True,
                         )
                     chunks.append(event.weights.data)
+                    received += len(event.weights.data)
                 else:
                     on_progress(event.progress)
         except grpc.RpcError as err:

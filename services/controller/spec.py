@@ -12,6 +12,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from mnas import recipe
 from mnas.arch import Activation
 from mnas.layers import plan
 from mnas.space import SearchSpace, Stage
@@ -151,15 +152,16 @@ def _recipe(t: common_pb2.Training) -> None:
     rmsprop = t.optimizer == common_pb2.OPTIMIZER_RMSPROP
     if t.schedule == common_pb2.LEARNING_RATE_SCHEDULE_UNSPECIFIED:
         t.schedule = common_pb2.LEARNING_RATE_SCHEDULE_COSINE
+    by_optimizer = recipe.optimizer_defaults("rmsprop" if rmsprop else "sgd", t.batch_size)
     if t.learning_rate == 0:
-        t.learning_rate = 0.016 * t.batch_size / 256 if rmsprop else 0.05
+        t.learning_rate = by_optimizer["learning_rate"]
     if not math.isfinite(t.learning_rate) or t.learning_rate < 0:
         raise ValueError(f"spec.training.learning_rate: must be positive, got {t.learning_rate}")
     defaults = {
-        "momentum": 0.9,
-        "weight_decay": 1e-5 if rmsprop else 4e-5,
-        "label_smoothing": 0.1,
-        "warmup_fraction": 0.05 if rmsprop else 0.0,
+        "momentum": recipe.MOMENTUM,
+        "weight_decay": by_optimizer["weight_decay"],
+        "label_smoothing": recipe.LABEL_SMOOTHING,
+        "warmup_fraction": by_optimizer["warmup_fraction"],
     }
     for name, default in defaults.items():
         if not t.HasField(name):  # type: ignore[arg-type]
@@ -177,7 +179,7 @@ def _recipe(t: common_pb2.Training) -> None:
         if getattr(t, name) < 0:
             raise ValueError(f"spec.training.{name}: must be >= 0, got {getattr(t, name)}")
     if t.evaluation_examples == 0:
-        t.evaluation_examples = min(2000, t.validation_examples)
+        t.evaluation_examples = min(recipe.EVALUATION_EXAMPLES, t.validation_examples)
 
 
 def _early_stopping(e: common_pb2.EarlyStopping, t: common_pb2.Training) -> None:

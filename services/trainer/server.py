@@ -25,6 +25,7 @@ import grpc
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from mnas import recipe
 from mnas.arch import Architecture, decode
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common.server import RunningServer, build_server
@@ -61,12 +62,6 @@ SERVICE_NAME = "mnas.v1.Trainer"
 # Proto defaults: a zero (unset) field takes these values.
 DEFAULT_EPOCHS = 1
 DEFAULT_BATCH_SIZE = 128
-DEFAULT_LEARNING_RATE = 0.05  # SGD
-RMSPROP_LEARNING_RATE_PER_256 = 0.016  # MnasNet: 0.016 per 256 images of batch
-RMSPROP_WARMUP_FRACTION = 0.05
-DEFAULT_MOMENTUM = 0.9
-DEFAULT_LABEL_SMOOTHING = 0.1
-DEFAULT_EVALUATION_EXAMPLES = 2000
 WEIGHTS_CHUNK_BYTES = 1 << 20
 DEFAULT_VALIDATION_EXAMPLES = 10000
 DEFAULT_WIDTH = 1.0
@@ -254,30 +249,27 @@ def training_config_from_proto(message: common_pb2.Training) -> TrainingConfig:
         raise ValueError(f"training.schedule: unknown value {message.schedule}")
     optimizer = _OPTIMIZERS[message.optimizer]
     batch_size = message.batch_size or DEFAULT_BATCH_SIZE
-    rmsprop = optimizer == "rmsprop"
-    default_lr = (RMSPROP_LEARNING_RATE_PER_256 * batch_size / 256 if rmsprop
-                  else DEFAULT_LEARNING_RATE)
-    default_warmup = RMSPROP_WARMUP_FRACTION if rmsprop else 0.0
+    defaults = recipe.optimizer_defaults(optimizer, batch_size)
     try:
         return TrainingConfig(
             dataset=message.dataset or data.FASHION_MNIST,
             epochs=message.epochs or DEFAULT_EPOCHS,
             steps=message.steps,
             batch_size=batch_size,
-            learning_rate=message.learning_rate or default_lr,
+            learning_rate=message.learning_rate or defaults["learning_rate"],
             seed=message.seed,
             train_examples=message.train_examples,
             validation_examples=message.validation_examples or DEFAULT_VALIDATION_EXAMPLES,
             optimizer=optimizer,
-            momentum=message.momentum if message.HasField("momentum") else DEFAULT_MOMENTUM,
+            momentum=message.momentum if message.HasField("momentum") else recipe.MOMENTUM,
             weight_decay=message.weight_decay if message.HasField("weight_decay") else None,
             label_smoothing=(message.label_smoothing if message.HasField("label_smoothing")
-                             else DEFAULT_LABEL_SMOOTHING),
+                             else recipe.LABEL_SMOOTHING),
             warmup_fraction=(message.warmup_fraction if message.HasField("warmup_fraction")
-                             else default_warmup),
+                             else defaults["warmup_fraction"]),
             schedule=_SCHEDULES[message.schedule],
             evaluate_every_steps=message.evaluate_every_steps,
-            evaluation_examples=message.evaluation_examples or DEFAULT_EVALUATION_EXAMPLES,
+            evaluation_examples=message.evaluation_examples or recipe.EVALUATION_EXAMPLES,
         )
     except ValueError as err:
         raise ValueError(f"training.{err}") from None

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnas import recipe
 from mnas.arch import Architecture
 from services.trainer import data
 from services.trainer.builder import build_torch
@@ -50,7 +51,7 @@ _logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "rmsprop")
 SCHEDULES = ("cosine", "exponential", "constant")
-DEFAULT_MOMENTUM = 0.9
+DEFAULT_MOMENTUM = recipe.MOMENTUM
 RMSPROP_DECAY = 0.9  # MnasNet's RMSProp
 RMSPROP_EPSILON = 1e-3
 EXPONENTIAL_RATE = 0.97  # MnasNet: the learning rate decays 0.97x every 2.4 epochs
@@ -80,18 +81,18 @@ class TrainingConfig:
     epochs: int = 1
     steps: int = 0
     batch_size: int = 128
-    learning_rate: float = 0.05
+    learning_rate: float = recipe.SGD_LEARNING_RATE
     seed: int = 0
     train_examples: int = 0
     validation_examples: int = 10000
-    label_smoothing: float = 0.1
+    label_smoothing: float = recipe.LABEL_SMOOTHING
     optimizer: str = "sgd"
     momentum: float = DEFAULT_MOMENTUM
     weight_decay: float | None = None
     warmup_fraction: float = 0.0
     schedule: str = "cosine"
     evaluate_every_steps: int = 0
-    evaluation_examples: int = 2000
+    evaluation_examples: int = recipe.EVALUATION_EXAMPLES
 
     def __post_init__(self) -> None:
         _at_least("epochs", self.epochs, 1)
@@ -125,7 +126,7 @@ class TrainingConfig:
         """The weight decay in effect."""
         if self.weight_decay is not None:
             return self.weight_decay
-        return 1e-5 if self.optimizer == "rmsprop" else 4e-5
+        return recipe.optimizer_defaults(self.optimizer, self.batch_size)["weight_decay"]
 
 
 @dataclass(frozen=True)
