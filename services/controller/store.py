@@ -36,6 +36,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -50,6 +51,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateSchema
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ColumnElement
 
 from mnas.v1.common_pb2 import (
@@ -187,6 +189,51 @@ def _tables(schema: str | None) -> _Tables:
     return _Tables(metadata, searches, trials, strategy_states, weights, measurements)
 
 
+class _Statements(NamedTuple):
+    """The statements of the controller's per-trial path, built once: building one from
+    literal values costs more than running it (it is compiled, and its cache key made,
+    again each time)."""
+
+    upsert_trial: Executable
+    update_search: Executable
+    find_measurement: Executable
+    insert_measurement: Executable
+    upsert_strategy_state: Executable
+
+    @classmethod
+    def build(cls, tables: _Tables, backend: str) -> _Statements:
+        insert = sqlite_dialect.insert if backend == "sqlite" else pg_dialect.insert
+
+        def upsert(table: Table, keys: Sequence[str]) -> Executable:
+            statement = insert(table)
+            replaced = [column.name for column in table.columns if column.name not in keys]
+            return statement.on_conflict_do_update(
+                index_elements=[table.c[key] for key in keys],
+                set_={name: statement.excluded[name] for name in replaced},
+            )
+
+        searches = tables.searches
+        measurements = tables.measurements
+        return cls(
+            upsert_trial=upsert(tables.trials, ["search_id", "number"]),
+            update_search=update(searches)
+            .where(searches.c.id == bindparam("search_id"))
+            .values(
+                name=bindparam("name"),
+                state=bindparam("state"),
+                updated_at=bindparam("updated_at"),
+                search_json=bindparam("search_json"),
+            ),
+            find_measurement=select(measurements.c.stats_json).where(
+                measurements.c.key == bindparam("key")
+            ),
+            insert_measurement=insert(measurements).on_conflict_do_nothing(
+                index_elements=[measurements.c.key]
+            ),
+            upsert_strategy_state=upsert(tables.strategy_states, ["search_id"]),
+        )
+
+
 def _to_json(message: Message) -> str:
     return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None)
 
@@ -239,6 +286,13 @@ class Store:
         # takes concurrent writers as they come.
         self._write_guard: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         self._read_guard: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        self._statements = _Statements.build(tables, backend)
+        # The keys of the recorded measurements, read at the first lookup and kept up to
+        # date by save(): most lookups are for networks never measured, and those need no
+        # query. Another writer's measurement is missed until the store is opened again,
+        # which costs a measurement, never a wrong figure.
+        self._measurement_keys: set[str] | None = None
+        self._keys_lock = threading.Lock()
         if backend == "sqlite":
             self._engine = self._sqlite_engine(parsed, echo=echo)
             lock = threading.Lock()
@@ -455,17 +509,23 @@ class Store:
                         columns.search_id == search.id, columns.number.in_(list(drop_weights))
                     )
                 )
-            for key, stats in (measurements or {}).items():
+            if measurements:
+                with self._keys_lock:
+                    if self._measurement_keys is not None:
+                        self._measurement_keys.update(measurements)
+                now = _now()
                 conn.execute(
-                    self._insert(self._measurements)
-                    .values(
-                        key=key,
-                        arch_id=key.split("|", 1)[0],
-                        device_class=stats.device_class,
-                        created_at=_now(),
-                        stats_json=_to_json(stats),
-                    )
-                    .on_conflict_do_nothing(index_elements=[self._measurements.c.key])
+                    self._statements.insert_measurement,
+                    [
+                        {
+                            "key": key,
+                            "arch_id": key.split("|", 1)[0],
+                            "device_class": stats.device_class,
+                            "created_at": now,
+                            "stats_json": _to_json(stats),
+                        }
+                        for key, stats in measurements.items()
+                    ],
                 )
             for number, data in (weights or {}).items():
                 assert search is not None
@@ -481,10 +541,16 @@ class Store:
 
     def find_measurement(self, key: str) -> LatencyStats | None:
         """The latency recorded under ``key`` (:func:`measurement_key`), or None."""
-        columns = self._measurements.c
+        with self._keys_lock:
+            if self._measurement_keys is None:
+                with self._read() as conn:
+                    keys = conn.execute(select(self._measurements.c.key)).scalars()
+                    self._measurement_keys = set(keys)
+            if key not in self._measurement_keys:
+                return None
         with self._read() as conn:
             text = conn.execute(
-                select(columns.stats_json).where(columns.key == key)
+                self._statements.find_measurement, {"key": key}
             ).scalar_one_or_none()
         return None if text is None else _from_json(text, LatencyStats())
 
@@ -501,15 +567,10 @@ class Store:
         self, search_id: str, state: bytes, *, trials: Sequence[Trial] = ()
     ) -> None:
         """Checkpoint the search's strategy together with those trials, all or nothing."""
-        values = {"state": state, "updated_at": _now()}
-        statement = (
-            self._insert(self._strategy_states)
-            .values(search_id=search_id, **values)
-            .on_conflict_do_update(index_elements=[self._strategy_states.c.search_id], set_=values)
-        )
+        values = {"search_id": search_id, "state": state, "updated_at": _now()}
         try:
             with self._write() as conn:
-                conn.execute(statement)
+                conn.execute(self._statements.upsert_strategy_state, values)
                 self._upsert_trials(conn, trials)
         except IntegrityError as err:
             raise NotFoundError(f"search {search_id!r} not found") from err
@@ -536,45 +597,42 @@ class Store:
 
     def _update_search(self, conn: Connection, search: Search) -> None:
         result = conn.execute(
-            update(self._searches)
-            .where(self._searches.c.id == search.id)
-            .values(
-                name=search.spec.name,
-                state=int(search.state),
-                updated_at=_now(),
-                search_json=_to_json(search),
-            )
+            self._statements.update_search,
+            {
+                "search_id": search.id,
+                "name": search.spec.name,
+                "state": int(search.state),
+                "updated_at": _now(),
+                "search_json": _to_json(search),
+            },
         )
         if result.rowcount == 0:
             raise NotFoundError(f"search {search.id!r} not found")
 
     def _upsert_trials(self, conn: Connection, trials: Sequence[Trial]) -> None:
         now = _now()
+        by_search: dict[str, list[dict[str, Any]]] = {}
         for trial in trials:
             completed = trial.state == TrialState.TRIAL_STATE_COMPLETED
-            values: dict[str, Any] = {
-                "state": int(trial.state),
-                "arch_id": trial.architecture.id,
-                # A reward means something only once the trial completed.
-                "reward": trial.reward if completed else None,
-                "updated_at": now,
-                "trial_json": _to_json(trial),
-            }
-            statement = (
-                self._insert(self._trials)
-                .values(search_id=trial.search_id, number=trial.number, **values)
-                .on_conflict_do_update(
-                    index_elements=[self._trials.c.search_id, self._trials.c.number],
-                    set_=values,
-                )
+            by_search.setdefault(trial.search_id, []).append(
+                {
+                    "search_id": trial.search_id,
+                    "number": trial.number,
+                    "state": int(trial.state),
+                    "arch_id": trial.architecture.id,
+                    # A reward means something only once the trial completed.
+                    "reward": trial.reward if completed else None,
+                    "updated_at": now,
+                    "trial_json": _to_json(trial),
+                }
             )
+        for search_id, rows in by_search.items():
             try:
-                conn.execute(statement)
+                conn.execute(self._statements.upsert_trial, rows[0] if len(rows) == 1 else rows)
             except IntegrityError as err:
                 # The primary key is handled by the upsert; what is left is the search.
-                raise NotFoundError(
-                    f"search {trial.search_id!r} of trial {trial.number} not found"
-                ) from err
+                numbers = ", ".join(str(row["number"]) for row in rows)
+                raise NotFoundError(f"search {search_id!r} of trial {numbers} not found") from err
 
     def _trial_filter(
         self, search_id: str, states: Collection[int] | None
