@@ -55,6 +55,9 @@ __all__ = ["PPOStrategy", "Policy", "ppo_loss"]
 
 INIT_RANGE = 0.1
 STATE_FORMAT = 1
+# Proposals sampled at once: one pass over the decisions costs about as much for 16
+# sequences as for one. Those not proposed before the next update are dropped.
+PROPOSALS_AHEAD = 16
 
 _F32 = npt.NDArray[np.float32]
 
@@ -117,7 +120,7 @@ class Policy(nn.Module):
 
 
 class _Sampler:
-    """The policy's weights as NumPy arrays, for sampling one sequence step by step."""
+    """The policy's weights as NumPy arrays, for sampling sequences step by step."""
 
     def __init__(self, policy: Policy) -> None:
         with torch.no_grad():
@@ -127,38 +130,43 @@ class _Sampler:
             # Input contribution of every token's embedding (and the start input), once.
             self.token_gates: _F32 = (policy.embedding @ weight_ih.T + bias).numpy()
             self.start_gates: _F32 = (weight_ih @ policy.start + bias).numpy()
-            self.weight_hh: _F32 = lstm["weight_hh_l0"].numpy().copy()
+            self.weight_hh_t: _F32 = np.ascontiguousarray(lstm["weight_hh_l0"].numpy().T)
             head_weight = policy.head_weight.numpy()
             head_bias = policy.head_bias.numpy()
         self.hidden = policy.hidden_size
         self.heads = [
-            (head_weight[o : o + s].copy(), head_bias[o : o + s].copy(), o)
+            (np.ascontiguousarray(head_weight[o : o + s].T), head_bias[o : o + s].copy(), o)
             for o, s in zip(policy.offsets_list, policy.sizes, strict=True)
         ]
 
-    def sample(self, uniforms: npt.NDArray[np.float64]) -> tuple[list[int], list[float]]:
-        """Decisions drawn by inverse CDF from ``uniforms`` (one per decision), and their
-        log-probabilities."""
+    def sample(
+        self, uniforms: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Sequences drawn by inverse CDF from ``uniforms`` ``(B, n)`` (one per decision),
+        all ``B`` at once, and their per-decision log-probabilities, each ``(B, n)``."""
+        batch = uniforms.shape[0]
         hidden = self.hidden
-        h: npt.NDArray[np.floating[Any]] = np.zeros(hidden, dtype=np.float32)
-        c: npt.NDArray[np.floating[Any]] = np.zeros(hidden, dtype=np.float32)
-        gates_in = self.start_gates
-        decisions: list[int] = []
-        log_probs: list[float] = []
-        for (weight, bias, offset), u in zip(self.heads, uniforms, strict=True):
-            gates = gates_in + self.weight_hh @ h
+        h: npt.NDArray[np.floating[Any]] = np.zeros((batch, hidden), dtype=np.float32)
+        c: npt.NDArray[np.floating[Any]] = np.zeros((batch, hidden), dtype=np.float32)
+        gates_in: npt.NDArray[np.floating[Any]] = self.start_gates
+        decisions = np.empty(uniforms.shape, dtype=np.int64)
+        log_probs = np.empty(uniforms.shape, dtype=np.float64)
+        rows = np.arange(batch)
+        for step, (weight_t, bias, offset) in enumerate(self.heads):
+            gates = gates_in + h @ self.weight_hh_t
             sig = 1.0 / (1.0 + np.exp(-gates))
-            candidate = np.tanh(gates[2 * hidden : 3 * hidden])
-            c = sig[hidden : 2 * hidden] * c + sig[:hidden] * candidate
-            h = sig[3 * hidden :] * np.tanh(c)
-            logits = (weight @ h + bias).astype(np.float64)
-            logits -= logits.max()
-            probs = np.exp(logits)
-            total = probs.sum()
-            cdf = np.cumsum(probs)
-            choice = min(int(np.searchsorted(cdf, u * total, side="right")), len(cdf) - 1)
-            decisions.append(choice)
-            log_probs.append(float(logits[choice] - np.log(total)))
+            candidate = np.tanh(gates[:, 2 * hidden : 3 * hidden])
+            c = sig[:, hidden : 2 * hidden] * c + sig[:, :hidden] * candidate
+            h = sig[:, 3 * hidden :] * np.tanh(c)
+            logits = (h @ weight_t + bias).astype(np.float64)
+            logits -= logits.max(axis=1, keepdims=True)
+            cdf = np.cumsum(np.exp(logits), axis=1)
+            total = cdf[:, -1]
+            # The first index whose cumulative mass exceeds u (searchsorted, side="right").
+            below = (cdf <= (uniforms[:, step] * total)[:, None]).sum(axis=1)
+            choice = np.minimum(below, cdf.shape[1] - 1)
+            decisions[:, step] = choice
+            log_probs[:, step] = logits[rows, choice] - np.log(total)
             gates_in = self.token_gates[offset + choice]
         return decisions, log_probs
 
@@ -207,7 +215,11 @@ class PPOStrategy(Strategy):
         self.policy = Policy(self._sizes, self.settings.hidden_size, init)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.settings.learning_rate)
         self._generator = torch.Generator().manual_seed(derive_seed(seed, "sample"))
-        self._sampler: _Sampler | None = None
+        self._sampler = _Sampler(self.policy)
+        # Proposals drawn ahead from ``self._sampler``, the next one last; dropped when an
+        # update replaces the sampler.
+        self._drawn: list[tuple[list[int], list[float]]] = []
+        self._drawn_by: _Sampler | None = None
         self._baseline: float | None = None
         self._pending: list[_Sample] = []
         self._updates = 0
@@ -224,13 +236,15 @@ class PPOStrategy(Strategy):
     # -- proposing -------------------------------------------------------------------
 
     def propose(self) -> Proposal:
-        uniforms = torch.rand(len(self._sizes), generator=self._generator, dtype=torch.float64)
-        sampler = self._sampler
-        if sampler is None:
-            with self._lock:
-                sampler = self._sampler = _Sampler(self.policy)
-        decisions, log_probs = sampler.sample(uniforms.numpy())
-        return self._proposal(decisions, log_probs)
+        sampler = self._sampler  # the learner may replace it at any time
+        if self._drawn_by is not sampler or not self._drawn:
+            shape = (PROPOSALS_AHEAD, len(self._sizes))
+            uniforms = torch.rand(shape, generator=self._generator, dtype=torch.float64)
+            decisions, log_probs = sampler.sample(uniforms.numpy())
+            self._drawn = list(zip(decisions.tolist(), log_probs.tolist(), strict=True))[::-1]
+            self._drawn_by = sampler
+        decisions_, log_probs_ = self._drawn.pop()
+        return self._proposal(decisions_, log_probs_)
 
     def log_prob(self, decisions: Sequence[int]) -> float | None:
         self._check_decisions(decisions, "decisions")
@@ -384,6 +398,10 @@ class PPOStrategy(Strategy):
                 "baseline": self._baseline,
                 "updates": self._updates,
                 "entropy": self._entropy,
+                # Drawn from the current policy, not yet proposed: the next proposals.
+                "drawn": [list(p) for p in reversed(self._drawn)]
+                if self._drawn_by is self._sampler
+                else [],
                 "pending": [
                     [s.number, list(s.decisions), s.reward, s.advantage, list(s.log_probs)]
                     for s in waiting
@@ -422,4 +440,9 @@ class PPOStrategy(Strategy):
             )
             for number, decisions, reward, advantage, log_probs in payload["pending"]
         ]
-        self._sampler = None
+        self._sampler = _Sampler(self.policy)
+        self._drawn = [
+            ([int(d) for d in decisions], [float(p) for p in log_probs])
+            for decisions, log_probs in reversed(payload.get("drawn", []))
+        ]
+        self._drawn_by = self._sampler
