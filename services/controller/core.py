@@ -106,6 +106,14 @@ class Controller:
             runner.join()
         return self.get(search_id)
 
+    def wait(self, search_id: str, timeout: float | None = None) -> common_pb2.Search:
+        """The search once it has finished, or as it stands after ``timeout`` seconds."""
+        with self._lock:
+            runner = self._runners.get(search_id)
+        if runner is not None:
+            runner.join(timeout)
+        return self.get(search_id)
+
     # -- queries ---------------------------------------------------------------------
 
     def get(self, search_id: str) -> common_pb2.Search:

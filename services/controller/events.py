@@ -54,6 +54,11 @@ class EventHub:
             if not subscribers:
                 self._subscribers.pop(subscription.search_id, None)
 
+    def watched(self, search_id: str) -> bool:
+        """Whether anyone watches the search now (events for nobody need not be built)."""
+        with self._lock:
+            return search_id in self._subscribers
+
     def publish(self, search_id: str, event: controller_pb2.WatchSearchResponse) -> None:
         with self._lock:
             subscribers = list(self._subscribers.get(search_id, []))

@@ -583,6 +583,8 @@ class SearchRunner:
         )
 
     def _publish(self, kind: int, trial: common_pb2.Trial | None = None) -> None:
+        if not self._hub.watched(self.search.id):
+            return
         event = controller_pb2.WatchSearchResponse(kind=kind)  # type: ignore[arg-type]
         with self._lock:
             event.search.CopyFrom(self.search)
