@@ -96,7 +96,8 @@ class SearchRunner:
         self._lock = threading.Condition()
         self._cancel = threading.Event()
         self._stopping = False
-        self._running: dict[int, threading.Thread] = {}
+        self._running: set[int] = set()  # numbers of the trials in flight
+        self._workers = 0  # threads started to run trials
         self._aborts: dict[int, list[Callable[[], None]]] = {}
         self._strategy = make_strategy(
             self.spec.strategy, resolved.space, self.spec.seed, resolved.strategy_config
@@ -159,12 +160,17 @@ class SearchRunner:
         )
 
     def _updated_in_background(self) -> None:
-        """The strategy's learner made an update: checkpoint it (on the learner's thread)."""
+        """The strategy's learner made an update: checkpoint it (on the learner's thread).
+
+        The checkpoint is taken under the lock, with the count of proposals it reflects,
+        and written after it, so trials go on meanwhile; this thread writes every
+        checkpoint, in order, and the search does not end before the last is written.
+        """
         with self._lock:
             self._set_status(self._strategy.status())
-            self._store.save_strategy_state(
-                self.search.id, _pack(self._proposals, self._strategy.state())
-            )
+            checkpoint = _pack(self._proposals, self._strategy.state())
+        self._store.save_strategy_state(self.search.id, checkpoint)
+        with self._lock:
             self._lock.notify_all()
 
     def _set_status(self, status: StrategyStatus) -> None:
@@ -240,29 +246,16 @@ class SearchRunner:
                             continue
                         self._finish(SS.SEARCH_STATE_SUCCEEDED)
                         return
-                    wanted = budget.max_trials - self._done() - len(self._running)
-                    can_start = (
-                        not self._cancel.is_set()
-                        and len(self._running) < budget.parallel_trials
-                        and (self._pending or wanted > 0)
-                    )
-                    if not can_start:
+                    if not self._can_start():
                         self._lock.wait(1.0)
                         continue
-                    trial = self._pending.pop(0) if self._pending else self._new_trial()
-                    trial.state = TS.TRIAL_STATE_RUNNING
-                    trial.started_at.CopyFrom(_now())
-                    self.search.trials_running = len(self._running) + 1
-                    # One write records the proposal (or the re-dispatch) and the start;
-                    # the search record follows with the trial's end.
-                    self._store.save_trial(trial)
+                    self._workers += 1
                     thread = threading.Thread(
-                        target=self._run_trial,
-                        args=(trial,),
+                        target=self._run_trials,
+                        args=(self._start_next(),),
                         daemon=True,
-                        name=f"trial-{self.search.id}-{trial.number}",
+                        name=f"trials-{self.search.id}-{self._workers}",
                     )
-                    self._running[trial.number] = thread
                 thread.start()
         except Exception as err:
             _logger.exception("search %s crashed", self.search.id)
@@ -272,6 +265,42 @@ class SearchRunner:
                 while self._running:
                     self._lock.wait(1.0)
                 self._finish(SS.SEARCH_STATE_FAILED)
+
+    def _can_start(self) -> bool:
+        """Whether another trial may start now (lock held)."""
+        budget = self.spec.budget
+        wanted = budget.max_trials - self._done() - len(self._running)
+        return (
+            not self._cancel.is_set()
+            and self.search.trials_failed <= budget.max_failed_trials
+            and len(self._running) < budget.parallel_trials
+            and bool(self._pending or wanted > 0)
+        )
+
+    def _start_next(self) -> common_pb2.Trial:
+        """The next trial, re-dispatched or newly proposed, recorded as running (lock held)."""
+        trial = self._pending.pop(0) if self._pending else self._new_trial()
+        trial.state = TS.TRIAL_STATE_RUNNING
+        trial.started_at.CopyFrom(_now())
+        self.search.trials_running = len(self._running) + 1
+        # One write records the proposal (or the re-dispatch) and the start; the search
+        # record follows with the trial's end.
+        self._store.save_trial(trial)
+        self._running.add(trial.number)
+        return trial
+
+    def _continue(self) -> common_pb2.Trial | None:
+        """The next trial for the thread whose trial just ended, if one may start now
+        (lock held)."""
+        if not self._can_start():
+            return None
+        try:
+            return self._start_next()
+        except Exception as err:  # as on the scheduler's thread: the search fails
+            _logger.exception("search %s crashed", self.search.id)
+            self.search.error = f"controller error: {err}"
+            self.cancel()
+            return None
 
     def _done(self) -> int:
         """Trials that count towards ``budget.max_trials`` (lock held)."""
@@ -321,7 +350,15 @@ class SearchRunner:
 
     # -- one trial -------------------------------------------------------------------
 
-    def _run_trial(self, trial: common_pb2.Trial) -> None:
+    def _run_trials(self, first: common_pb2.Trial) -> None:
+        """Run trials one after the other on this thread, as long as the next may start
+        as this one ends: no hand-over to the scheduler's thread and no new thread."""
+        trial: common_pb2.Trial | None = first
+        while trial is not None:
+            trial = self._run_trial(trial)
+
+    def _run_trial(self, trial: common_pb2.Trial) -> common_pb2.Trial | None:
+        """Run ``trial`` to its end; the trial to run next on this thread, if any."""
         started = time.monotonic()
         self._metrics.trials_running.inc()
         self._publish(controller_pb2.EVENT_KIND_TRIAL_STARTED, trial)
@@ -338,9 +375,9 @@ class SearchRunner:
             self._metrics.trials_running.dec()
         if self._stopping:
             with self._lock:
-                self._running.pop(trial.number, None)
+                self._running.discard(trial.number)
                 self._lock.notify_all()
-            return
+            return None
         trial.finished_at.CopyFrom(_now())
         state_name = TS.Name(trial.state).removeprefix("TRIAL_STATE_").lower()
         self._metrics.trials_finished.labels(state_name).inc()
@@ -348,7 +385,7 @@ class SearchRunner:
         weights = self._weights.pop(trial.number, None)
         measured = self._measured.pop(trial.number, None)
         with self._lock:
-            self._running.pop(trial.number, None)
+            self._running.discard(trial.number)
             self._aborts.pop(trial.number, None)
             keep: dict[int, bytes] = {}
             dropped: list[common_pb2.Trial] = []
@@ -373,8 +410,11 @@ class SearchRunner:
                 measurements=dict([measured]) if measured is not None else None,
             )
             self._observe(trial)
-            self._lock.notify_all()
+            following = self._continue()
+            if following is None:  # the scheduler decides what happens next
+                self._lock.notify_all()
         self._publish(controller_pb2.EVENT_KIND_TRIAL_FINISHED, trial)
+        return following
 
     def _keep_weights(
         self, trial: common_pb2.Trial, weights: bytes
