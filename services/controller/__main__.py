@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import CollectorRegistry
 
 from services.common.cli import base_parser, configure_logging
 from services.common.server import serve_from_args
 from services.controller.clients import Backends
 from services.controller.core import Controller
+from services.controller.learner import warm_up
 from services.controller.metrics import ControllerMetrics
 from services.controller.server import make_server
 from services.controller.store import Store
@@ -50,6 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging(args.log_level)
     _one_torch_thread()
+    # PPO's learner process imports torch for seconds: start it now, not at the first update.
+    threading.Thread(target=warm_up, name="learner-warm-up", daemon=True).start()
     registry = CollectorRegistry()
     store = Store.open(args.store)
     backends = Backends(

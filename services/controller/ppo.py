@@ -29,8 +29,11 @@ reward. Here:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import json
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,8 +45,18 @@ import torch
 from torch import nn
 
 from mnas.space import SearchSpace
+from services.controller.learner import (
+    LearnerError,
+    LearnerProcess,
+    UpdateRequest,
+    UpdateResult,
+    load_state,
+    save_state,
+    shared_learner,
+)
 from services.controller.strategies import (
     Outcome,
+    PPOConfig,
     Proposal,
     Strategy,
     StrategyConfig,
@@ -51,10 +64,15 @@ from services.controller.strategies import (
     register,
 )
 
-__all__ = ["PPOStrategy", "Policy", "ppo_loss"]
+__all__ = ["PPOStrategy", "Policy", "apply_update", "ppo_loss", "run_epochs"]
+
+_logger = logging.getLogger(__name__)
 
 INIT_RANGE = 0.1
-STATE_FORMAT = 1
+# 2: a JSON header, then policy and optimizer as the learner process sends them (1: all
+# in one torch.save, still read).
+STATE_FORMAT = 2
+STATE_MAGIC = b"mnas-ppo-state\n"
 # Proposals sampled at once: one pass over the decisions costs about as much for 16
 # sequences as for one. Those not proposed before the next update are dropped.
 PROPOSALS_AHEAD = 16
@@ -95,13 +113,19 @@ class Policy(nn.Module):
         with torch.no_grad():
             for parameter in self.parameters():
                 parameter.uniform_(-INIT_RANGE, INIT_RANGE, generator=generator)
-        mask = torch.zeros(len(self.sizes), vocabulary, dtype=torch.bool)
+        # Decision i's head rows, padded to the largest vocabulary: (n, widest).
+        widest = max(self.sizes)
+        rows = torch.zeros(len(self.sizes), widest, dtype=torch.long)
+        valid = torch.zeros(len(self.sizes), widest, dtype=torch.bool)
         for i, (offset, size) in enumerate(zip(offsets, self.sizes, strict=True)):
-            mask[i, offset : offset + size] = True
+            rows[i, :size] = torch.arange(offset, offset + size)
+            valid[i, :size] = True
         self.offsets: torch.Tensor
-        self.mask: torch.Tensor
+        self.rows: torch.Tensor
+        self.valid: torch.Tensor
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
-        self.register_buffer("mask", mask, persistent=False)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("valid", valid, persistent=False)
 
     def forward(self, decisions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-decision log-probabilities and entropies of a batch ``(B, n)`` of choice
@@ -110,11 +134,13 @@ class Policy(nn.Module):
         batch = decisions.shape[0]
         inputs = torch.cat([self.start.expand(batch, 1, -1), self.embedding[tokens[:, :-1]]], dim=1)
         outputs, _ = self.lstm(inputs)
-        logits = outputs @ self.head_weight.T + self.head_bias
-        logits = logits.masked_fill(~self.mask, float("-inf"))
+        # Each step's logits over its own decision's choices only.
+        weight = self.head_weight[self.rows]  # (n, widest, hidden)
+        logits = torch.einsum("bnh,nkh->bnk", outputs, weight) + self.head_bias[self.rows]
+        logits = logits.masked_fill(~self.valid, float("-inf"))
         log_probs = torch.log_softmax(logits, dim=-1)
-        chosen = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-        finite = log_probs.masked_fill(~self.mask, 0.0)
+        chosen = log_probs.gather(-1, decisions.unsqueeze(-1)).squeeze(-1)
+        finite = log_probs.masked_fill(~self.valid, 0.0)
         entropy = -(log_probs.exp() * finite).sum(-1)
         return chosen, entropy
 
@@ -201,6 +227,93 @@ class _Sample:
     log_probs: tuple[float, ...]
 
 
+def run_epochs(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    settings: PPOConfig,
+    batch: Sequence[_Sample],
+) -> float:
+    """``settings.epochs`` Adam steps of PPO on ``batch``; the mean per-decision entropy
+    over the batch as the last epoch saw it."""
+    decisions = torch.tensor([s.decisions for s in batch], dtype=torch.long)
+    advantages = torch.tensor([s.advantage for s in batch], dtype=torch.float32)
+    old = _old_log_probs(policy, batch, decisions)
+    entropy = torch.zeros(())
+    for _ in range(settings.epochs):
+        log_probs, entropy = policy(decisions)
+        loss = ppo_loss(log_probs, old, advantages, settings.clip, entropy, settings.entropy_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+    return float(entropy.detach().mean())
+
+
+def _old_log_probs(
+    policy: Policy, batch: Sequence[_Sample], decisions: torch.Tensor
+) -> torch.Tensor:
+    """The log-probs each sequence was proposed with, ``(B, n)``. An outcome without
+    them (proposed by another strategy) takes the current policy's."""
+    if all(s.log_probs for s in batch):
+        return torch.tensor([s.log_probs for s in batch], dtype=torch.float32)
+    with torch.no_grad():
+        current, _ = policy(decisions)
+    rows = [
+        torch.tensor(s.log_probs, dtype=torch.float32) if s.log_probs else current[i]
+        for i, s in enumerate(batch)
+    ]
+    return torch.stack(rows)
+
+
+# The learner process's modules by shape: every request brings its own weights.
+_MODULES: dict[tuple[tuple[int, ...], int], tuple[Policy, torch.optim.Optimizer]] = {}
+
+
+def apply_update(
+    sizes: tuple[int, ...],
+    settings: PPOConfig,
+    state: bytes,
+    batch: Sequence[tuple[Sequence[int], float, Sequence[float]]],
+) -> tuple[bytes, float]:
+    """What the learner process does with a request: the update of the policy and
+    optimizer in ``state`` (:func:`save_state`) on ``batch``, as :meth:`PPOStrategy._update`
+    would do it; the new state and the entropy of :func:`run_epochs`."""
+    key = (tuple(sizes), settings.hidden_size)
+    if key not in _MODULES:
+        policy = Policy(sizes, settings.hidden_size, torch.Generator().manual_seed(0))
+        _MODULES[key] = (policy, torch.optim.Adam(policy.parameters()))
+    policy, optimizer = _MODULES[key]
+    load_state(state, policy, optimizer)
+    samples = [
+        _Sample(number=0, decisions=tuple(d), reward=0.0, advantage=float(a), log_probs=tuple(p))
+        for d, a, p in batch
+    ]
+    entropy = run_epochs(policy, optimizer, settings, samples)
+    return save_state(policy, optimizer), entropy
+
+
+def _read_state(data: bytes) -> dict[str, Any]:
+    """A state of :meth:`PPOStrategy.state` as a dict, ``weights`` included; also reads
+    format 1 (one ``torch.save`` of everything). ``ValueError`` when it is neither."""
+    if data.startswith(STATE_MAGIC):
+        start = len(STATE_MAGIC)
+        size = int.from_bytes(data[start : start + 8], "big")
+        try:
+            payload = json.loads(data[start + 8 : start + 8 + size])
+        except ValueError as err:
+            raise ValueError(f"strategy state: not a PPO state ({err})") from None
+        if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+            raise ValueError("strategy state: not a PPO state of a known format")
+        payload["weights"] = data[start + 8 + size :]
+        return payload
+    try:
+        payload = torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as err:
+        raise ValueError(f"strategy state: not a PPO state ({err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != 1:
+        raise ValueError("strategy state: not a PPO state of a known format")
+    return payload
+
+
 @register
 class PPOStrategy(Strategy):
     """Samples from the LSTM policy; a PPO update after every ``batch_size`` rewards."""
@@ -230,6 +343,9 @@ class PPOStrategy(Strategy):
         self._wake = threading.Condition(self._lock)
         self._on_update: Callable[[], None] | None = None
         self._learner: threading.Thread | None = None
+        self._remote: LearnerProcess | None = None
+        # save_state() of the policy and optimizer as they are, once made (None: not yet).
+        self._weights: bytes | None = None
         self._updating = False
         self._closed = False
 
@@ -289,11 +405,17 @@ class PPOStrategy(Strategy):
 
     # -- the learner thread ----------------------------------------------------------
 
-    def learn_in_background(self, on_update: Callable[[], None]) -> bool:
+    def learn_in_background(
+        self, on_update: Callable[[], None], *, learner: LearnerProcess | None = None
+    ) -> bool:
+        """See :meth:`Strategy.learn_in_background`. The updates run in ``learner`` (by
+        default the controller's :func:`shared_learner`), or on the learner thread when
+        that process cannot do one."""
         with self._lock:
             if self._learner is not None:
                 raise RuntimeError("learn_in_background: already learning in the background")
             self._on_update = on_update
+            self._remote = learner if learner is not None else shared_learner()
             self._learner = threading.Thread(
                 target=self._learn_loop, name="ppo-learner", daemon=True
             )
@@ -326,48 +448,64 @@ class PPOStrategy(Strategy):
                 if self._closed:
                     return
                 self._updating = True
-                self._update(self._queued.pop(0))
+                batch = self._queued[0]
+                request = self._request(batch) if self._remote is not None else None
+            updated = False
             try:
-                self._on_update()
+                result = self._update_remotely(request) if request is not None else None
+                with self._lock:
+                    self._queued.pop(0)
+                    if result is not None:
+                        load_state(result.state, self.policy, self.optimizer)
+                        self._updated(result.entropy)
+                        self._weights = result.state
+                    else:
+                        self._update(batch)
+                updated = True
+            except Exception:  # a bug must not stop the search: it goes on without the batch
+                _logger.exception("PPO update failed; its batch is dropped")
+            try:
+                if updated:
+                    self._on_update()
             finally:
                 with self._lock:
                     self._updating = False
                     self._wake.notify_all()
 
-    def _update(self, batch: Sequence[_Sample]) -> None:
-        """``epochs`` Adam steps of PPO on ``batch``."""
-        decisions = torch.tensor([s.decisions for s in batch], dtype=torch.long)
-        advantages = torch.tensor([s.advantage for s in batch], dtype=torch.float32)
-        old = self._old_log_probs(batch, decisions)
-        for _ in range(self.settings.epochs):
-            log_probs, entropy = self.policy(decisions)
-            loss = ppo_loss(
-                log_probs,
-                old,
-                advantages,
-                self.settings.clip,
-                entropy,
-                self.settings.entropy_weight,
-            )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            self.optimizer.step()
-        self._updates += 1
-        self._entropy = self._mean_entropy([s.decisions for s in batch])
-        self._sampler = _Sampler(self.policy)  # proposals switch to the new policy here
+    def _request(self, batch: Sequence[_Sample]) -> UpdateRequest:
+        """What the learner process needs for ``batch`` (lock held)."""
+        return UpdateRequest(
+            sizes=self._sizes,
+            settings=self.settings,
+            state=self._saved_weights(),
+            batch=[(s.decisions, s.advantage, s.log_probs) for s in batch],
+        )
 
-    def _old_log_probs(self, batch: Sequence[_Sample], decisions: torch.Tensor) -> torch.Tensor:
-        """The log-probs each sequence was proposed with, ``(B, n)``. An outcome without
-        them (proposed by another strategy) takes the current policy's."""
-        if all(s.log_probs for s in batch):
-            return torch.tensor([s.log_probs for s in batch], dtype=torch.float32)
-        with torch.no_grad():
-            current, _ = self.policy(decisions)
-        rows = [
-            torch.tensor(s.log_probs, dtype=torch.float32) if s.log_probs else current[i]
-            for i, s in enumerate(batch)
-        ]
-        return torch.stack(rows)
+    def _update_remotely(self, request: UpdateRequest) -> UpdateResult | None:
+        """The update done by the learner process; None when it cannot (then the update
+        runs here, on the learner thread)."""
+        assert self._remote is not None
+        try:
+            return self._remote.update(request)
+        except LearnerError as err:
+            _logger.warning("%s; this update runs in the controller's process", err)
+            return None
+
+    def _update(self, batch: Sequence[_Sample]) -> None:
+        """``epochs`` Adam steps of PPO on ``batch``, here."""
+        self._updated(run_epochs(self.policy, self.optimizer, self.settings, batch))
+
+    def _saved_weights(self) -> bytes:
+        """The policy and optimizer as bytes (lock held)."""
+        if self._weights is None:
+            self._weights = save_state(self.policy, self.optimizer)
+        return self._weights
+
+    def _updated(self, entropy: float) -> None:
+        self._weights = None
+        self._updates += 1
+        self._entropy = entropy
+        self._sampler = _Sampler(self.policy)  # proposals switch to the new policy here
 
     def _mean_entropy(self, sequences: Sequence[Sequence[int]]) -> float:
         with torch.no_grad():
@@ -385,16 +523,20 @@ class PPOStrategy(Strategy):
 
     def state(self) -> bytes:
         """Everything to continue from here; batches waiting for the learner are kept as
-        outcomes not yet learned from (a restored strategy learns them first)."""
+        outcomes not yet learned from (a restored strategy learns them first).
+
+        The layout: :data:`STATE_MAGIC`, the length of a JSON header (8 bytes, big-endian),
+        the header, then the policy and optimizer as :func:`save_state` writes them. The
+        weights are the bytes the learner process sent, not serialized again.
+        """
         with self._lock:
             waiting = [sample for batch in self._queued for sample in batch] + self._pending
-            payload: dict[str, Any] = {
+            generator = self._generator.get_state().numpy().tobytes()
+            header: dict[str, Any] = {
                 **self._header(),
                 "format": STATE_FORMAT,
                 "hidden_size": self.settings.hidden_size,
-                "policy": self.policy.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "generator": self._generator.get_state(),
+                "generator": base64.b64encode(generator).decode(),
                 "baseline": self._baseline,
                 "updates": self._updates,
                 "entropy": self._entropy,
@@ -407,26 +549,28 @@ class PPOStrategy(Strategy):
                     for s in waiting
                 ],
             }
-            buffer = io.BytesIO()
-            torch.save(payload, buffer)
-        return buffer.getvalue()
+            text = json.dumps(header, separators=(",", ":")).encode()
+            weights = self._saved_weights()
+        return b"".join([STATE_MAGIC, len(text).to_bytes(8, "big"), text, weights])
 
     def restore(self, data: bytes) -> None:
-        try:
-            payload = torch.load(io.BytesIO(data), weights_only=True)
-        except Exception as err:
-            raise ValueError(f"strategy state: not a PPO state ({err})") from None
-        if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
-            raise ValueError("strategy state: not a PPO state of a known format")
+        payload = _read_state(data)
         if payload.get("hidden_size") != self.settings.hidden_size:
             raise ValueError(
                 f"strategy state: hidden_size {payload.get('hidden_size')}, "
                 f"the config says {self.settings.hidden_size}"
             )
         self._check_header(payload)
-        self.policy.load_state_dict(payload["policy"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self._generator.set_state(payload["generator"])
+        if payload["format"] == 1:  # one torch.save of everything
+            self.policy.load_state_dict(payload["policy"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self._weights = None
+            self._generator.set_state(payload["generator"])
+        else:
+            load_state(payload["weights"], self.policy, self.optimizer)
+            self._weights = payload["weights"]
+            generator = base64.b64decode(payload["generator"])
+            self._generator.set_state(torch.frombuffer(bytearray(generator), dtype=torch.uint8))
         self._baseline = payload["baseline"]
         self._updates = int(payload["updates"])
         self._entropy = float(payload["entropy"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import random
 import statistics
@@ -228,3 +229,37 @@ def test_a_checkpoint_keeps_batches_the_learner_has_not_applied() -> None:
         assert restored.status().updates == 1
     finally:
         restored.close()
+
+
+def test_a_state_of_the_first_format_is_restored() -> None:
+    """Checkpoints written before the policy was kept as the learner's bytes (format 1:
+    everything in one torch.save) still resume a search."""
+    original = ppo(seed=5, batch_size=4)
+    for outcome in _outcomes(original, 0, 4):
+        original.observe(outcome)
+    assert original.status().updates == 1
+    old = io.BytesIO()
+    torch.save(
+        {
+            **original._header(),
+            "format": 1,
+            "hidden_size": original.settings.hidden_size,
+            "policy": original.policy.state_dict(),
+            "optimizer": original.optimizer.state_dict(),
+            "generator": original._generator.get_state(),
+            "baseline": original.baseline,
+            "updates": 1,
+            "entropy": original.status().entropy,
+            "pending": [],
+        },
+        old,
+    )
+    restored = ppo(seed=6, batch_size=4)
+    restored.restore(old.getvalue())
+    reference = SPACE.reference_decisions()
+    assert restored.log_prob(reference) == original.log_prob(reference)
+    assert restored.status() == original.status()
+    assert [restored.propose() for _ in range(3)] == [original.propose() for _ in range(3)]
+    again = ppo(seed=7, batch_size=4)
+    again.restore(restored.state())  # and it is saved in the current format
+    assert again.state() == restored.state()

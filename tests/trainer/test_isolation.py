@@ -104,17 +104,19 @@ def endless_job() -> ChildJob:
 def test_cancelling_kills_the_child_before_returning() -> None:
     job = endless_job()
     seen: list[Progress] = []
+    others = set(multiprocessing.active_children())  # other tests' (a controller's learner)
     with pytest.raises(TrainingCancelled):
         run_isolated(job, on_progress=seen.append, cancelled=lambda: bool(seen))
     assert seen  # it trained until the first report, then was cancelled
-    assert multiprocessing.active_children() == []
+    assert set(multiprocessing.active_children()) <= others
 
 
 def test_timeout_names_the_spec_field() -> None:
     job = endless_job()
+    others = set(multiprocessing.active_children())
     with pytest.raises(TrialTimedOut, match=r"training\.timeout_seconds"):
         run_isolated(job, timeout_seconds=0.5)
-    assert multiprocessing.active_children() == []
+    assert set(multiprocessing.active_children()) <= others
 
 
 def test_the_fork_server_decodes_preloaded_data_sets_once() -> None:

@@ -1,0 +1,155 @@
+"""PPO updates in the learner process (a real process, spawned as the controller does)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from mnas.space import SearchSpace
+from services.controller import ppo as ppo_module
+from services.controller.learner import (
+    NICENESS,
+    LearnerError,
+    LearnerProcess,
+    UpdateRequest,
+    UpdateResult,
+)
+from services.controller.ppo import PPOStrategy
+from services.controller.strategies import Outcome, PPOConfig, StrategyConfig
+
+SPACE = SearchSpace()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def learner() -> Iterator[LearnerProcess]:
+    process = LearnerProcess()
+    process.start()
+    yield process
+    process.close()
+
+
+def ppo(seed: int = 0) -> PPOStrategy:
+    return PPOStrategy(SPACE, seed, StrategyConfig(ppo=PPOConfig(batch_size=4)))
+
+
+def outcomes(strategy: PPOStrategy, first: int, count: int) -> list[Outcome]:
+    result = []
+    for number in range(first, first + count):
+        proposal = strategy.propose()
+        reward = 0.1 * (number % 3)
+        result.append(Outcome(number, proposal.decisions, reward, proposal.log_probs))
+    return result
+
+
+def learn(strategy: PPOStrategy, batches: int, **kwargs: LearnerProcess) -> PPOStrategy:
+    """Feed ``batches`` batches to ``strategy`` learning in the background; wait for each."""
+    updated = threading.Semaphore(0)
+    strategy.learn_in_background(updated.release, **kwargs)
+    try:
+        for batch in range(batches):
+            for outcome in outcomes(strategy, 4 * batch, 4):
+                assert strategy.observe(outcome) is False
+            assert updated.acquire(timeout=120)
+    finally:
+        strategy.close()
+    return strategy
+
+
+def inline(batches: int, seed: int = 0) -> PPOStrategy:
+    strategy = ppo(seed)
+    for batch in range(batches):
+        for outcome in outcomes(strategy, 4 * batch, 4):
+            strategy.observe(outcome)
+    return strategy
+
+
+def same_weights(a: PPOStrategy, b: PPOStrategy) -> bool:
+    return all(
+        torch.equal(x, y) for x, y in zip(a.policy.parameters(), b.policy.parameters(), strict=True)
+    )
+
+
+def test_the_process_makes_the_inline_update(learner: LearnerProcess) -> None:
+    """Same arithmetic, same thread count: the weights are bit-equal to an inline update,
+    and so is the optimizer state the checkpoint keeps."""
+    remote = learn(ppo(), 2, learner=learner)
+    local = inline(2)
+    assert remote.status() == local.status()
+    assert same_weights(remote, local)
+    assert remote.state() == local.state()
+
+
+def test_a_dead_learner_process_is_replaced(learner: LearnerProcess) -> None:
+    strategy = ppo(seed=1)
+    state = strategy._saved_weights()
+    request = UpdateRequest(
+        sizes=strategy._sizes,
+        settings=strategy.settings,
+        state=state,
+        batch=[(o.decisions, 0.5, o.log_probs) for o in outcomes(strategy, 0, 4)],
+    )
+    first = learner.update(request)
+    pid = learner.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    second = learner.update(request)  # a new process, the same answer
+    assert learner.pid not in (None, pid)
+    assert second == first
+
+
+def test_the_learner_process_yields_to_the_controller(learner: LearnerProcess) -> None:
+    assert learner.pid is not None
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, learner.pid) == min(19, mine + NICENESS)
+
+
+class _Unavailable(LearnerProcess):
+    """A learner process that cannot be started."""
+
+    def update(self, request: UpdateRequest) -> UpdateResult:
+        raise LearnerError("cannot start the learner process: test")
+
+
+def test_without_a_learner_process_the_update_runs_on_the_thread() -> None:
+    remote = learn(ppo(), 2, learner=_Unavailable())
+    local = inline(2)
+    assert remote.status() == local.status()
+    assert same_weights(remote, local)
+
+
+def test_an_update_that_raises_drops_its_batch_and_the_search_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Neither the process nor the thread can update: the batch is dropped, the callback
+    is not called, and ``learning()`` ends (a search waiting for it is not stuck)."""
+
+    def broken(*args: object) -> float:
+        raise RuntimeError("broken update")
+
+    monkeypatch.setattr(ppo_module, "run_epochs", broken)
+    strategy = ppo()
+    called: list[int] = []
+    strategy.learn_in_background(lambda: called.append(1), learner=_Unavailable())
+    try:
+        for outcome in outcomes(strategy, 0, 4):
+            strategy.observe(outcome)
+        with strategy._lock:
+            while strategy.learning():
+                strategy._wake.wait(60)
+        assert called == []
+        assert strategy.status().updates == 0
+    finally:
+        strategy.close()
