@@ -283,6 +283,8 @@ def apply_update(
         _MODULES[key] = (policy, torch.optim.Adam(policy.parameters()))
     policy, optimizer = _MODULES[key]
     load_state(state, policy, optimizer)
+    for group in optimizer.param_groups:  # the state holds moments, not hyper-parameters
+        group["lr"] = settings.learning_rate
     samples = [
         _Sample(number=0, decisions=tuple(d), reward=0.0, advantage=float(a), log_probs=tuple(p))
         for d, a, p in batch

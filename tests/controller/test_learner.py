@@ -18,6 +18,7 @@ from services.controller.learner import (
     LearnerProcess,
     UpdateRequest,
     UpdateResult,
+    load_state,
 )
 from services.controller.ppo import PPOStrategy
 from services.controller.strategies import Outcome, PPOConfig, StrategyConfig
@@ -153,3 +154,11 @@ def test_an_update_that_raises_drops_its_batch_and_the_search_goes_on(
         assert strategy.status().updates == 0
     finally:
         strategy.close()
+
+
+def test_weights_of_another_policy_are_refused() -> None:
+    small = PPOStrategy(SPACE, 0, StrategyConfig(ppo=PPOConfig(hidden_size=16)))
+    with pytest.raises(ValueError, match="weights"):
+        load_state(small._saved_weights(), ppo().policy, ppo().optimizer)
+    with pytest.raises(ValueError, match="weights"):
+        load_state(b"not weights", ppo().policy, ppo().optimizer)
