@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.schema import CreateSchema, DropSchema
@@ -24,6 +25,16 @@ POSTGRES_URL = os.environ.get(
     "MNAS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 SCHEMA_PREFIX = "mnas_test_"
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """PPO's small products run on one thread, as in the controller (many threads stall
+    on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def connect_postgres(url: str) -> Engine:

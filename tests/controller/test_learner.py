@@ -23,15 +23,9 @@ from services.controller.learner import (
 from services.controller.ppo import PPOStrategy
 from services.controller.strategies import Outcome, PPOConfig, StrategyConfig
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SPACE = SearchSpace()
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +156,25 @@ def test_weights_of_another_policy_are_refused() -> None:
         load_state(small._saved_weights(), ppo().policy, ppo().optimizer)
     with pytest.raises(ValueError, match="weights"):
         load_state(b"not weights", ppo().policy, ppo().optimizer)
+
+
+def test_a_failing_callback_does_not_stop_the_learner(learner: LearnerProcess) -> None:
+    """The callback writes the checkpoint; a store that fails once must not end learning."""
+    strategy = ppo(seed=2)
+    calls: list[int] = []
+    second = threading.Event()
+
+    def on_update() -> None:
+        calls.append(strategy.status().updates)
+        if len(calls) == 1:
+            raise RuntimeError("store unavailable")
+        second.set()
+
+    strategy.learn_in_background(on_update, learner=learner)
+    try:
+        for outcome in outcomes(strategy, 0, 8):
+            strategy.observe(outcome)
+        assert second.wait(120)
+        assert calls == [1, 2]
+    finally:
+        strategy.close()

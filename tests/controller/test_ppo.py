@@ -8,7 +8,6 @@ import random
 import statistics
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,17 +16,10 @@ from mnas.space import SearchSpace
 from services.controller.ppo import Policy, PPOStrategy, ppo_loss
 from services.controller.strategies import Outcome, PPOConfig, StrategyConfig
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SPACE = SearchSpace()
 N = len(SPACE.decisions)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """PPO's small products run on one thread (many threads stall on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def ppo(seed: int = 0, **settings: float) -> PPOStrategy:

@@ -9,7 +9,7 @@ dozen trials.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -26,21 +26,14 @@ from services.controller.strategies import (
     make_strategy,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SPACE = SearchSpace()
 SMALL = StrategyConfig(
     ppo=PPOConfig(batch_size=4, hidden_size=16, epochs=2),
     evolution=EvolutionConfig(population=4, sample_size=2),
 )
 NAMES = sorted(STRATEGIES)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """PPO's small products run on one thread (many threads stall on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def reward_of(decisions: tuple[int, ...]) -> float:
