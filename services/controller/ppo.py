@@ -435,6 +435,10 @@ class PPOStrategy(Strategy):
         with self._lock:
             return bool(self._queued) or self._updating
 
+    def backlog(self) -> int:
+        with self._lock:
+            return len(self._queued)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

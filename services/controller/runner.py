@@ -50,6 +50,9 @@ FINAL_TRIAL_STATES = (
     TS.TRIAL_STATE_STOPPED,
 )
 SCORED_STATES = (TS.TRIAL_STATE_COMPLETED, TS.TRIAL_STATE_STOPPED)
+# Batches the strategy's background learner may have waiting (besides the one it is
+# learning) before new trials wait for it.
+MAX_BACKLOG = 2
 
 
 def _now() -> Timestamp:
@@ -267,7 +270,12 @@ class SearchRunner:
                 self._finish(SS.SEARCH_STATE_FAILED)
 
     def _can_start(self) -> bool:
-        """Whether another trial may start now (lock held)."""
+        """Whether another trial may start now (lock held).
+
+        Not while the strategy's learner is more than :data:`MAX_BACKLOG` updates behind:
+        proposals would come from an ever older policy, and every checkpoint would carry
+        the waiting batches. Workers that answer in seconds never let it fall behind.
+        """
         budget = self.spec.budget
         wanted = budget.max_trials - self._done() - len(self._running)
         return (
@@ -275,6 +283,7 @@ class SearchRunner:
             and self.search.trials_failed <= budget.max_failed_trials
             and len(self._running) < budget.parallel_trials
             and bool(self._pending or wanted > 0)
+            and self._strategy.backlog() <= MAX_BACKLOG
         )
 
     def _start_next(self) -> common_pb2.Trial:

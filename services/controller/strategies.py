@@ -191,6 +191,11 @@ class Strategy(abc.ABC):
         """Whether a background update is running or waiting to run."""
         return False
 
+    def backlog(self) -> int:
+        """Batches handed to the background learner and not applied yet (the one being
+        learned included)."""
+        return 0
+
     def close(self) -> None:  # noqa: B027 -- a hook: only strategies that learn need it
         """Stop the background learner, if any (updates not yet made are dropped)."""
 

@@ -1,4 +1,5 @@
-"""PPO updates in the learner process (a real process, spawned as the controller does)."""
+"""PPO updates in the learner process (a real process, spawned as the controller does),
+and how a search waits for a learner that falls behind."""
 
 from __future__ import annotations
 
@@ -6,11 +7,16 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
+import grpc
 import pytest
 import torch
 
+from mnas.client import Client
 from mnas.space import SearchSpace
+from mnas.specfile import parse_spec
+from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.controller import ppo as ppo_module
 from services.controller.learner import (
     NICENESS,
@@ -21,7 +27,9 @@ from services.controller.learner import (
     load_state,
 )
 from services.controller.ppo import PPOStrategy
+from services.controller.runner import MAX_BACKLOG
 from services.controller.strategies import Outcome, PPOConfig, StrategyConfig
+from tests.controller.stack import controller_stack
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -178,3 +186,68 @@ def test_a_failing_callback_does_not_stop_the_learner(learner: LearnerProcess) -
         assert calls == [1, 2]
     finally:
         strategy.close()
+
+
+class _Held(LearnerProcess):
+    """A learner process that answers nothing until released, then cannot update (the
+    strategy's thread does it instead)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def update(self, request: UpdateRequest) -> UpdateResult:
+        self.release.wait(120)
+        raise LearnerError("released")
+
+
+class _InstantTrainer(trainer_pb2_grpc.TrainerServicer):
+    def Train(
+        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
+    ) -> Iterator[trainer_pb2.TrainResponse]:
+        yield trainer_pb2.TrainResponse(result=common_pb2.TrainResult(accuracy=0.5))
+
+    def GetCapacity(
+        self, request: common_pb2.GetCapacityRequest, context: grpc.ServicerContext
+    ) -> common_pb2.GetCapacityResponse:
+        return common_pb2.GetCapacityResponse(max_concurrent=1, hardware="instant")
+
+
+BACKLOG_SPEC = """
+strategy: ppo
+ppo: {batch_size: 2, hidden_size: 16}
+space:
+  resolution: 28
+  stages: [{expansion: 1, filters: 16, layers: 1, stride: 1}]
+  choices: {ops: [dconv], kernels: [3, 5], se_ratios: [0], skips: [identity],
+            filter_ratios: [0.5, 1], layer_deltas: [0]}
+objective: {kind: soft, target_latency_seconds: 0.001}
+budget: {max_trials: 12, parallel_trials: 1}
+latency: {warmup_runs: 1, runs: 2}
+duplicates: DUPLICATE_POLICY_RETRAIN
+"""
+
+
+def test_trials_wait_for_a_learner_that_falls_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the learner held, trials go on until MAX_BACKLOG batches wait besides the one
+    it is learning, then wait; released, the search completes. The controller, latency
+    and reward services are real; the trainer answers at once."""
+    held = _Held()
+    monkeypatch.setattr(ppo_module, "shared_learner", lambda: held)
+    limit = 2 * (MAX_BACKLOG + 1)  # trials whose batches fill the backlog
+    with controller_stack(tmp_path, _InstantTrainer()) as stack, Client(stack.address) as client:
+        search = client.submit(parse_spec(BACKLOG_SPEC))
+        try:
+            for event in search.watch(timeout=120):
+                if event.search.trials_completed == limit:
+                    # The next trial would have been recorded before this event was sent.
+                    break
+            assert stack.store.count_trials(search.id) == limit
+        finally:
+            held.release.set()
+        final = search.wait(timeout=120)
+    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+    assert final.trials_completed == 12
+    assert final.strategy_status.updates == 6
