@@ -100,6 +100,7 @@ class SearchRunner:
         self._cancel = threading.Event()
         self._stopping = False
         self._running: set[int] = set()  # numbers of the trials in flight
+        self._checkpoint: bytes | None = None  # taken after an update, not yet written
         self._workers = 0  # threads started to run trials
         self._aborts: dict[int, list[Callable[[], None]]] = {}
         self._strategy = make_strategy(
@@ -166,22 +167,34 @@ class SearchRunner:
         """The strategy's learner made an update: checkpoint it (on the learner's thread).
 
         The checkpoint is taken under the lock, with the count of proposals it reflects,
-        and written after it, so trials go on meanwhile; this thread writes every
-        checkpoint, in order, and the search does not end before the last is written.
+        and written with the next trial that ends (or with the search's end), in the same
+        transaction: the trials go on meanwhile, and never wait for the store while this
+        thread waits for the interpreter. Until then a restart resumes from the checkpoint
+        before, and learns again from the trials recorded since.
         """
+        reference = self._reference_log_prob()  # a forward pass: not under the lock
         with self._lock:
-            self._set_status(self._strategy.status())
-            checkpoint = _pack(self._proposals, self._strategy.state())
-        self._store.save_strategy_state(self.search.id, checkpoint)
-        with self._lock:
+            self._set_status(self._strategy.status(), reference)
+            self._checkpoint = _pack(self._proposals, self._strategy.state())
             self._lock.notify_all()
 
-    def _set_status(self, status: StrategyStatus) -> None:
+    def _take_checkpoint(self) -> bytes | None:
+        """The checkpoint waiting to be written, if any (lock held)."""
+        checkpoint, self._checkpoint = self._checkpoint, None
+        return checkpoint
+
+    def _reference_log_prob(self) -> float | None:
+        return self._strategy.log_prob(self.resolved.space.reference_decisions())
+
+    def _set_status(self, status: StrategyStatus, reference: float | None = None) -> None:
+        """The strategy's status in the search record (lock held); ``reference``: the
+        policy's log-probability of the reference network, computed now if not given."""
         self.search.strategy_status.updates = status.updates
         self.search.strategy_status.observed = status.observed
         if status.entropy is not None:
             self.search.strategy_status.entropy = status.entropy
-        reference = self._strategy.log_prob(self.resolved.space.reference_decisions())
+        if reference is None:
+            reference = self._reference_log_prob()
         if reference is not None:
             self.search.strategy_status.reference_log_prob = reference
 
@@ -328,7 +341,7 @@ class SearchRunner:
         self.search.state = state
         self.search.trials_running = 0
         self.search.finished_at.CopyFrom(_now())
-        self._store.save(search=self.search)
+        self._store.save(search=self.search, strategy_state=self._take_checkpoint())
         self._publish(controller_pb2.EVENT_KIND_SEARCH_FINISHED)
         _logger.info(
             "search %s %s: %d completed, %d failed",
@@ -417,6 +430,7 @@ class SearchRunner:
                 weights=keep,
                 drop_weights=[t.number for t in dropped],
                 measurements=dict([measured]) if measured is not None else None,
+                strategy_state=self._take_checkpoint(),
             )
             self._observe(trial)
             following = self._continue()

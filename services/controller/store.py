@@ -491,16 +491,22 @@ class Store:
         weights: Mapping[int, bytes] | None = None,
         drop_weights: Collection[int] = (),
         measurements: Mapping[str, LatencyStats] | None = None,
+        strategy_state: bytes | None = None,
     ) -> None:
         """Update the search (which must exist), upsert the trials, keep the trained
         ``weights`` of trials (by number, of ``search``) and drop those of
-        ``drop_weights``, and record latency ``measurements`` (by
-        :func:`measurement_key`), all or nothing."""
-        if (weights or drop_weights) and search is None:
-            raise ValueError("weights: saving or dropping weights needs the search")
+        ``drop_weights``, record latency ``measurements`` (by :func:`measurement_key`)
+        and checkpoint the search's strategy (``strategy_state``), all or nothing."""
+        if (weights or drop_weights or strategy_state is not None) and search is None:
+            raise ValueError("weights, strategy_state: saving them needs the search")
         with self._write() as conn:
             if search is not None:
                 self._update_search(conn, search)
+            if search is not None and strategy_state is not None:
+                conn.execute(
+                    self._statements.upsert_strategy_state,
+                    {"search_id": search.id, "state": strategy_state, "updated_at": _now()},
+                )
             self._upsert_trials(conn, trials)
             if search is not None and drop_weights:
                 columns = self._weights.c

@@ -307,6 +307,8 @@ def test_failure_midway_rolls_everything_back(
         store.save(search=changed, trials=[make_trial(number=n) for n in range(4)])
     with pytest.raises(RuntimeError, match="injected"):
         store.save_strategy_state("s1", b"state", trials=[make_trial(number=2)])
+    with pytest.raises(RuntimeError, match="injected"):
+        store.save(search=changed, trials=[make_trial(number=2)], strategy_state=b"state")
     monkeypatch.undo()
 
     assert_same(store.get_search("s1"), search)
@@ -336,6 +338,13 @@ def test_strategy_state_round_trips(store: Store) -> None:
     search = make_search(name="renamed")
     store.save_search(search)  # saving the search keeps its checkpoint
     assert store.load_strategy_state("s1") == b"\x00second"
+
+    # With a trial's end, as the controller writes a checkpoint taken after an update.
+    store.save(search=search, trials=[make_trial(number=2)], strategy_state=b"third")
+    assert store.load_strategy_state("s1") == b"third"
+    assert store.count_trials("s1") == 3
+    with pytest.raises(ValueError, match="strategy_state"):
+        store.save(strategy_state=b"no search")
 
 
 def test_strategy_state_is_atomic_with_its_trials(store: Store) -> None:
