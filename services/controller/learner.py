@@ -21,6 +21,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +29,24 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["LearnerError", "LearnerProcess", "UpdateRequest", "shared_learner", "warm_up"]
+__all__ = [
+    "LearnerError",
+    "LearnerProcess",
+    "UpdateRequest",
+    "UpdateResult",
+    "load_state",
+    "save_state",
+    "shared_learner",
+    "warm_up",
+]
 
 _logger = logging.getLogger(__name__)
 
 # Scheduling priority of the learner relative to the controller (see os.nice).
 NICENESS = 10
 _START_SECONDS = 120.0  # importing torch in a fresh interpreter on a busy machine
+_UPDATE_SECONDS = 600.0  # an update takes tens of milliseconds: past this it is stuck
+_RETRY_START_SECONDS = 60.0  # after a failed start, updates run in the controller meanwhile
 _CONTEXT = multiprocessing.get_context("spawn")  # never fork a process that runs gRPC
 
 
@@ -70,6 +82,7 @@ class LearnerProcess:
         self._lock = threading.Lock()
         self._conn: multiprocessing.connection.Connection | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
+        self._start_after = 0.0  # monotonic time before which no new start is tried
 
     @property
     def pid(self) -> int | None:
@@ -89,6 +102,11 @@ class LearnerProcess:
             # replaced and the request sent again, once.
             for attempt in range(2):
                 conn = self._ensure_running()
+                # A process that neither reads nor answers is killed: a send to it would
+                # otherwise block for good once the pipe is full.
+                watchdog = threading.Timer(_UPDATE_SECONDS, self._kill_stuck, (self._process,))
+                watchdog.daemon = True
+                watchdog.start()
                 try:
                     conn.send(("update", payload))
                     kind, answer = conn.recv()
@@ -98,6 +116,8 @@ class LearnerProcess:
                     if attempt:
                         reason = err or type(err).__name__
                         raise LearnerError(f"learner process died ({reason})") from None
+                finally:
+                    watchdog.cancel()
         if kind != "ok":
             raise LearnerError(f"learner process: {answer}")
         state, entropy = answer
@@ -111,6 +131,16 @@ class LearnerProcess:
         if self._conn is not None and self._process is not None and self._process.is_alive():
             return self._conn
         self._stop()
+        if time.monotonic() < self._start_after:
+            raise LearnerError("the learner process failed to start a moment ago")
+        try:
+            parent = self._start()
+        except LearnerError:
+            self._start_after = time.monotonic() + _RETRY_START_SECONDS
+            raise
+        return parent
+
+    def _start(self) -> multiprocessing.connection.Connection:
         parent, child = _CONTEXT.Pipe(duplex=True)
         process = _CONTEXT.Process(target=_serve, args=(child,), name="mnas-learner", daemon=True)
         try:
@@ -132,6 +162,14 @@ class LearnerProcess:
             raise
         _logger.info("learner process %d started", process.pid)
         return parent
+
+    @staticmethod
+    def _kill_stuck(process: multiprocessing.process.BaseProcess | None) -> None:
+        if process is not None and process.is_alive():
+            _logger.warning(
+                "learner process %s: no answer in %g s, killed", process.pid, _UPDATE_SECONDS
+            )
+            process.kill()
 
     def _stop(self) -> None:
         conn, process = self._conn, self._process
@@ -177,6 +215,9 @@ def _serve(conn: multiprocessing.connection.Connection) -> None:
     # Imported here, not at the top: the controller imports this module from ppo.
     from services.controller.ppo import apply_update
 
+    # The first optimizer imports torch's compiler modules (about a second): now, not
+    # during the first update.
+    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
     conn.send(("ready", None))
     while True:
         try:

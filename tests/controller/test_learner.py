@@ -17,6 +17,7 @@ from mnas.client import Client
 from mnas.space import SearchSpace
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from services.controller import learner as learner_module
 from services.controller import ppo as ppo_module
 from services.controller.learner import (
     NICENESS,
@@ -111,6 +112,47 @@ def test_a_dead_learner_process_is_replaced(learner: LearnerProcess) -> None:
     second = learner.update(request)  # a new process, the same answer
     assert learner.pid not in (None, pid)
     assert second == first
+
+
+def test_a_stuck_learner_process_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that stops answering (here: stopped by a signal) is killed after the
+    time limit, and the update is done by a new one."""
+    monkeypatch.setattr(learner_module, "_UPDATE_SECONDS", 3.0)
+    stuck = LearnerProcess()
+    try:
+        stuck.start()
+        pid = stuck.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        strategy = ppo(seed=3)
+        request = UpdateRequest(
+            sizes=strategy._sizes,
+            settings=strategy.settings,
+            state=strategy._saved_weights(),
+            batch=[(o.decisions, 0.5, o.log_probs) for o in outcomes(strategy, 0, 4)],
+        )
+        assert stuck.update(request).state != request.state
+        assert stuck.pid not in (None, pid)
+    finally:
+        stuck.close()
+
+
+def test_after_a_failed_start_updates_do_not_wait_for_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    starts: list[int] = []
+
+    def cannot_start(self: LearnerProcess) -> object:
+        starts.append(1)
+        raise LearnerError("cannot start the learner process: test")
+
+    monkeypatch.setattr(LearnerProcess, "_start", cannot_start)
+    process = LearnerProcess()
+    with pytest.raises(LearnerError, match="cannot start"):
+        process.start()
+    with pytest.raises(LearnerError, match="a moment ago"):
+        process.start()
+    assert starts == [1]
 
 
 def test_the_learner_process_yields_to_the_controller(learner: LearnerProcess) -> None:
