@@ -9,8 +9,8 @@ reward. Here:
   input, every later step the embedding of the token before it. All weights start uniform
   in [-0.1, 0.1] (NASNet), drawn from a generator seeded from the strategy's seed.
 - Sampling draws its uniforms from a ``torch.Generator`` (saved in :meth:`state`) and runs
-  the LSTM step by step on NumPy copies of the weights, 16 sequences at once, which keeps
-  a proposal near a tenth of a millisecond; log-probabilities, training and
+  the LSTM step by step on NumPy copies of the weights, a batch's worth of sequences at
+  once, which keeps a proposal near a tenth of a millisecond; log-probabilities, training and
   :meth:`PPOStrategy.log_prob` run the same weights through ``torch.nn.LSTM``,
   teacher-forced over whole sequences.
 - Rewards arrive in any order. Each completed outcome's advantage is its reward minus the
@@ -75,9 +75,11 @@ INIT_RANGE = 0.1
 # in one torch.save, still read).
 STATE_FORMAT = 2
 STATE_MAGIC = b"mnas-ppo-state\n"
-# Proposals sampled at once: one pass over the decisions costs about as much for 16
-# sequences as for one. Those not proposed before the next update are dropped.
+# Proposals sampled at once, at least: one pass over the decisions costs about twice as
+# much for 16 sequences as for one. A draw covers a batch and a few more, so that about one
+# draw serves each update; those not proposed before the next update are dropped.
 PROPOSALS_AHEAD = 16
+PROPOSALS_PAST_BATCH = 4
 
 _F32 = npt.NDArray[np.float32]
 
@@ -358,7 +360,8 @@ class PPOStrategy(Strategy):
     def propose(self) -> Proposal:
         sampler = self._sampler  # the learner may replace it at any time
         if self._drawn_by is not sampler or not self._drawn:
-            shape = (PROPOSALS_AHEAD, len(self._sizes))
+            ahead = max(PROPOSALS_AHEAD, self.settings.batch_size + PROPOSALS_PAST_BATCH)
+            shape = (ahead, len(self._sizes))
             uniforms = torch.rand(shape, generator=self._generator, dtype=torch.float64)
             decisions, log_probs = sampler.sample(uniforms.numpy())
             self._drawn = list(zip(decisions.tolist(), log_probs.tolist(), strict=True))[::-1]
