@@ -151,7 +151,8 @@ class SearchRunner:
         self._set_status(self._strategy.status())
 
     def _observe(self, trial: common_pb2.Trial) -> None:
-        """Tell the strategy; after an update, checkpoint it with the trial (lock held)."""
+        """Tell the strategy; after an update, take a checkpoint, which the next write of
+        the search (this trial's end, when called for it) records (lock held)."""
         if trial.state == TS.TRIAL_STATE_CANCELLED:
             return
         updated = self._strategy.observe(self._outcome(trial))
@@ -159,9 +160,7 @@ class SearchRunner:
             self.search.strategy_status.observed = self._strategy.status().observed
             return
         self._set_status(self._strategy.status())
-        self._store.save_strategy_state(
-            self.search.id, _pack(self._proposals, self._strategy.state()), trials=[trial]
-        )
+        self._checkpoint = _pack(self._proposals, self._strategy.state())
 
     def _updated_in_background(self) -> None:
         """The strategy's learner made an update: checkpoint it (on the learner's thread).
@@ -424,6 +423,7 @@ class SearchRunner:
             elif trial.state == TS.TRIAL_STATE_FAILED:
                 self.search.trials_failed += 1
             self.search.trials_running = len(self._running)
+            self._observe(trial)  # first: its checkpoint, if any, goes with the trial
             self._store.save(
                 search=self.search,
                 trials=[trial, *dropped],
@@ -432,7 +432,6 @@ class SearchRunner:
                 measurements=dict([measured]) if measured is not None else None,
                 strategy_state=self._take_checkpoint(),
             )
-            self._observe(trial)
             following = self._continue()
             if following is None:  # the scheduler decides what happens next
                 self._lock.notify_all()
