@@ -71,6 +71,7 @@ def _assert_matches_converter(
     arch: Architecture, resolution: int, classes: int, seed: int, convert=to_tflite_fast
 ) -> None:
     """Same weights through the converter and the direct writer: same operators, outputs."""
+    keras.utils.set_random_seed(seed)  # the kernels too, so that a failure reproduces
     model = build_keras(arch, num_classes=classes, resolution=resolution)
     _randomize(model, seed)
     converted = convert(model)
@@ -87,8 +88,12 @@ def _assert_matches_converter(
         assert operator_types(direct) == operator_types(converted)
     x = _input(resolution, seed)
     expected = run_tflite(converted, x)
+    # Both are float32 with sums in another order (folded in float64 here, by TensorFlow
+    # there): through 60-odd random layers at 224x224 their logits, in the hundreds, differ
+    # by up to 3e-5 of the largest, as much as either differs from Keras. A wrong weight,
+    # pad or operator moves them by a large part of it.
     scale = max(1.0, float(np.abs(expected).max()))
-    np.testing.assert_allclose(run_tflite(direct, x), expected, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(run_tflite(direct, x), expected, rtol=0, atol=1e-4 * scale)
 
 
 def test_random_architectures_cover_every_layer_kind() -> None:
