@@ -83,6 +83,7 @@ def test_reference_exports_and_runs_in_litert(name: str) -> None:
 
 
 def _assert_paths_agree(arch: Architecture, resolution: int, classes: int, seed: int) -> None:
+    keras.utils.set_random_seed(seed)  # the kernels too, so that a failure reproduces
     model = build_keras(arch, num_classes=classes, resolution=resolution)
     _randomize_batch_norm(model, seed)
     x = _input(resolution, seed)
