@@ -11,7 +11,10 @@ decode every event in the very process being measured, which a real client never
 
     python benchmarks/controller_overhead.py [--trials 512] [--repeats 3]
 
-Last line: ``{"ms_per_trial": {"1": ..., "64": ...}, ...}`` (PPO; goal <= 5 ms).
+Last line: ``{"ms_per_trial": {"1": ..., "64": ...}, ...}`` (PPO; goal <= 5 ms), and
+``cpu_ms_per_trial``: the CPU time each process spent per trial (the controller, the
+backends, the PPO learner), steadier than wall time on a shared machine and where an
+excess shows which process it comes from.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -43,7 +48,7 @@ from mnas.v1 import (
 from services.common.server import RunningServer, build_server
 from services.controller.clients import Backends
 from services.controller.core import Controller
-from services.controller.learner import warm_up
+from services.controller.learner import shared_learner, warm_up
 from services.controller.metrics import ControllerMetrics
 from services.controller.server import make_server
 from services.controller.store import Store
@@ -139,8 +144,31 @@ def serve_backends() -> None:
         server.stop(0)
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU seconds of process ``pid`` so far (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One timed search: wall and per-process CPU milliseconds per trial."""
+
+    wall: float
+    cpu: dict[str, float]
+
+
 @contextlib.contextmanager
-def backends_process() -> Iterator[Backends]:
+def backends_process() -> Iterator[tuple[Backends, int]]:
     """The backends in a process of their own, as in production: their gRPC work does not
     share the controller's interpreter."""
     child = subprocess.Popen(
@@ -152,40 +180,57 @@ def backends_process() -> Iterator[Backends]:
     assert child.stdout is not None and child.stdin is not None
     try:
         addresses = json.loads(child.stdout.readline())
-        yield Backends(
+        backends = Backends(
             trainers=[addresses["trainer"]],
             latency=[addresses["latency"]],
             reward=addresses["reward"],
         )
+        yield backends, child.pid
     finally:
         child.stdin.close()
         child.wait(timeout=30)
 
 
-def run(strategy: str, trials: int, parallel: int, workdir: Path, repeats: int) -> float:
+def run(strategy: str, trials: int, parallel: int, workdir: Path, repeats: int) -> Measured:
     """Milliseconds of controller time per trial: the median over ``repeats`` searches on
     one controller, after an untimed one that pays the costs of first use (connections,
-    compiled statements, the learner's modules)."""
+    compiled statements, the learner's modules); each CPU figure its own median."""
     store = Store.open(str(workdir / f"{strategy}-{parallel}.db"))
-    with backends_process() as backends:
+    with backends_process() as (backends, backends_pid):
         controller = Controller(store, backends, ControllerMetrics(CollectorRegistry()))
         server = make_server(controller, registry=CollectorRegistry())
         try:
             with Client(server.address) as client:
 
-                def search(count: int) -> float:
+                def cpu() -> dict[str, float]:
+                    return {
+                        "controller": time.process_time(),
+                        "backends": cpu_seconds(backends_pid),
+                        "learner": cpu_seconds(shared_learner().pid),
+                    }
+
+                def search(count: int) -> Measured:
                     spec = parse_spec(
                         SPEC % {"strategy": strategy, "trials": count, "parallel": parallel}
                     )
                     submitted = client.submit(spec)  # validation and set-up: once per search
+                    cpu_before = cpu()
                     started = time.perf_counter()
                     final = controller.wait(submitted.id, timeout=3600)
                     elapsed = time.perf_counter() - started
+                    used = {k: v - cpu_before[k] for k, v in cpu().items()}
                     assert final.trials_completed == count, final.error
-                    return elapsed / count * 1e3
+                    return Measured(
+                        wall=elapsed / count * 1e3,
+                        cpu={k: v / count * 1e3 for k, v in used.items()},
+                    )
 
                 search(WARM_UP_TRIALS)
-                return statistics.median(search(trials) for _ in range(repeats))
+                timed = [search(trials) for _ in range(repeats)]
+                return Measured(
+                    wall=statistics.median(m.wall for m in timed),
+                    cpu={k: statistics.median(m.cpu[k] for m in timed) for k in timed[0].cpu},
+                )
         finally:
             server.stop(0)
             store.close()
@@ -205,14 +250,22 @@ def main() -> None:
     warm_up()
     workdir = Path(tempfile.mkdtemp(prefix="mnas-overhead-"))
     results: dict[str, dict[str, float]] = {}
+    cpu: dict[str, dict[str, dict[str, float]]] = {}
     for strategy in ("random", "ppo"):
         results[strategy] = {}
+        cpu[strategy] = {}
         for parallel in (1, 64):
-            ms = run(strategy, args.trials, parallel, workdir, args.repeats)
-            results[strategy][str(parallel)] = round(ms, 2)
+            measured = run(strategy, args.trials, parallel, workdir, args.repeats)
+            results[strategy][str(parallel)] = round(measured.wall, 2)
+            cpu[strategy][str(parallel)] = {k: round(v, 2) for k, v in measured.cpu.items()}
             print(
                 json.dumps(
-                    {"strategy": strategy, "in_flight": parallel, "ms_per_trial": round(ms, 2)}
+                    {
+                        "strategy": strategy,
+                        "in_flight": parallel,
+                        "ms_per_trial": round(measured.wall, 2),
+                        "cpu_ms_per_trial": cpu[strategy][str(parallel)],
+                    }
                 ),
                 file=sys.stderr,
             )
@@ -224,6 +277,7 @@ def main() -> None:
                 "ms_per_trial": results["ppo"],
                 "random_ms_per_trial": results["random"],
                 "goal_ms": 5,
+                "cpu_ms_per_trial": cpu,
             }
         )
     )
