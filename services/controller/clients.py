@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 
@@ -26,6 +27,8 @@ from mnas.v1 import (
 from services.controller.workers import WorkerPool
 
 __all__ = ["Backends", "Deadlines", "WorkerError"]
+
+_Stub = TypeVar("_Stub")
 
 # Codes for which the trial itself is at fault: retrying elsewhere cannot help. A trainer
 # answers ABORTED when a training failed by itself (out of memory, a crash, its time limit).
@@ -80,26 +83,33 @@ class Backends:
     ) -> None:
         self.deadlines = deadlines or Deadlines()
         self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[tuple[str, Callable[[grpc.Channel], Any]], Any] = {}
         self._lock = threading.Lock()
         self.trainers = WorkerPool("trainer", trainers, self._trainer_capacity)
         self.latency = WorkerPool("latency", latency, self._latency_capacity)
         self.reward_address = reward
 
-    def _channel(self, address: str) -> grpc.Channel:
+    def _stub(self, address: str, kind: Callable[[grpc.Channel], _Stub]) -> _Stub:
+        """The stub of service ``kind`` at ``address``, made once: making one builds a
+        callable for every method, a tenth of a millisecond per call otherwise."""
+        key = (address, kind)
         with self._lock:
-            if address not in self._channels:
-                self._channels[address] = channel(address, max_attempts=3)
-            return self._channels[address]
+            stub = self._stubs.get(key)
+            if stub is None:
+                if address not in self._channels:
+                    self._channels[address] = channel(address, max_attempts=3)
+                stub = self._stubs[key] = kind(self._channels[address])
+            return stub
 
     def _trainer_capacity(self, address: str) -> int:
-        stub = trainer_pb2_grpc.TrainerStub(self._channel(address))
+        stub = self._stub(address, trainer_pb2_grpc.TrainerStub)
         response = stub.GetCapacity(
             common_pb2.GetCapacityRequest(), timeout=self.deadlines.probe_seconds
         )
         return int(response.max_concurrent)
 
     def _latency_capacity(self, address: str) -> int:
-        stub = latency_pb2_grpc.LatencyStub(self._channel(address))
+        stub = self._stub(address, latency_pb2_grpc.LatencyStub)
         response = stub.GetCapacity(
             common_pb2.GetCapacityRequest(), timeout=self.deadlines.probe_seconds
         )
@@ -112,7 +122,7 @@ class Backends:
         for endpoint in self.latency.snapshot():
             if not endpoint.healthy:
                 continue
-            stub = latency_pb2_grpc.LatencyStub(self._channel(endpoint.address))
+            stub = self._stub(endpoint.address, latency_pb2_grpc.LatencyStub)
             try:
                 response = stub.ListDevices(
                     latency_pb2.ListDevicesRequest(), timeout=self.deadlines.probe_seconds
@@ -125,7 +135,7 @@ class Backends:
     def measure(
         self, address: str, request: latency_pb2.MeasureRequest
     ) -> latency_pb2.MeasureResponse:
-        stub = latency_pb2_grpc.LatencyStub(self._channel(address))
+        stub = self._stub(address, latency_pb2_grpc.LatencyStub)
         try:
             response: latency_pb2.MeasureResponse = stub.Measure(
                 request, timeout=self.deadlines.measure_seconds
@@ -146,7 +156,7 @@ class Backends:
 
         Returns the result and, when the request asked for them, the trained weights.
         """
-        stub = trainer_pb2_grpc.TrainerStub(self._channel(address))
+        stub = self._stub(address, trainer_pb2_grpc.TrainerStub)
         call = stub.Train(request, timeout=self.deadlines.train_seconds)
         register_cancel(call.cancel)
         result: common_pb2.TrainResult | None = None
@@ -181,7 +191,7 @@ class Backends:
         )
 
     def score(self, request: reward_pb2.ScoreRequest) -> float:
-        stub = reward_pb2_grpc.RewardStub(self._channel(self.reward_address))
+        stub = self._stub(self.reward_address, reward_pb2_grpc.RewardStub)
         try:
             response = stub.Score(request, timeout=self.deadlines.score_seconds)
         except grpc.RpcError as err:
@@ -195,3 +205,4 @@ class Backends:
             for ch in self._channels.values():
                 ch.close()
             self._channels.clear()
+            self._stubs.clear()
