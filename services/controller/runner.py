@@ -298,25 +298,28 @@ class SearchRunner:
             and self._strategy.backlog() <= MAX_BACKLOG
         )
 
-    def _start_next(self) -> common_pb2.Trial:
-        """The next trial, re-dispatched or newly proposed, recorded as running (lock held)."""
+    def _start_next(self, *, record: bool = True) -> common_pb2.Trial:
+        """The next trial, re-dispatched or newly proposed, as running (lock held).
+
+        One write records the proposal (or the re-dispatch) and the start: here, or with
+        ``record=False`` the caller's write, which must follow before the trial runs.
+        """
         trial = self._pending.pop(0) if self._pending else self._new_trial()
         trial.state = TS.TRIAL_STATE_RUNNING
         trial.started_at.CopyFrom(_now())
         self.search.trials_running = len(self._running) + 1
-        # One write records the proposal (or the re-dispatch) and the start; the search
-        # record follows with the trial's end.
-        self._store.save_trial(trial)
+        if record:
+            self._store.save_trial(trial)
         self._running.add(trial.number)
         return trial
 
     def _continue(self) -> common_pb2.Trial | None:
-        """The next trial for the thread whose trial just ended, if one may start now
-        (lock held)."""
+        """The next trial for the thread whose trial just ended, if one may start now, not
+        yet recorded: it goes in the write of the ended trial (lock held)."""
         if not self._can_start():
             return None
         try:
-            return self._start_next()
+            return self._start_next(record=False)
         except Exception as err:  # as on the scheduler's thread: the search fails
             _logger.exception("search %s crashed", self.search.id)
             self.search.error = f"controller error: {err}"
@@ -424,15 +427,23 @@ class SearchRunner:
                 self.search.trials_failed += 1
             self.search.trials_running = len(self._running)
             self._observe(trial)  # first: its checkpoint, if any, goes with the trial
-            self._store.save(
-                search=self.search,
-                trials=[trial, *dropped],
-                weights=keep,
-                drop_weights=[t.number for t in dropped],
-                measurements=dict([measured]) if measured is not None else None,
-                strategy_state=self._take_checkpoint(),
-            )
+            # The next trial, if one may start, is recorded as running in the same write.
             following = self._continue()
+            try:
+                self._store.save(
+                    search=self.search,
+                    trials=[trial, *dropped, *([following] if following is not None else [])],
+                    weights=keep,
+                    drop_weights=[t.number for t in dropped],
+                    measurements=dict([measured]) if measured is not None else None,
+                    strategy_state=self._take_checkpoint(),
+                )
+            except BaseException:
+                if following is not None:  # not recorded: dispatched again later
+                    self._running.discard(following.number)
+                    self._pending.insert(0, following)
+                    self.search.trials_running = len(self._running)
+                raise
             if following is None:  # the scheduler decides what happens next
                 self._lock.notify_all()
         self._publish(controller_pb2.EVENT_KIND_TRIAL_FINISHED, trial)
