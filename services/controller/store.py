@@ -13,6 +13,7 @@ then skip the fsync that otherwise took most of the controller's time per trial.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sqlite3
 import threading
@@ -234,8 +235,11 @@ class _Statements(NamedTuple):
         )
 
 
+_JSON_OPTIONS: dict[str, Any] = {"preserving_proto_field_name": True}
+
+
 def _to_json(message: Message) -> str:
-    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None)
+    return json_format.MessageToJson(message, indent=None, **_JSON_OPTIONS)
 
 
 def _from_json(text: str, message: _M) -> _M:
@@ -293,6 +297,10 @@ class Store:
         # which costs a measurement, never a wrong figure.
         self._measurement_keys: set[str] | None = None
         self._keys_lock = threading.Lock()
+        # Each search's spec as JSON-ready values, with the bytes they were made from: a
+        # search is written at every trial's end, and its spec, which never changes, is
+        # most of its JSON.
+        self._spec_values: dict[str, tuple[bytes, dict[str, Any]]] = {}
         if backend == "sqlite":
             self._engine = self._sqlite_engine(parsed, echo=echo)
             lock = threading.Lock()
@@ -387,7 +395,7 @@ class Store:
                         state=int(search.state),
                         created_at=created,
                         updated_at=now,
-                        search_json=_to_json(search),
+                        search_json=self._search_json(search),
                     )
                 )
         except IntegrityError as err:
@@ -609,11 +617,27 @@ class Store:
                 "name": search.spec.name,
                 "state": int(search.state),
                 "updated_at": _now(),
-                "search_json": _to_json(search),
+                "search_json": self._search_json(search),
             },
         )
         if result.rowcount == 0:
             raise NotFoundError(f"search {search.id!r} not found")
+
+    def _search_json(self, search: Search) -> str:
+        """``search`` as :func:`_to_json` writes it, the spec's part encoded once."""
+        if not search.HasField("spec"):
+            return _to_json(search)
+        spec = search.spec.SerializeToString(deterministic=True)
+        cached = self._spec_values.get(search.id)
+        if cached is None or cached[0] != spec:
+            cached = (spec, json_format.MessageToDict(search.spec, **_JSON_OPTIONS))
+            self._spec_values[search.id] = cached
+        rest = Search()
+        rest.CopyFrom(search)
+        rest.ClearField("spec")
+        values = json_format.MessageToDict(rest, **_JSON_OPTIONS)
+        values["spec"] = cached[1]
+        return json.dumps(values)
 
     def _upsert_trials(self, conn: Connection, trials: Sequence[Trial]) -> None:
         now = _now()

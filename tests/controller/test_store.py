@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -9,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 
 from mnas.v1.common_pb2 import (
     Architecture,
@@ -140,6 +142,33 @@ def test_save_search_updates_an_existing_one(store: Store) -> None:
     search.best_reward = 0.75
     search.finished_at.CopyFrom(Timestamp(seconds=1_700_000_500))
     store.save_search(search)
+    assert_same(store.get_search("s1"), search)
+
+
+def test_search_json_is_the_messages_json_as_its_spec_changes(store: Store) -> None:
+    # The spec's JSON is kept between writes: a changed spec (or none) must not reuse it.
+    def written() -> object:
+        with store._engine.connect() as conn:
+            row = conn.execute(select(store._searches.c.search_json)).scalar_one()
+        return json.loads(row)
+
+    def expected(search: Search) -> object:
+        return json.loads(
+            json_format.MessageToJson(search, preserving_proto_field_name=True, indent=None)
+        )
+
+    search = make_search()
+    store.create_search(search)
+    assert written() == expected(search)
+    search.trials_completed = 3
+    store.save_search(search)
+    assert written() == expected(search)
+    search.spec.budget.max_trials = 7
+    store.save_search(search)
+    assert written() == expected(search)
+    search.ClearField("spec")
+    store.save_search(search)
+    assert written() == expected(search)
     assert_same(store.get_search("s1"), search)
 
 
