@@ -72,6 +72,11 @@ _M = TypeVar("_M", bound=Message)
 
 # How long an SQLite writer waits for another process's lock before giving up.
 _SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+# Each SQLite connection's page cache. SQLite's default, 2 MiB, cannot hold a checkpoint
+# of the PPO controller (1.3 MB) and the trials written between two of them: replacing the
+# checkpoint then reads the old one's pages back from the file to free them, which made
+# the write take 2.2 ms instead of 0.8 ms. Allocated as used.
+SQLITE_CACHE_KIB = 16384
 
 
 def measurement_key(arch_id: str, settings: LatencySettings, build: BuildParams) -> str:
@@ -354,6 +359,7 @@ class Store:
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
                 cursor.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
             finally:
                 cursor.close()

@@ -490,6 +490,9 @@ def test_open_takes_a_path_and_creates_its_directories(tmp_path: Path) -> None:
     again = Store.open(f"sqlite:///{path}")
     try:
         assert again.get_search("s1") is not None
+        with again._engine.connect() as conn:
+            cache = conn.exec_driver_sql("PRAGMA cache_size").scalar_one()
+        assert cache == -store_module.SQLITE_CACHE_KIB
     finally:
         again.close()
 
