@@ -97,7 +97,9 @@ class Backends:
             stub = self._stubs.get(key)
             if stub is None:
                 if address not in self._channels:
-                    self._channels[address] = channel(address, max_attempts=3)
+                    self._channels[address] = channel(
+                        address, max_attempts=3, single_threaded_streams=True
+                    )
                 stub = self._stubs[key] = kind(self._channels[address])
             return stub
 
