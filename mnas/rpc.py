@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any
 
 import grpc
-import grpc.experimental
 
 from mnas.v1 import controller_pb2, latency_pb2, reward_pb2, trainer_pb2
 
@@ -54,25 +52,12 @@ def _service_config(max_attempts: int, initial_backoff: float, max_backoff: floa
 
 
 def channel(
-    target: str,
-    *,
-    max_attempts: int = 5,
-    initial_backoff: float = 0.2,
-    max_backoff: float = 5.0,
-    single_threaded_streams: bool = False,
+    target: str, *, max_attempts: int = 5, initial_backoff: float = 0.2, max_backoff: float = 5.0
 ) -> grpc.Channel:
-    """An insecure channel to ``target`` that retries UNAVAILABLE up to ``max_attempts``.
-
-    ``single_threaded_streams``: server-streaming calls run on the thread that iterates
-    their responses (gRPC Python's ``SingleThreadedUnaryStream``), which must be the thread
-    that made the call; otherwise the channel starts a thread to drive them whenever none
-    is in flight, which at one call at a time is a thread per call.
-    """
-    options: list[tuple[str, Any]] = [
+    """An insecure channel to ``target`` that retries UNAVAILABLE up to ``max_attempts``."""
+    options = [
         ("grpc.enable_retries", 1),
         ("grpc.service_config", _service_config(max_attempts, initial_backoff, max_backoff)),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ]
-    if single_threaded_streams:
-        options.append((grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1))
     return grpc.insecure_channel(target, options=options)

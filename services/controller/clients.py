@@ -97,9 +97,7 @@ class Backends:
             stub = self._stubs.get(key)
             if stub is None:
                 if address not in self._channels:
-                    self._channels[address] = channel(
-                        address, max_attempts=3, single_threaded_streams=True
-                    )
+                    self._channels[address] = channel(address, max_attempts=3)
                 stub = self._stubs[key] = kind(self._channels[address])
             return stub
 
