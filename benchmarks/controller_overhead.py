@@ -12,9 +12,10 @@ decode every event in the very process being measured, which a real client never
     python benchmarks/controller_overhead.py [--trials 512] [--repeats 3]
 
 Last line: ``{"ms_per_trial": {"1": ..., "64": ...}, ...}`` (PPO; goal <= 5 ms), and
-``cpu_ms_per_trial``: the CPU time each process spent per trial (the controller, the
-backends, the PPO learner), steadier than wall time on a shared machine and where an
-excess shows which process it comes from.
+``cpu_ms_per_trial``: the CPU time each process spent per trial (the controller, that is
+this process, which also submits and awaits the searches; the backends; the PPO learner),
+steadier than wall time on a shared machine and where an excess shows which process it
+comes from.
 """
 
 from __future__ import annotations

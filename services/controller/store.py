@@ -60,6 +60,7 @@ from mnas.v1.common_pb2 import (
     LatencySettings,
     LatencyStats,
     Search,
+    SearchState,
     Trial,
     TrialState,
 )
@@ -302,9 +303,9 @@ class Store:
         # which costs a measurement, never a wrong figure.
         self._measurement_keys: set[str] | None = None
         self._keys_lock = threading.Lock()
-        # Each search's spec as JSON-ready values, with the bytes they were made from: a
-        # search is written at every trial's end, and its spec, which never changes, is
-        # most of its JSON.
+        # Each running search's spec as JSON-ready values, with the bytes they were made
+        # from: a search is written at every trial's end, and its spec, which never
+        # changes, is most of its JSON.
         self._spec_values: dict[str, tuple[bytes, dict[str, Any]]] = {}
         if backend == "sqlite":
             self._engine = self._sqlite_engine(parsed, echo=echo)
@@ -630,14 +631,18 @@ class Store:
             raise NotFoundError(f"search {search.id!r} not found")
 
     def _search_json(self, search: Search) -> str:
-        """``search`` as :func:`_to_json` writes it, the spec's part encoded once."""
+        """``search`` as :func:`_to_json` writes it (the same values; the spec's key comes
+        last), the spec's part encoded once while the search runs."""
         if not search.HasField("spec"):
             return _to_json(search)
         spec = search.spec.SerializeToString(deterministic=True)
         cached = self._spec_values.get(search.id)
         if cached is None or cached[0] != spec:
             cached = (spec, json_format.MessageToDict(search.spec, **_JSON_OPTIONS))
+        if search.state == SearchState.SEARCH_STATE_RUNNING:
             self._spec_values[search.id] = cached
+        else:  # written again rarely, if ever
+            self._spec_values.pop(search.id, None)
         rest = Search()
         rest.CopyFrom(search)
         rest.ClearField("spec")

@@ -166,6 +166,11 @@ def test_search_json_is_the_messages_json_as_its_spec_changes(store: Store) -> N
     search.spec.budget.max_trials = 7
     store.save_search(search)
     assert written() == expected(search)
+    assert "s1" in store._spec_values
+    search.state = SearchState.SEARCH_STATE_SUCCEEDED
+    store.save_search(search)
+    assert written() == expected(search)
+    assert "s1" not in store._spec_values  # kept only while the search runs
     search.ClearField("spec")
     store.save_search(search)
     assert written() == expected(search)
