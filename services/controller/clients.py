@@ -91,7 +91,7 @@ class Backends:
 
     def _stub(self, address: str, kind: Callable[[grpc.Channel], _Stub]) -> _Stub:
         """The stub of service ``kind`` at ``address``, made once: making one builds a
-        callable for every method, a tenth of a millisecond per call otherwise."""
+        callable for every method, about 0.04 ms of the interpreter per call otherwise."""
         key = (address, kind)
         with self._lock:
             stub = self._stubs.get(key)
