@@ -25,41 +25,41 @@ _sym_db = _symbol_database.Default()
 from mnas.v1 import common_pb2 as mnas_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mnas/v1/controller.proto\x12\x07mnas.v1\x1a\x14mnas/v1/common.proto\"5\n\x11GetWeightsRequest\x12\x11\n\tsearch_id\x18\x01 \x01(\t\x12\r\n\x05trial\x18\x02 \x01(\x05\"8\n\x13SubmitSearchRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.mnas.v1.SearchSpec\"7\n\x14SubmitSearchResponse\x12\x1f\n\x06search\x18\x01 \x01(\x0b\x32\x0f.mnas.v1.Search\"%\n\x10GetSearchRequest\x12\x11\n\tsearch_id\x18\x01 \x01(\t\"4\n\x11GetSearchResponse\x12\x1f\n\x06search\x18\x01 \x01(\x0b\x32\x0f.mnas.v1.Search\"\x15\n\x13ListSearchesRequest\"9\n\x14ListSearchesResponse\x12!\n\x08searches\x18\x01 \x03(\x0b\x32\x0f.mnas.v1.Search\"\'\n\x12WatchSearchRequest\x12\x11\n\tsearch_id\x18\x01 \x01(\t\"w\n\x13WatchSearchResponse\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.mnas.v1.EventKind\x12\x1f\n\x06search\x18\x02 \x01(\x0b\x32\x0f.mnas.v1.Search\x12\x1d\n\x05trial\x18\x03 \x01(\x0b\x32\x0e.mnas.v1.Trial\"M\n\x11ListTrialsRequest\x12\x11\n\tsearch_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\x12ListTrialsResponse\x12\x1e\n\x06trials\x18\x01 \x03(\x0b\x32\x0e.mnas.v1.Trial\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x13\x43\x61ncelSearchRequest\x12\x11\n\tsearch_id\x18\x01 \x01(\t\"7\n\x14\x43\x61ncelSearchResponse\x12\x1f\n\x06search\x18\x01 \x01(\x0b\x32\x0f.mnas.v1.Search*\xbb\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_KIND_SNAPSHOT\x10\x01\x12\x1c\n\x18\x45VENT_KIND_TRIAL_STARTED\x10\x02\x12\x1d\n\x19\x45VENT_KIND_TRIAL_FINISHED\x10\x03\x12\x1c\n\x18\x45VENT_KIND_TRIAL_RETRIED\x10\x04\x12\x1e\n\x1a\x45VENT_KIND_SEARCH_FINISHED\x10\x05\x32\x8d\x04\n\nController\x12K\n\x0cSubmitSearch\x12\x1c.mnas.v1.SubmitSearchRequest\x1a\x1d.mnas.v1.SubmitSearchResponse\x12\x42\n\tGetSearch\x12\x19.mnas.v1.GetSearchRequest\x1a\x1a.mnas.v1.GetSearchResponse\x12K\n\x0cListSearches\x12\x1c.mnas.v1.ListSearchesRequest\x1a\x1d.mnas.v1.ListSearchesResponse\x12J\n\x0bWatchSearch\x12\x1b.mnas.v1.WatchSearchRequest\x1a\x1c.mnas.v1.WatchSearchResponse0\x01\x12\x45\n\nListTrials\x12\x1a.mnas.v1.ListTrialsRequest\x1a\x1b.mnas.v1.ListTrialsResponse\x12K\n\x0c\x43\x61ncelSearch\x12\x1c.mnas.v1.CancelSearchRequest\x1a\x1d.mnas.v1.CancelSearchResponse\x12\x41\n\nGetWeights\x12\x1a.mnas.v1.GetWeightsRequest\x1a\x15.mnas.v1.WeightsChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mnas/v1/controller.proto\x12\x07mnas.v1\x1a\x14mnas/v1/common.proto\"5\n\x11GetWeightsRequest\x12\x11\n\tsearch_id\x18\x01 \x01(\t\x12\r\n\x05trial\x18\x02 \x01(\x05\"K\n\x13SubmitSearchRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.mnas.v1.SearchSpec\x12\x11\n\tsearch_id\x18\x02 \x01(\t\"7\n\x14SubmitSearchResponse\x12\x1f\n\x06search\x18\x01 \x01(\x0b\x32\x0f.mnas.v1.Search\"%\n\x10GetSearchRequest\x12\x11\n\tsearch_id\x18\x01 \x01(\t\"4\n\x11GetSearchResponse\x12\x1f\n\x06search\x18\x01 \x01(\x0b\x32\x0f.mnas.v1.Search\"\x15\n\x13ListSearchesRequest\"9\n\x14ListSearchesResponse\x12!\n\x08searches\x18\x01 \x03(\x0b\x32\x0f.mnas.v1.Search\"\'\n\x12WatchSearchRequest\x12\x11\n\tsearch_id\x18\x01 \x01(\t\"w\n\x13WatchSearchResponse\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.mnas.v1.EventKind\x12\x1f\n\x06search\x18\x02 \x01(\x0b\x32\x0f.mnas.v1.Search\x12\x1d\n\x05trial\x18\x03 \x01(\x0b\x32\x0e.mnas.v1.Trial\"M\n\x11ListTrialsRequest\x12\x11\n\tsearch_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\x12ListTrialsResponse\x12\x1e\n\x06trials\x18\x01 \x03(\x0b\x32\x0e.mnas.v1.Trial\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x13\x43\x61ncelSearchRequest\x12\x11\n\tsearch_id\x18\x01 \x01(\t\"7\n\x14\x43\x61ncelSearchResponse\x12\x1f\n\x06search\x18\x01 \x01(\x0b\x32\x0f.mnas.v1.Search*\xbb\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_KIND_SNAPSHOT\x10\x01\x12\x1c\n\x18\x45VENT_KIND_TRIAL_STARTED\x10\x02\x12\x1d\n\x19\x45VENT_KIND_TRIAL_FINISHED\x10\x03\x12\x1c\n\x18\x45VENT_KIND_TRIAL_RETRIED\x10\x04\x12\x1e\n\x1a\x45VENT_KIND_SEARCH_FINISHED\x10\x05\x32\x8d\x04\n\nController\x12K\n\x0cSubmitSearch\x12\x1c.mnas.v1.SubmitSearchRequest\x1a\x1d.mnas.v1.SubmitSearchResponse\x12\x42\n\tGetSearch\x12\x19.mnas.v1.GetSearchRequest\x1a\x1a.mnas.v1.GetSearchResponse\x12K\n\x0cListSearches\x12\x1c.mnas.v1.ListSearchesRequest\x1a\x1d.mnas.v1.ListSearchesResponse\x12J\n\x0bWatchSearch\x12\x1b.mnas.v1.WatchSearchRequest\x1a\x1c.mnas.v1.WatchSearchResponse0\x01\x12\x45\n\nListTrials\x12\x1a.mnas.v1.ListTrialsRequest\x1a\x1b.mnas.v1.ListTrialsResponse\x12K\n\x0c\x43\x61ncelSearch\x12\x1c.mnas.v1.CancelSearchRequest\x1a\x1d.mnas.v1.CancelSearchResponse\x12\x41\n\nGetWeights\x12\x1a.mnas.v1.GetWeightsRequest\x1a\x15.mnas.v1.WeightsChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mnas.v1.controller_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTKIND']._serialized_start=824
-  _globals['_EVENTKIND']._serialized_end=1011
+  _globals['_EVENTKIND']._serialized_start=843
+  _globals['_EVENTKIND']._serialized_end=1030
   _globals['_GETWEIGHTSREQUEST']._serialized_start=59
   _globals['_GETWEIGHTSREQUEST']._serialized_end=112
   _globals['_SUBMITSEARCHREQUEST']._serialized_start=114
-  _globals['_SUBMITSEARCHREQUEST']._serialized_end=170
-  _globals['_SUBMITSEARCHRESPONSE']._serialized_start=172
-  _globals['_SUBMITSEARCHRESPONSE']._serialized_end=227
-  _globals['_GETSEARCHREQUEST']._serialized_start=229
-  _globals['_GETSEARCHREQUEST']._serialized_end=266
-  _globals['_GETSEARCHRESPONSE']._serialized_start=268
-  _globals['_GETSEARCHRESPONSE']._serialized_end=320
-  _globals['_LISTSEARCHESREQUEST']._serialized_start=322
-  _globals['_LISTSEARCHESREQUEST']._serialized_end=343
-  _globals['_LISTSEARCHESRESPONSE']._serialized_start=345
-  _globals['_LISTSEARCHESRESPONSE']._serialized_end=402
-  _globals['_WATCHSEARCHREQUEST']._serialized_start=404
-  _globals['_WATCHSEARCHREQUEST']._serialized_end=443
-  _globals['_WATCHSEARCHRESPONSE']._serialized_start=445
-  _globals['_WATCHSEARCHRESPONSE']._serialized_end=564
-  _globals['_LISTTRIALSREQUEST']._serialized_start=566
-  _globals['_LISTTRIALSREQUEST']._serialized_end=643
-  _globals['_LISTTRIALSRESPONSE']._serialized_start=645
-  _globals['_LISTTRIALSRESPONSE']._serialized_end=722
-  _globals['_CANCELSEARCHREQUEST']._serialized_start=724
-  _globals['_CANCELSEARCHREQUEST']._serialized_end=764
-  _globals['_CANCELSEARCHRESPONSE']._serialized_start=766
-  _globals['_CANCELSEARCHRESPONSE']._serialized_end=821
-  _globals['_CONTROLLER']._serialized_start=1014
-  _globals['_CONTROLLER']._serialized_end=1539
+  _globals['_SUBMITSEARCHREQUEST']._serialized_end=189
+  _globals['_SUBMITSEARCHRESPONSE']._serialized_start=191
+  _globals['_SUBMITSEARCHRESPONSE']._serialized_end=246
+  _globals['_GETSEARCHREQUEST']._serialized_start=248
+  _globals['_GETSEARCHREQUEST']._serialized_end=285
+  _globals['_GETSEARCHRESPONSE']._serialized_start=287
+  _globals['_GETSEARCHRESPONSE']._serialized_end=339
+  _globals['_LISTSEARCHESREQUEST']._serialized_start=341
+  _globals['_LISTSEARCHESREQUEST']._serialized_end=362
+  _globals['_LISTSEARCHESRESPONSE']._serialized_start=364
+  _globals['_LISTSEARCHESRESPONSE']._serialized_end=421
+  _globals['_WATCHSEARCHREQUEST']._serialized_start=423
+  _globals['_WATCHSEARCHREQUEST']._serialized_end=462
+  _globals['_WATCHSEARCHRESPONSE']._serialized_start=464
+  _globals['_WATCHSEARCHRESPONSE']._serialized_end=583
+  _globals['_LISTTRIALSREQUEST']._serialized_start=585
+  _globals['_LISTTRIALSREQUEST']._serialized_end=662
+  _globals['_LISTTRIALSRESPONSE']._serialized_start=664
+  _globals['_LISTTRIALSRESPONSE']._serialized_end=741
+  _globals['_CANCELSEARCHREQUEST']._serialized_start=743
+  _globals['_CANCELSEARCHREQUEST']._serialized_end=783
+  _globals['_CANCELSEARCHRESPONSE']._serialized_start=785
+  _globals['_CANCELSEARCHRESPONSE']._serialized_end=840
+  _globals['_CONTROLLER']._serialized_start=1033
+  _globals['_CONTROLLER']._serialized_end=1558
 # @@protoc_insertion_point(module_scope)

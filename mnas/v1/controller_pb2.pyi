@@ -74,16 +74,23 @@ class SubmitSearchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    SEARCH_ID_FIELD_NUMBER: _builtins.int
+    search_id: _builtins.str
+    """The id to give the search (1-63 characters: lowercase letters, digits, '-'); empty:
+    the controller picks one. A second submission with an id in use is refused with
+    ALREADY_EXISTS, so a client that retries with the same id submits exactly once.
+    """
     @_builtins.property
     def spec(self) -> _common_pb2.SearchSpec: ...
     def __init__(
         self,
         *,
         spec: _common_pb2.SearchSpec | None = ...,
+        search_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["search_id", b"search_id", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

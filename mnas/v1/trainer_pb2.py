@@ -25,17 +25,23 @@ _sym_db = _symbol_database.Default()
 from mnas.v1 import common_pb2 as mnas_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mnas/v1/trainer.proto\x12\x07mnas.v1\x1a\x14mnas/v1/common.proto\"\x85\x01\n\x0cTrainRequest\x12+\n\x0c\x61rchitecture\x18\x01 \x01(\x0b\x32\x15.mnas.v1.Architecture\x12#\n\x05\x62uild\x18\x02 \x01(\x0b\x32\x14.mnas.v1.BuildParams\x12#\n\x08training\x18\x03 \x01(\x0b\x32\x11.mnas.v1.Training\"\x96\x01\n\rTrainResponse\x12*\n\x08progress\x18\x01 \x01(\x0b\x32\x16.mnas.v1.TrainProgressH\x00\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x14.mnas.v1.TrainResultH\x00\x12(\n\x07weights\x18\x03 \x01(\x0b\x32\x15.mnas.v1.WeightsChunkH\x00\x42\x07\n\x05\x65vent2\x8d\x01\n\x07Trainer\x12\x38\n\x05Train\x12\x15.mnas.v1.TrainRequest\x1a\x16.mnas.v1.TrainResponse0\x01\x12H\n\x0bGetCapacity\x12\x1b.mnas.v1.GetCapacityRequest\x1a\x1c.mnas.v1.GetCapacityResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mnas/v1/trainer.proto\x12\x07mnas.v1\x1a\x14mnas/v1/common.proto\"#\n\x13ListDatasetsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"p\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x03 \x01(\x05\x12\x12\n\nresolution\x18\x04 \x01(\x05\x12\x10\n\x08\x65xamples\x18\x05 \x01(\x03\x12\x10\n\x08\x63hannels\x18\x06 \x01(\x05\"K\n\x14ListDatasetsResponse\x12\"\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x10.mnas.v1.Dataset\x12\x0f\n\x07problem\x18\x02 \x01(\t\"\x85\x01\n\x0cTrainRequest\x12+\n\x0c\x61rchitecture\x18\x01 \x01(\x0b\x32\x15.mnas.v1.Architecture\x12#\n\x05\x62uild\x18\x02 \x01(\x0b\x32\x14.mnas.v1.BuildParams\x12#\n\x08training\x18\x03 \x01(\x0b\x32\x11.mnas.v1.Training\"\x96\x01\n\rTrainResponse\x12*\n\x08progress\x18\x01 \x01(\x0b\x32\x16.mnas.v1.TrainProgressH\x00\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x14.mnas.v1.TrainResultH\x00\x12(\n\x07weights\x18\x03 \x01(\x0b\x32\x15.mnas.v1.WeightsChunkH\x00\x42\x07\n\x05\x65vent2\xda\x01\n\x07Trainer\x12\x38\n\x05Train\x12\x15.mnas.v1.TrainRequest\x1a\x16.mnas.v1.TrainResponse0\x01\x12H\n\x0bGetCapacity\x12\x1b.mnas.v1.GetCapacityRequest\x1a\x1c.mnas.v1.GetCapacityResponse\x12K\n\x0cListDatasets\x12\x1c.mnas.v1.ListDatasetsRequest\x1a\x1d.mnas.v1.ListDatasetsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mnas.v1.trainer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRAINREQUEST']._serialized_start=57
-  _globals['_TRAINREQUEST']._serialized_end=190
-  _globals['_TRAINRESPONSE']._serialized_start=193
-  _globals['_TRAINRESPONSE']._serialized_end=343
-  _globals['_TRAINER']._serialized_start=346
-  _globals['_TRAINER']._serialized_end=487
+  _globals['_LISTDATASETSREQUEST']._serialized_start=56
+  _globals['_LISTDATASETSREQUEST']._serialized_end=91
+  _globals['_DATASET']._serialized_start=93
+  _globals['_DATASET']._serialized_end=205
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=207
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=282
+  _globals['_TRAINREQUEST']._serialized_start=285
+  _globals['_TRAINREQUEST']._serialized_end=418
+  _globals['_TRAINRESPONSE']._serialized_start=421
+  _globals['_TRAINRESPONSE']._serialized_end=571
+  _globals['_TRAINER']._serialized_start=574
+  _globals['_TRAINER']._serialized_end=792
 # @@protoc_insertion_point(module_scope)

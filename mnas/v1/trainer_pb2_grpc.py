@@ -45,6 +45,11 @@ class TrainerStub:
                 request_serializer=mnas_dot_v1_dot_common__pb2.GetCapacityRequest.SerializeToString,
                 response_deserializer=mnas_dot_v1_dot_common__pb2.GetCapacityResponse.FromString,
                 _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/mnas.v1.Trainer/ListDatasets',
+                request_serializer=mnas_dot_v1_dot_trainer__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=mnas_dot_v1_dot_trainer__pb2.ListDatasetsResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServicer:
@@ -63,6 +68,14 @@ class TrainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDatasets(self, request, context):
+        """The data sets this trainer can train on. The controller checks a spec's
+        training.dataset against its trainers' answers, never against its own disk.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +88,11 @@ def add_TrainerServicer_to_server(servicer, server):
                     servicer.GetCapacity,
                     request_deserializer=mnas_dot_v1_dot_common__pb2.GetCapacityRequest.FromString,
                     response_serializer=mnas_dot_v1_dot_common__pb2.GetCapacityResponse.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=mnas_dot_v1_dot_trainer__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=mnas_dot_v1_dot_trainer__pb2.ListDatasetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +149,33 @@ class Trainer:
             '/mnas.v1.Trainer/GetCapacity',
             mnas_dot_v1_dot_common__pb2.GetCapacityRequest.SerializeToString,
             mnas_dot_v1_dot_common__pb2.GetCapacityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mnas.v1.Trainer/ListDatasets',
+            mnas_dot_v1_dot_trainer__pb2.ListDatasetsRequest.SerializeToString,
+            mnas_dot_v1_dot_trainer__pb2.ListDatasetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

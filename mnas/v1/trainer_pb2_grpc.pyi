@@ -35,6 +35,10 @@ class TrainerStub:
     Train: _grpc.UnaryStreamMultiCallable[_trainer_pb2.TrainRequest, _trainer_pb2.TrainResponse]
     """Progress events, then exactly one result, then the weights when asked for."""
     GetCapacity: _grpc.UnaryUnaryMultiCallable[_common_pb2.GetCapacityRequest, _common_pb2.GetCapacityResponse]
+    ListDatasets: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ListDatasetsRequest, _trainer_pb2.ListDatasetsResponse]
+    """The data sets this trainer can train on. The controller checks a spec's
+    training.dataset against its trainers' answers, never against its own disk.
+    """
 
 @_typing.type_check_only
 class TrainerAsyncStub(TrainerStub):
@@ -42,6 +46,10 @@ class TrainerAsyncStub(TrainerStub):
     Train: _aio.UnaryStreamMultiCallable[_trainer_pb2.TrainRequest, _trainer_pb2.TrainResponse]  # type: ignore[assignment]
     """Progress events, then exactly one result, then the weights when asked for."""
     GetCapacity: _aio.UnaryUnaryMultiCallable[_common_pb2.GetCapacityRequest, _common_pb2.GetCapacityResponse]  # type: ignore[assignment]
+    ListDatasets: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ListDatasetsRequest, _trainer_pb2.ListDatasetsResponse]  # type: ignore[assignment]
+    """The data sets this trainer can train on. The controller checks a spec's
+    training.dataset against its trainers' answers, never against its own disk.
+    """
 
 class TrainerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -58,5 +66,15 @@ class TrainerServicer(metaclass=_abc_1.ABCMeta):
         request: _common_pb2.GetCapacityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.GetCapacityResponse, _abc.Awaitable[_common_pb2.GetCapacityResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDatasets(
+        self,
+        request: _trainer_pb2.ListDatasetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.ListDatasetsResponse, _abc.Awaitable[_trainer_pb2.ListDatasetsResponse]]:
+        """The data sets this trainer can train on. The controller checks a spec's
+        training.dataset against its trainers' answers, never against its own disk.
+        """
 
 def add_TrainerServicer_to_server(servicer: TrainerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
