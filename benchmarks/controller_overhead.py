@@ -75,6 +75,14 @@ class InstantTrainer(trainer_pb2_grpc.TrainerServicer):
     ) -> common_pb2.GetCapacityResponse:
         return common_pb2.GetCapacityResponse(max_concurrent=CAPACITY, hardware="instant")
 
+    def ListDatasets(
+        self, request: trainer_pb2.ListDatasetsRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.ListDatasetsResponse:
+        fashion = trainer_pb2.Dataset(
+            name="fashion-mnist", classes=10, resolution=28, examples=60000
+        )
+        return trainer_pb2.ListDatasetsResponse(datasets=[fashion])
+
 
 class InstantLatency(latency_pb2_grpc.LatencyServicer):
     def Measure(

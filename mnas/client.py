@@ -31,6 +31,7 @@ __all__ = [
     "InvalidSpec",
     "MnasError",
     "Search",
+    "SearchExists",
     "SearchNotFound",
 ]
 
@@ -50,6 +51,10 @@ class SearchNotFound(MnasError, KeyError):
         return str(self.args[0]) if self.args else "search not found"
 
 
+class SearchExists(MnasError):
+    """A search with the id asked for exists already (a repeated submission)."""
+
+
 class ControllerUnavailable(MnasError, ConnectionError):
     """The controller could not be reached (after retries)."""
 
@@ -57,6 +62,7 @@ class ControllerUnavailable(MnasError, ConnectionError):
 _ERRORS: dict[grpc.StatusCode, type[MnasError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidSpec,
     grpc.StatusCode.NOT_FOUND: SearchNotFound,
+    grpc.StatusCode.ALREADY_EXISTS: SearchExists,
     grpc.StatusCode.UNAVAILABLE: ControllerUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: ControllerUnavailable,
 }
@@ -93,14 +99,15 @@ class Client:
         except grpc.RpcError as err:
             raise _translate(err, self.target) from None
 
-    def submit(self, spec: common_pb2.SearchSpec | str | Path) -> Search:
-        """Submit a spec (a message or a YAML/JSON file path); returns its handle."""
+    def submit(self, spec: common_pb2.SearchSpec | str | Path, *, search_id: str = "") -> Search:
+        """Submit a spec (a message or a YAML/JSON file path); returns its handle.
+
+        ``search_id``: the id to give the search (lowercase letters, digits, '-'); a
+        second submission with the same id raises ``SearchExists``, so retrying is safe.
+        """
         message = spec if isinstance(spec, common_pb2.SearchSpec) else load_spec(spec)
-        response = self._call(
-            lambda: self._stub.SubmitSearch(
-                controller_pb2.SubmitSearchRequest(spec=message), timeout=self.timeout
-            )
-        )
+        request = controller_pb2.SubmitSearchRequest(spec=message, search_id=search_id)
+        response = self._call(lambda: self._stub.SubmitSearch(request, timeout=self.timeout))
         return Search(self, response.search.id, response.search)
 
     def search(self, search_id: str) -> Search:

@@ -549,8 +549,10 @@ class Training(_message.Message):
     EVALUATION_EXAMPLES_FIELD_NUMBER: _builtins.int
     RETURN_WEIGHTS_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
-    """"fashion-mnist" (Debian's dataset-fashion-mnist), or a directory holding IDX files,
-    CIFAR-10/100 batches, or an ImageFolder tree (one folder per class).
+    """A data set the trainers serve: "fashion-mnist" (Debian's dataset-fashion-mnist), a
+    name given to a trainer with --dataset NAME=DIR, or a directory on the trainers'
+    disk holding IDX files, CIFAR-10/100 batches, or an ImageFolder tree (one folder per
+    class). The controller checks it against Trainer.ListDatasets.
     """
     epochs: _builtins.int
     """used when steps is 0; default 1"""

@@ -24,9 +24,10 @@ from mnas.v1 import (
     trainer_pb2,
     trainer_pb2_grpc,
 )
+from services.controller.spec import Dataset
 from services.controller.workers import WorkerPool
 
-__all__ = ["Backends", "Deadlines", "WorkerError"]
+__all__ = ["Backends", "DatasetOffers", "Deadlines", "WorkerError"]
 
 _Stub = TypeVar("_Stub")
 
@@ -60,6 +61,15 @@ def _error(kind: str, address: str, err: grpc.RpcError) -> WorkerError:
         # Capacity refusals and our own cancellations say nothing about the endpoint.
         endpoint_failed=not permanent and code not in (grpc.StatusCode.RESOURCE_EXHAUSTED,),
     )
+
+
+@dataclass(frozen=True)
+class DatasetOffers:
+    """What the trainers that answered say about data sets: each endpoint's offers by
+    name, and why an endpoint could not serve the name asked about."""
+
+    by_endpoint: dict[str, dict[str, Dataset]]
+    problems: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,37 @@ class Backends:
                 continue
             classes.update(d.device_class for d in response.devices)
         return classes
+
+    def datasets(self, name: str = "") -> DatasetOffers:
+        """The data sets offered by the trainer endpoints that answer now, each asked to
+        describe ``name`` too."""
+        self.trainers.refresh(force=True)
+        offers: dict[str, dict[str, Dataset]] = {}
+        problems: dict[str, str] = {}
+        for endpoint in self.trainers.snapshot():
+            if not endpoint.healthy:
+                continue
+            stub = self._stub(endpoint.address, trainer_pb2_grpc.TrainerStub)
+            try:
+                response = stub.ListDatasets(
+                    trainer_pb2.ListDatasetsRequest(name=name),
+                    timeout=self.deadlines.probe_seconds,
+                )
+            except grpc.RpcError as err:
+                problems[endpoint.address] = f"{err.code().name}: {err.details()}"
+                continue
+            offers[endpoint.address] = {
+                d.name: Dataset(
+                    name=d.name,
+                    classes=d.classes,
+                    resolution=d.resolution,
+                    examples=d.examples,
+                )
+                for d in response.datasets
+            }
+            if response.problem:
+                problems[endpoint.address] = response.problem
+        return DatasetOffers(offers, problems)
 
     def measure(
         self, address: str, request: latency_pb2.MeasureRequest

@@ -7,6 +7,7 @@ is running: finished trials stay, unfinished ones are dispatched again.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -16,21 +17,32 @@ from services.controller.clients import Backends
 from services.controller.events import EventHub
 from services.controller.metrics import ControllerMetrics
 from services.controller.runner import SearchRunner, _now
-from services.controller.spec import ResolvedSpec, resolve
-from services.controller.store import Store
+from services.controller.spec import (
+    ResolvedSpec,
+    WorkersUnavailable,
+    choose_dataset,
+    resolve,
+    stored_dataset,
+)
+from services.controller.store import AlreadyExistsError, Store
 from services.controller.strategies import STRATEGIES
 
-__all__ = ["Controller", "NotFound"]
+__all__ = ["AlreadyExists", "Controller", "NotFound", "WorkersUnavailable"]
 
 _logger = logging.getLogger(__name__)
 
 SS = common_pb2.SearchState
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
+_SEARCH_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 class NotFound(KeyError):
     """No search with that id."""
+
+
+class AlreadyExists(Exception):
+    """A search with the requested id exists already."""
 
 
 class NoWeights(LookupError):
@@ -55,7 +67,12 @@ class Controller:
             if search.state != SS.SEARCH_STATE_RUNNING:
                 continue
             try:
-                resolved = self._resolve(search.spec, check_devices=False)
+                resolved = resolve(
+                    search.spec,
+                    dataset=stored_dataset(search.spec),
+                    device_classes={search.spec.latency.device_class},
+                    strategies=STRATEGIES,
+                )
             except ValueError as err:
                 search.state = SS.SEARCH_STATE_FAILED
                 search.error = f"cannot resume: {err}"
@@ -80,14 +97,30 @@ class Controller:
 
     # -- commands --------------------------------------------------------------------
 
-    def submit(self, spec: common_pb2.SearchSpec) -> common_pb2.Search:
-        """Validate ``spec`` (``ValueError`` names the field), store it, start it."""
-        resolved = self._resolve(spec, check_devices=True)
+    def submit(self, spec: common_pb2.SearchSpec, search_id: str = "") -> common_pb2.Search:
+        """Validate ``spec`` (``ValueError`` names the field), store it, start it.
+
+        ``search_id``: the id to give it (empty: a new random one); :class:`AlreadyExists`
+        when a search has it, so a client retrying with the same id submits once.
+        """
+        if search_id and not _SEARCH_ID.match(search_id):
+            raise ValueError(
+                f"search_id: {search_id!r} must be 1-63 lowercase letters, digits or '-', "
+                "starting and ending with a letter or digit"
+            )
+        if search_id and self._store.get_search(search_id) is not None:
+            raise AlreadyExists(search_id)
+        resolved = self._resolve(spec)
         search = common_pb2.Search(
-            id=uuid.uuid4().hex[:12], spec=resolved.spec, state=SS.SEARCH_STATE_RUNNING
+            id=search_id or uuid.uuid4().hex[:12],
+            spec=resolved.spec,
+            state=SS.SEARCH_STATE_RUNNING,
         )
         search.created_at.CopyFrom(_now())
-        self._store.create_search(search)
+        try:
+            self._store.create_search(search)
+        except AlreadyExistsError:
+            raise AlreadyExists(search.id) from None
         self._start(resolved, search, [])
         self._update_search_gauge()
         _logger.info(
@@ -183,13 +216,17 @@ class Controller:
 
     # -- internals -------------------------------------------------------------------
 
-    def _resolve(self, spec: common_pb2.SearchSpec, *, check_devices: bool) -> ResolvedSpec:
-        classes = (
-            self._backends.device_classes()
-            if check_devices
-            else {spec.latency.device_class or "host-cpu"}
-        )
-        return resolve(spec, device_classes=classes, strategies=STRATEGIES)
+    def _resolve(self, spec: common_pb2.SearchSpec) -> ResolvedSpec:
+        """``spec`` checked against what the trainers and latency services report now."""
+        offers = self._backends.datasets(spec.training.dataset)
+        dataset = choose_dataset(spec.training.dataset, offers.by_endpoint, offers.problems)
+        classes = self._backends.device_classes()
+        if not classes:
+            raise WorkersUnavailable(
+                "spec.latency.device_class: no latency service answered, so the device class "
+                "cannot be checked; submit again when latency services are up"
+            )
+        return resolve(spec, dataset=dataset, device_classes=classes, strategies=STRATEGIES)
 
     def _start(
         self, resolved: ResolvedSpec, search: common_pb2.Search, trials: list[common_pb2.Trial]

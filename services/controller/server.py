@@ -11,7 +11,13 @@ from prometheus_client import CollectorRegistry
 
 from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc
 from services.common.server import RunningServer, build_server
-from services.controller.core import Controller, NotFound, NoWeights
+from services.controller.core import (
+    AlreadyExists,
+    Controller,
+    NotFound,
+    NoWeights,
+    WorkersUnavailable,
+)
 
 __all__ = ["SERVICE_NAME", "ControllerServicer", "make_server"]
 
@@ -22,6 +28,8 @@ WEIGHTS_CHUNK_BYTES = 1 << 20
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (NoWeights, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (WorkersUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 
@@ -31,7 +39,12 @@ T = TypeVar("T")
 def _abort(context: grpc.ServicerContext, err: Exception) -> NoReturn:
     for kind, code in _CODES:
         if isinstance(err, kind):
-            message = f"no search {err.args[0]!r}" if isinstance(err, NotFound) else str(err)
+            if isinstance(err, NotFound):
+                message = f"no search {err.args[0]!r}"
+            elif isinstance(err, AlreadyExists):
+                message = f"a search with id {err.args[0]!r} exists already"
+            else:
+                message = str(err)
             context.abort(code, message)
     raise err
 
@@ -39,7 +52,7 @@ def _abort(context: grpc.ServicerContext, err: Exception) -> NoReturn:
 def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
     try:
         return fn()
-    except (NotFound, NoWeights, ValueError) as err:
+    except (NotFound, NoWeights, AlreadyExists, WorkersUnavailable, ValueError) as err:
         _abort(context, err)
 
 
@@ -50,7 +63,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
     def SubmitSearch(
         self, request: controller_pb2.SubmitSearchRequest, context: grpc.ServicerContext
     ) -> controller_pb2.SubmitSearchResponse:
-        search = _call(context, lambda: self._c.submit(request.spec))
+        search = _call(context, lambda: self._c.submit(request.spec, request.search_id))
         return controller_pb2.SubmitSearchResponse(search=search)
 
     def GetSearch(

@@ -2,13 +2,15 @@
 
 Every error is a ``ValueError`` whose message starts with the field path
 (``spec.budget.parallel_trials: ...``); the servicer turns it into INVALID_ARGUMENT.
+The data set and the device class are checked against what the workers report (the
+controller reads no data set itself); :class:`WorkersUnavailable` when none answered.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +22,82 @@ from mnas.v1 import common_pb2
 from services.controller.strategies import EvolutionConfig, PPOConfig, StrategyConfig
 from services.reward.rewards import Objective
 from services.reward.server import objective_from_proto
-from services.trainer.datasets import describe_dataset
 
-__all__ = ["ResolvedSpec", "resolve"]
+__all__ = [
+    "Dataset",
+    "ResolvedSpec",
+    "WorkersUnavailable",
+    "choose_dataset",
+    "resolve",
+    "stored_dataset",
+]
+
+DEFAULT_DATASET = "fashion-mnist"
 
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_TRIALS_LIMIT = 1_000_000
+
+
+class WorkersUnavailable(Exception):
+    """No worker of the kind a spec's field is checked against answered; try again later."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What a spec needs to know of its data set, as a trainer reports it. ``examples``
+    is ``None`` when unknown (a stored spec, whose defaults are already written in)."""
+
+    name: str
+    classes: int
+    resolution: int
+    examples: int | None
+
+    def describe(self) -> str:
+        size = f", {self.examples} examples" if self.examples is not None else ""
+        side = self.resolution
+        return f"{self.name} ({self.classes} classes, {side}x{side}{size})"
+
+
+def choose_dataset(
+    name: str, offers: Mapping[str, Mapping[str, Dataset]], problems: Mapping[str, str]
+) -> Dataset:
+    """The data set ``name`` (empty: the default) as the trainers that answered describe
+    it (``offers``: endpoint -> name -> data set). Trainers that lack it are tolerated;
+    trainers that disagree about it are an error."""
+    name = name or DEFAULT_DATASET
+    if not offers:
+        raise WorkersUnavailable(
+            "spec.training.dataset: no trainer answered, so the data set cannot be checked; "
+            "submit again when trainers are up"
+            + (f" ({_problems(problems)})" if problems else "")
+        )
+    found = {endpoint: o[name] for endpoint, o in offers.items() if name in o}
+    if not found:
+        offered = sorted({d.describe() for o in offers.values() for d in o.values()})
+        raise ValueError(
+            f"spec.training.dataset: no trainer serves {name!r}; the trainers offer: "
+            + ("; ".join(offered) or "nothing")
+            + (f" ({_problems(problems)})" if problems else "")
+        )
+    variants = {d: endpoint for endpoint, d in found.items()}
+    if len(variants) > 1:
+        listed = "; ".join(f"{endpoint}: {d.describe()}" for d, endpoint in variants.items())
+        raise ValueError(f"spec.training.dataset: trainers disagree about {name!r}: {listed}")
+    return next(iter(variants))
+
+
+def _problems(problems: Mapping[str, str]) -> str:
+    return "; ".join(f"trainer {endpoint}: {text}" for endpoint, text in sorted(problems.items()))
+
+
+def stored_dataset(spec: common_pb2.SearchSpec) -> Dataset:
+    """The data set of a stored (resolved) spec, from the values written into it."""
+    return Dataset(
+        name=spec.training.dataset or DEFAULT_DATASET,
+        classes=spec.space.num_classes,
+        resolution=spec.space.resolution,
+        examples=None,
+    )
 
 
 @dataclass(frozen=True)
@@ -57,10 +129,12 @@ class ResolvedSpec:
 def resolve(
     spec: common_pb2.SearchSpec,
     *,
+    dataset: Dataset,
     device_classes: Collection[str],
     strategies: Collection[str],
 ) -> ResolvedSpec:
-    """Check every field of ``spec`` and return it completed with defaults."""
+    """Check every field of ``spec`` and return it completed with defaults; ``dataset`` is
+    what the trainers report of ``spec.training.dataset`` (see :func:`choose_dataset`)."""
     out = common_pb2.SearchSpec()
     out.CopyFrom(spec)
     if len(out.name) > 200:
@@ -71,7 +145,7 @@ def resolve(
     out.objective.alpha = objective.alpha
     out.objective.beta = objective.beta
 
-    classes, native = _training(out.training)
+    classes, native = _training(out.training, dataset)
     space = _space(out.space, classes, native)
     _budget(out.budget)
     _early_stopping(out.early_stopping, out.training)
@@ -111,13 +185,11 @@ def _with_defaults(
     return config
 
 
-def _training(t: common_pb2.Training) -> tuple[int, int]:
+def _training(t: common_pb2.Training, info: Dataset) -> tuple[int, int]:
     if not t.dataset:
-        t.dataset = "fashion-mnist"
-    try:
-        info = describe_dataset(t.dataset)
-    except ValueError as err:
-        raise ValueError(f"spec.{err}") from None
+        t.dataset = DEFAULT_DATASET
+    if t.dataset != info.name:
+        raise ValueError(f"spec.training.dataset: {t.dataset!r}, but checked {info.name!r}")
     for name in ("epochs", "steps", "train_examples", "validation_examples", "batch_size"):
         if getattr(t, name) < 0:
             raise ValueError(f"spec.training.{name}: must be >= 0, got {getattr(t, name)}")
@@ -125,20 +197,26 @@ def _training(t: common_pb2.Training) -> tuple[int, int]:
         t.epochs = 1
     if t.batch_size == 0:
         t.batch_size = 128
+    if info.examples is not None:
+        _split(t, info.examples)
+    _recipe(t)
+    return info.classes, info.resolution
+
+
+def _split(t: common_pb2.Training, examples: int) -> None:
+    """The held-out and training examples, within the data set's ``examples``."""
     if t.validation_examples == 0:
-        t.validation_examples = min(10_000, info.examples // 6)
-    if t.validation_examples >= info.examples:
+        t.validation_examples = min(10_000, examples // 6)
+    if t.validation_examples >= examples:
         raise ValueError(
             f"spec.training.validation_examples: {t.validation_examples} leaves nothing to "
-            f"train on ({t.dataset} has {info.examples} training examples)"
+            f"train on ({t.dataset} has {examples} training examples)"
         )
-    if t.train_examples > info.examples - t.validation_examples:
+    if t.train_examples > examples - t.validation_examples:
         raise ValueError(
             f"spec.training.train_examples: {t.train_examples} exceeds the "
-            f"{info.examples - t.validation_examples} examples not held out"
+            f"{examples - t.validation_examples} examples not held out"
         )
-    _recipe(t)
-    return info.classes, info.native_resolution
 
 
 def _recipe(t: common_pb2.Training) -> None:

@@ -9,6 +9,7 @@ more. An endpoint that fails is benched and probed again after a back-off.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -78,10 +79,15 @@ class WorkerPool:
         refresh_seconds: float = 30.0,
         backoff_seconds: float = 2.0,
         max_backoff_seconds: float = 60.0,
+        resolve: Callable[[Sequence[str]], list[str]] = resolve_targets,
     ) -> None:
+        """``resolve`` expands the targets into addresses (DNS by default); it runs again
+        every ``refresh_seconds``, so pods a Deployment gains are used and pods it loses
+        are dropped once their running jobs have ended."""
         self.kind = kind
         self._targets = list(targets)
         self._probe = probe
+        self._resolve = resolve
         self._refresh = refresh_seconds
         self._backoff = backoff_seconds
         self._max_backoff = max_backoff_seconds
@@ -103,12 +109,18 @@ class WorkerPool:
                 if not due:
                     return
             self._next_refresh = now + self._refresh
-            addresses = resolve_targets(self._targets)
+            addresses = self._resolve(self._targets)
             for gone in set(self._endpoints) - set(addresses):
-                if self._endpoints[gone].in_use == 0:
+                endpoint = self._endpoints[gone]
+                if endpoint.in_use == 0:
                     del self._endpoints[gone]
+                else:  # takes no new jobs; dropped once its running ones end
+                    endpoint.healthy = False
+                    endpoint.probe_after = math.inf
             for address in addresses:
-                self._endpoints.setdefault(address, Endpoint(address))
+                endpoint = self._endpoints.setdefault(address, Endpoint(address))
+                if endpoint.probe_after == math.inf:  # listed again: probe it anew
+                    endpoint.probe_after = 0.0
             to_probe = [
                 e.address
                 for e in self._endpoints.values()

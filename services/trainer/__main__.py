@@ -6,11 +6,13 @@ import argparse
 import logging
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from services.common.cli import base_parser, configure_logging
 from services.common.server import serve_from_args
+from services.trainer.catalog import parse_dataset_flag
 from services.trainer.server import TrainerConfig, make_server
 
 _logger = logging.getLogger(__name__)
@@ -53,6 +55,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         "(no memory limit or timeout; for debugging)",
     )
     parser.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        type=_dataset,
+        metavar="NAME=DIR",
+        help="serve the data set in directory DIR (IDX, CIFAR-10/100 or class folders) as "
+        "NAME, e.g. cifar10=/data/cifar-10-batches-py; repeatable. Built in: fashion-mnist "
+        "(Debian's dataset-fashion-mnist). Specs may also name a directory directly",
+    )
+    parser.add_argument(
         "--preload-dataset",
         action="append",
         default=None,
@@ -74,12 +86,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             memory_limit_bytes=args.memory_limit,
             isolate=not args.no_isolation,
             preload_datasets=tuple(args.preload_dataset or ("fashion-mnist",)),
+            datasets=tuple(args.dataset),
         )
         running = make_server(config, registry)
     except ValueError as err:
         parser.error(str(err))
     _logger.info("trainer bound to %s:%d", args.host, running.port)
     serve_from_args(running, registry, args)
+
+
+def _dataset(text: str) -> tuple[str, Path]:
+    try:
+        return parse_dataset_flag(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("dataset: ")) from None
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)

@@ -19,7 +19,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import grpc
 import torch
@@ -30,6 +31,8 @@ from mnas.arch import Architecture, decode
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common.server import RunningServer, build_server
 from services.trainer import data
+from services.trainer.catalog import Catalog
+from services.trainer.datasets import DatasetInfo
 from services.trainer.isolation import ChildJob, TrialFailed, run_isolated, start_fork_server
 from services.trainer.training import (
     Progress,
@@ -48,6 +51,7 @@ __all__ = [
     "TrainerMetrics",
     "TrainerServicer",
     "build_params_from_proto",
+    "dataset_to_proto",
     "make_server",
     "outcome_to_proto",
     "progress_to_proto",
@@ -144,7 +148,9 @@ class TrainerConfig:
     ``memory_limit_bytes``: how much more memory a CPU trial's process may map than it
     starts with (default: physical memory divided among the slots); ``isolate`` False
     trains on threads of this process instead (no limits; for debugging).
-    ``preload_datasets`` are decoded once in the fork server, so trials start faster.
+    ``datasets`` names data set directories (``--dataset NAME=DIR``) beside the built-in
+    ``fashion-mnist``; ``preload_datasets`` (names or directories) are decoded once in the
+    fork server, so trials start faster.
     """
 
     port: int = 0
@@ -157,6 +163,7 @@ class TrainerConfig:
     memory_limit_bytes: int | None = None
     isolate: bool = True
     preload_datasets: tuple[str, ...] = ()
+    datasets: tuple[tuple[str, Path], ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 1:
@@ -283,6 +290,17 @@ def timeout_from_proto(message: common_pb2.Training) -> float | None:
     return message.timeout_seconds or None
 
 
+def dataset_to_proto(info: DatasetInfo) -> trainer_pb2.Dataset:
+    return trainer_pb2.Dataset(
+        name=info.name,
+        format=info.format,
+        classes=info.classes,
+        resolution=info.native_resolution,
+        examples=info.examples,
+        channels=info.channels,
+    )
+
+
 def progress_to_proto(progress: Progress) -> common_pb2.TrainProgress:
     return common_pb2.TrainProgress(
         step=progress.step,
@@ -325,9 +343,12 @@ class _Done:
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     """``Train`` and ``GetCapacity`` over :func:`services.trainer.training.train`."""
 
-    def __init__(self, config: TrainerConfig, metrics: TrainerMetrics) -> None:
+    def __init__(
+        self, config: TrainerConfig, metrics: TrainerMetrics, catalog: Catalog | None = None
+    ) -> None:
         self._config = config
         self._metrics = metrics
+        self._catalog = catalog or Catalog.from_entries(config.datasets)
         self._devices = _slot_devices(_resolve_device(config.device), config.max_concurrent)
         self._memory_limit = config.memory_limit_bytes
         if self._memory_limit is None and self._devices[0].type == "cpu":
@@ -367,14 +388,29 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             hardware=_hardware(self._devices, self._config.threads),
         )
 
+    def ListDatasets(
+        self, request: trainer_pb2.ListDatasetsRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.ListDatasetsResponse:
+        offered = self._catalog.offered()
+        response = trainer_pb2.ListDatasetsResponse(
+            datasets=[dataset_to_proto(info) for info in offered]
+        )
+        if request.name and all(info.name != request.name for info in offered):
+            try:
+                response.datasets.append(dataset_to_proto(self._catalog.describe(request.name)))
+            except (ValueError, OSError) as err:
+                response.problem = str(err)[:_MAX_DETAILS]
+        return response
+
     def Train(
         self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
     ) -> Iterator[trainer_pb2.TrainResponse]:
         try:
+            training = training_config_from_proto(request.training)
             job = _Job(
                 arch=architecture_from_proto(request.architecture),
                 build=build_params_from_proto(request.build),
-                training=training_config_from_proto(request.training),
+                training=replace(training, dataset=self._catalog.directory(training.dataset)),
                 timeout_seconds=timeout_from_proto(request.training),
                 keep_weights=request.training.return_weights,
             )
@@ -524,6 +560,15 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                             timeout_seconds=job.timeout_seconds)
 
 
+def _preload_directory(catalog: Catalog, name: str) -> str:
+    """The directory to preload for ``name``; "" (with a warning) when there is none."""
+    try:
+        return catalog.directory(name)
+    except ValueError as err:
+        _logger.warning("not preloading %r: %s", name, err)
+        return ""
+
+
 def _weights_chunks(weights: bytes) -> Iterator[trainer_pb2.TrainResponse]:
     total = len(weights)
     for offset in range(0, total, WEIGHTS_CHUNK_BYTES):
@@ -567,9 +612,11 @@ def _hardware(devices: list[torch.device], threads: int | None) -> str:
 
 def make_server(config: TrainerConfig, registry: CollectorRegistry) -> RunningServer:
     """Start a trainer on ``config.host:config.port`` (0: a free port)."""
-    servicer = TrainerServicer(config, TrainerMetrics(registry))
+    catalog = Catalog.from_entries(config.datasets)
+    servicer = TrainerServicer(config, TrainerMetrics(registry), catalog)
     if config.isolate:
-        start_fork_server(config.preload_datasets)  # before the server's threads exist
+        preload = [_preload_directory(catalog, name) for name in config.preload_datasets]
+        start_fork_server([p for p in preload if p])  # before the server's threads exist
     running = build_server(
         service_names=[SERVICE_NAME],
         add_servicers=lambda server: trainer_pb2_grpc.add_TrainerServicer_to_server(

@@ -18,11 +18,12 @@ from prometheus_client import CollectorRegistry
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common.server import RunningServer, build_server
 from services.controller.clients import Backends, WorkerError
+from tests.common.fake_trainer import FakeTrainer
 
 WAIT_SECONDS = 30.0  # a bound for a hung test, never reached when things work
 
 
-class InstantTrainer(trainer_pb2_grpc.TrainerServicer):
+class InstantTrainer(FakeTrainer):
     def Train(
         self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
     ) -> Iterator[trainer_pb2.TrainResponse]:
@@ -34,7 +35,7 @@ class InstantTrainer(trainer_pb2_grpc.TrainerServicer):
         return common_pb2.GetCapacityResponse(max_concurrent=1, hardware="instant")
 
 
-class HoldingTrainer(trainer_pb2_grpc.TrainerServicer):
+class HoldingTrainer(FakeTrainer):
     """Sends one progress report, then holds the call until the client cancels it."""
 
     def __init__(self) -> None:

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from mnas.client import Client
 from mnas.specfile import parse_spec
-from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from mnas.v1 import common_pb2, trainer_pb2
+from tests.common.fake_trainer import FakeTrainer
 from tests.controller.stack import controller_stack
 
 # A space of exactly one architecture: every trial samples the same network.
@@ -34,7 +35,7 @@ latency: {warmup_runs: 1, runs: 2}
 """
 
 
-class CountingTrainer(trainer_pb2_grpc.TrainerServicer):
+class CountingTrainer(FakeTrainer):
     def __init__(self) -> None:
         self.calls = 0
 

@@ -19,9 +19,10 @@ import pytest
 from mnas.arch import decode
 from mnas.client import Client, MnasError
 from mnas.specfile import parse_spec
-from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from mnas.v1 import common_pb2, trainer_pb2
 from services.controller.stopping import MedianStopping
 from services.controller.store import Store
+from tests.common.fake_trainer import FakeTrainer
 from tests.controller.stack import controller_stack
 
 TOTAL_STEPS = 40
@@ -50,7 +51,7 @@ def curve(canonical: str) -> list[float]:
     return [0.12, 0.14, 0.15, 0.16] if filters < 16 else [0.5, 0.6, 0.7, 0.8]
 
 
-class ScriptedTrainer(trainer_pb2_grpc.TrainerServicer):
+class ScriptedTrainer(FakeTrainer):
     """Streams progress with the scripted accuracies, then the result (and weights)."""
 
     def __init__(self) -> None:

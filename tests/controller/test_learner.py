@@ -16,7 +16,7 @@ import torch
 from mnas.client import Client
 from mnas.space import SearchSpace
 from mnas.specfile import parse_spec
-from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from mnas.v1 import common_pb2, trainer_pb2
 from services.controller import learner as learner_module
 from services.controller import ppo as ppo_module
 from services.controller.learner import (
@@ -30,6 +30,7 @@ from services.controller.learner import (
 from services.controller.ppo import PPOStrategy
 from services.controller.runner import MAX_BACKLOG
 from services.controller.strategies import Outcome, PPOConfig, StrategyConfig
+from tests.common.fake_trainer import FakeTrainer
 from tests.controller.stack import controller_stack
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -243,7 +244,7 @@ class _Held(LearnerProcess):
         raise LearnerError("released")
 
 
-class _InstantTrainer(trainer_pb2_grpc.TrainerServicer):
+class _InstantTrainer(FakeTrainer):
     def Train(
         self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
     ) -> Iterator[trainer_pb2.TrainResponse]:

@@ -16,8 +16,9 @@ import pytest
 
 from mnas.client import Client
 from mnas.specfile import parse_spec
-from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from mnas.v1 import common_pb2, trainer_pb2
 from services.controller.store import Store
+from tests.common.fake_trainer import FakeTrainer
 from tests.controller.stack import controller_stack
 
 SPEC = """
@@ -34,7 +35,7 @@ latency: {warmup_runs: 1, runs: 2}
 """
 
 
-class StoreReadingTrainer(trainer_pb2_grpc.TrainerServicer):
+class StoreReadingTrainer(FakeTrainer):
     """Notes, at each call, the trials the store holds as running."""
 
     def __init__(self) -> None:

@@ -1,8 +1,8 @@
 """The Controller servicer over real gRPC: bad specs refused, nothing stored, CLI exit 2.
 
 The controller runs in-process on a loopback port with a real SQLite store, a real
-latency server (for its device classes) and a real reward server; no trainer is needed
-because nothing here gets past validation.
+latency server (for its device classes), a real reward server and a scripted trainer that
+only answers which data sets it serves: nothing here gets past validation.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from mnas.cli import main
 from mnas.client import Client, InvalidSpec, SearchNotFound
-from mnas.v1 import controller_pb2, controller_pb2_grpc
-from services.common.server import RunningServer
+from mnas.v1 import controller_pb2, controller_pb2_grpc, trainer_pb2_grpc
+from services.common.server import RunningServer, build_server
 from services.controller.clients import Backends
 from services.controller.core import Controller
 from services.controller.metrics import ControllerMetrics
@@ -25,6 +25,7 @@ from services.controller.server import make_server
 from services.controller.store import Store
 from services.latency.server import make_server as make_latency_server
 from services.reward.server import make_server as make_reward_server
+from tests.common.fake_trainer import FakeTrainer
 
 GOOD = """
 objective: {kind: soft, target_latency_seconds: 0.01}
@@ -77,14 +78,22 @@ BAD_SPECS = [
 def controller(tmp_path: Path) -> Iterator[tuple[RunningServer, Store]]:
     latency = make_latency_server(registry=CollectorRegistry())
     reward = make_reward_server(registry=CollectorRegistry())
+    trainer = build_server(
+        service_names=["mnas.v1.Trainer"],
+        add_servicers=lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(FakeTrainer(), s),
+        registry=CollectorRegistry(),
+    )
     store = Store.open(str(tmp_path / "mnas.db"))
-    backends = Backends(trainers=[], latency=[latency.address], reward=reward.address)
+    backends = Backends(
+        trainers=[trainer.address], latency=[latency.address], reward=reward.address
+    )
     core = Controller(store, backends, ControllerMetrics(CollectorRegistry()))
     server = make_server(core, registry=CollectorRegistry())
     yield server, store
     server.stop(0)
     latency.stop(0)
     reward.stop(0)
+    trainer.stop(0)
     store.close()
 
 
@@ -138,3 +147,33 @@ def test_sdk_maps_codes_to_exceptions(controller: tuple[RunningServer, Store]) -
         with pytest.raises(SearchNotFound, match="nope"):
             client.search("nope")
         assert client.searches() == []
+
+
+def test_a_chosen_search_id_is_taken_once(controller: tuple[RunningServer, Store]) -> None:
+    """A client that retries a submission with the same id submits exactly once."""
+    from mnas.client import SearchExists
+    from mnas.specfile import parse_spec
+
+    server, store = controller
+    with Client(server.address) as client:
+        search = client.submit(parse_spec(GOOD), search_id="k8s-0123abcd")
+        assert search.id == "k8s-0123abcd"
+        with pytest.raises(SearchExists, match="k8s-0123abcd"):
+            client.submit(parse_spec(GOOD), search_id="k8s-0123abcd")
+    assert [s.id for s in store.list_searches()] == ["k8s-0123abcd"]
+
+
+@pytest.mark.parametrize("bad", ["UPPER", "-lead", "trail-", "a" * 64, "has space", "a_b"])
+def test_a_malformed_search_id_is_invalid_argument(
+    controller: tuple[RunningServer, Store], bad: str
+) -> None:
+    from mnas.specfile import parse_spec
+
+    server, store = controller
+    stub = controller_pb2_grpc.ControllerStub(grpc.insecure_channel(server.address))
+    request = controller_pb2.SubmitSearchRequest(spec=parse_spec(GOOD), search_id=bad)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SubmitSearch(request, timeout=10)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert str(info.value.details()).startswith("search_id: ")
+    assert store.list_searches() == []

@@ -9,9 +9,16 @@ from google.protobuf import json_format
 
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2
-from services.controller.spec import resolve
+from services.controller.spec import (
+    Dataset,
+    WorkersUnavailable,
+    choose_dataset,
+    resolve,
+    stored_dataset,
+)
 
 DEVICES = {"host-cpu"}
+FASHION = Dataset(name="fashion-mnist", classes=10, resolution=28, examples=60000)
 STRATEGIES = {"random"}
 
 
@@ -33,7 +40,7 @@ def spec(**overrides: Any) -> common_pb2.SearchSpec:
 
 
 def test_defaults_are_written_in() -> None:
-    resolved = resolve(spec(), device_classes=DEVICES, strategies=STRATEGIES)
+    resolved = resolve(spec(), dataset=FASHION, device_classes=DEVICES, strategies=STRATEGIES)
     s = resolved.spec
     assert s.strategy == "random"
     assert (s.budget.parallel_trials, s.budget.max_failed_trials, s.budget.max_attempts) == (
@@ -68,6 +75,7 @@ def test_defaults_are_written_in() -> None:
 def test_rmsprop_takes_mnasnet_defaults() -> None:
     resolved = resolve(
         spec(**{"training.optimizer": "OPTIMIZER_RMSPROP", "training.batch_size": 512}),
+        dataset=FASHION,
         device_classes=DEVICES,
         strategies=STRATEGIES,
     )
@@ -78,7 +86,10 @@ def test_rmsprop_takes_mnasnet_defaults() -> None:
 
 def test_keeping_weights_asks_trainers_for_them() -> None:
     resolved = resolve(
-        spec(**{"budget.keep_weights": 2}), device_classes=DEVICES, strategies=STRATEGIES
+        spec(**{"budget.keep_weights": 2}),
+        dataset=FASHION,
+        device_classes=DEVICES,
+        strategies=STRATEGIES,
     )
     assert resolved.spec.training.return_weights
 
@@ -86,6 +97,7 @@ def test_keeping_weights_asks_trainers_for_them() -> None:
 def test_hard_objective_defaults() -> None:
     resolved = resolve(
         spec(**{"objective.kind": "OBJECTIVE_KIND_HARD"}),
+        dataset=FASHION,
         device_classes=DEVICES,
         strategies=STRATEGIES,
     )
@@ -115,7 +127,7 @@ BAD = [
     ("T < 0", {"objective.target_latency_seconds": -1.0}, "spec.objective.target_latency_seconds"),
     ("alpha > 0", {"objective.alpha": 0.1}, "spec.objective.alpha"),
     ("beta > 0", {"objective.beta": 1.0}, "spec.objective.beta"),
-    ("unknown dataset", {"training.dataset": "/nonexistent/data"}, "spec.training.dataset"),
+    ("not the data set checked", {"training.dataset": "cifar-10"}, "spec.training.dataset"),
     ("resolution too small", {"space.resolution": 16}, "spec.space.resolution"),
     ("unknown strategy", {"strategy": "ppo9000"}, "spec.strategy"),
     ("unknown device", {"latency.device_class": "pixel-1"}, "spec.latency.device_class"),
@@ -127,18 +139,23 @@ BAD = [
     ("too few classes", {"space.num_classes": 5}, "spec.space.num_classes"),
     ("negative runs", {"latency.runs": -1}, "spec.latency.runs"),
     ("negative lr", {"training.learning_rate": -0.1}, "spec.training.learning_rate"),
-    ("all held out", {"training.validation_examples": 60000},
-     "spec.training.validation_examples"),
+    ("all held out", {"training.validation_examples": 60000}, "spec.training.validation_examples"),
     ("too many examples", {"training.train_examples": 55000}, "spec.training.train_examples"),
     ("momentum 1", {"training.momentum": 1.0}, "spec.training.momentum"),
     ("negative decay", {"training.weight_decay": -1e-5}, "spec.training.weight_decay"),
     ("warm-up 1", {"training.warmup_fraction": 1.0}, "spec.training.warmup_fraction"),
     ("smoothing 1", {"training.label_smoothing": 1.0}, "spec.training.label_smoothing"),
     ("negative timeout", {"training.timeout_seconds": -1}, "spec.training.timeout_seconds"),
-    ("negative evaluations", {"training.evaluate_every_steps": -1},
-     "spec.training.evaluate_every_steps"),
-    ("median without evaluations", {"early_stopping.rule": "EARLY_STOPPING_RULE_MEDIAN"},
-     "spec.early_stopping.rule"),
+    (
+        "negative evaluations",
+        {"training.evaluate_every_steps": -1},
+        "spec.training.evaluate_every_steps",
+    ),
+    (
+        "median without evaluations",
+        {"early_stopping.rule": "EARLY_STOPPING_RULE_MEDIAN"},
+        "spec.early_stopping.rule",
+    ),
     ("negative min trials", {"early_stopping.min_trials": -1}, "spec.early_stopping.min_trials"),
     ("keep more weights than trials", {"budget.keep_weights": 5}, "spec.budget.keep_weights"),
 ]
@@ -147,7 +164,7 @@ BAD = [
 @pytest.mark.parametrize(("overrides", "needle"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_specs_name_the_field(overrides: dict[str, Any], needle: str) -> None:
     with pytest.raises(ValueError) as info:
-        resolve(spec(**overrides), device_classes=DEVICES, strategies=STRATEGIES)
+        resolve(spec(**overrides), dataset=FASHION, device_classes=DEVICES, strategies=STRATEGIES)
     assert str(info.value).startswith(needle), str(info.value)
 
 
@@ -155,7 +172,7 @@ def test_input_spec_is_not_modified() -> None:
     original = spec()
     copy = common_pb2.SearchSpec()
     copy.CopyFrom(original)
-    resolve(original, device_classes=DEVICES, strategies=STRATEGIES)
+    resolve(original, dataset=FASHION, device_classes=DEVICES, strategies=STRATEGIES)
     assert original == copy
 
 
@@ -164,5 +181,68 @@ def test_examples_are_valid(name: str) -> None:
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[2] / "examples" / name).read_text()
-    resolved = resolve(parse_spec(text), device_classes=DEVICES, strategies=STRATEGIES | {"ppo"})
+    resolved = resolve(
+        parse_spec(text), dataset=FASHION, device_classes=DEVICES, strategies=STRATEGIES | {"ppo"}
+    )
     assert resolved.spec.budget.max_trials >= 4
+
+
+# --- the data set, as the trainers report it --------------------------------------------
+
+CIFAR = Dataset(name="cifar10", classes=10, resolution=32, examples=50000)
+
+
+def test_the_data_set_is_what_the_trainers_report() -> None:
+    offers = {
+        "a:1": {"fashion-mnist": FASHION},
+        "b:1": {"fashion-mnist": FASHION, "cifar10": CIFAR},
+    }
+    assert choose_dataset("", offers, {}) == FASHION
+    assert choose_dataset("cifar10", offers, {}) == CIFAR  # a trainer that lacks it is no veto
+    resolved = resolve(
+        spec(**{"training.dataset": "cifar10"}),
+        dataset=CIFAR,
+        device_classes=DEVICES,
+        strategies=STRATEGIES,
+    )
+    assert (resolved.spec.space.resolution, resolved.spec.space.num_classes) == (32, 10)
+    assert resolved.spec.training.validation_examples == 50000 // 6
+
+
+def test_a_data_set_no_trainer_serves_is_refused_listing_what_they_offer() -> None:
+    offers = {"a:1": {"fashion-mnist": FASHION}, "b:1": {"cifar10": CIFAR}}
+    problems = {"a:1": "training.dataset: unknown data set 'cifar100'"}
+    with pytest.raises(ValueError) as info:
+        choose_dataset("cifar100", offers, problems)
+    message = str(info.value)
+    assert message.startswith("spec.training.dataset: no trainer serves 'cifar100'")
+    assert "cifar10 (10 classes, 32x32, 50000 examples)" in message
+    assert "fashion-mnist (10 classes, 28x28, 60000 examples)" in message
+    assert "trainer a:1: training.dataset: unknown data set 'cifar100'" in message
+
+
+def test_no_trainer_answering_is_unavailable_not_a_bad_spec() -> None:
+    with pytest.raises(WorkersUnavailable, match=r"^spec\.training\.dataset: no trainer answered"):
+        choose_dataset("fashion-mnist", {}, {"a:1": "UNIMPLEMENTED: ListDatasets"})
+    assert not issubclass(WorkersUnavailable, ValueError)
+
+
+def test_trainers_that_disagree_about_a_data_set_are_refused() -> None:
+    other = Dataset(name="fashion-mnist", classes=10, resolution=28, examples=1000)
+    with pytest.raises(ValueError, match="trainers disagree about 'fashion-mnist'"):
+        choose_dataset(
+            "fashion-mnist",
+            {"a:1": {"fashion-mnist": FASHION}, "b:1": {"fashion-mnist": other}},
+            {},
+        )
+
+
+def test_a_stored_spec_resolves_again_without_asking_any_trainer() -> None:
+    first = resolve(spec(), dataset=FASHION, device_classes=DEVICES, strategies=STRATEGIES)
+    again = resolve(
+        first.spec,
+        dataset=stored_dataset(first.spec),
+        device_classes=DEVICES,
+        strategies=STRATEGIES,
+    )
+    assert again.spec == first.spec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import pytest
 
@@ -64,3 +65,28 @@ def test_dns_targets_expand_to_one_address_per_record() -> None:
     assert expanded and all(a.endswith(":5000") for a in expanded)
     with pytest.raises(ValueError, match="dns:///NAME:PORT"):
         resolve_targets(["dns:///nope"])
+
+
+def test_scaling_a_headless_service_adds_and_drops_endpoints() -> None:
+    """``kubectl scale`` on the trainers' Deployment changes the A records of their
+    headless Service; a refresh picks up new pods and drops gone ones once idle (here the
+    records come from a table instead of DNS)."""
+    records = {"dns:///mnas-trainer:50051": ["10.0.0.1:50051"]}
+
+    def resolve(targets: Sequence[str]) -> list[str]:
+        return [address for target in targets for address in records[target]]
+
+    p = WorkerPool(
+        "trainer", list(records), lambda address: 2, resolve=resolve, backoff_seconds=0.0
+    )
+    assert p.acquire() == "10.0.0.1:50051"
+    records["dns:///mnas-trainer:50051"] = ["10.0.0.2:50051", "10.0.0.3:50051"]  # scaled
+    p.refresh(force=True)
+    taken = [p.acquire() for _ in range(4)]
+    assert sorted(taken) == ["10.0.0.2:50051"] * 2 + ["10.0.0.3:50051"] * 2  # none on the gone pod
+    # The gone pod's job is still being accounted for; it is dropped once released.
+    assert "10.0.0.1:50051" in {e.address for e in p.snapshot()}
+    p.release("10.0.0.1:50051", failed=True)  # its trial failed: retried on another pod
+    p.refresh(force=True)
+    assert {e.address for e in p.snapshot()} == {"10.0.0.2:50051", "10.0.0.3:50051"}
+    assert p.capacity() == 4

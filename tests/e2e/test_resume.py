@@ -17,7 +17,7 @@ from mnas.local import LocalStack
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2
 from services.controller.runner import _unpack
-from services.controller.spec import resolve
+from services.controller.spec import resolve, stored_dataset
 from services.controller.store import Store
 from services.controller.strategies import STRATEGIES, make_strategy
 
@@ -74,7 +74,12 @@ def test_sigkill_and_restart_resumes_the_search(tmp_path: Path) -> None:
         stored_search = store.get_search(search.id)
         store.close()
         assert checkpoint is not None and stored_search is not None
-        resolved = resolve(stored_search.spec, device_classes={"host-cpu"}, strategies=STRATEGIES)
+        resolved = resolve(
+            stored_search.spec,
+            dataset=stored_dataset(stored_search.spec),
+            device_classes={"host-cpu"},
+            strategies=STRATEGIES,
+        )
         restored = make_strategy("ppo", resolved.space, spec.seed, resolved.strategy_config)
         _, state = _unpack(checkpoint)
         restored.restore(state)
