@@ -1,0 +1,138 @@
+"""The operator's loop: reconcile every MnasSearch now, on each watch event, and every
+``poll_seconds`` (searches progress without any change to their objects).
+
+Two threads: a watcher that only wakes the worker, and the worker that lists the objects
+and reconciles each in turn. An unreachable API server or controller is logged and tried
+again; one object's failure does not hold up the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter
+
+from services.operator.reconcile import Reconciler
+
+__all__ = ["Operator", "OperatorMetrics"]
+
+_logger = logging.getLogger(__name__)
+
+WATCH_SECONDS = 300
+MAX_BACKOFF = 30.0
+
+
+class Objects(Protocol):
+    """The MnasSearch objects to reconcile (``kube.KubeApi``)."""
+
+    def list_objects(self) -> list[dict[str, Any]]: ...
+
+    def watch_objects(self, timeout_seconds: int) -> Iterator[dict[str, Any]]: ...
+
+    def stop_watch(self) -> None: ...
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.reconciles = Counter(
+            "mnas_operator_reconciles_total",
+            "MnasSearch reconciliations, by result (ok, error).",
+            ["result"],
+            registry=registry,
+        )
+        self.list_errors = Counter(
+            "mnas_operator_list_errors_total",
+            "Failed listings or watches of MnasSearch objects.",
+            registry=registry,
+        )
+
+
+class Operator:
+    def __init__(
+        self,
+        objects: Objects,
+        reconciler: Reconciler,
+        metrics: OperatorMetrics,
+        *,
+        poll_seconds: float = 5.0,
+        watch_seconds: int = WATCH_SECONDS,
+    ) -> None:
+        self._objects = objects
+        self._reconciler = reconciler
+        self._metrics = metrics
+        self._poll = poll_seconds
+        self._watch_seconds = watch_seconds
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> Operator:
+        for target, name in ((self._work, "operator"), (self._watch_loop, "operator-watch")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the reconciliation under way, then stop (the watcher is not waited for:
+        it may be blocked reading until its request times out)."""
+        self._stop.set()
+        self._wake.set()
+        self._objects.stop_watch()
+        self._threads[0].join(timeout)
+
+    def run_once(self) -> int:
+        """List and reconcile every object once; how many failed."""
+        failed = 0
+        for obj in self._objects.list_objects():
+            if self._stop.is_set():
+                break
+            try:
+                self._reconciler.reconcile(obj)
+                self._metrics.reconciles.labels("ok").inc()
+            except Exception as err:
+                failed += 1
+                self._metrics.reconciles.labels("error").inc()
+                meta = obj.get("metadata") or {}
+                _logger.warning(
+                    "reconciling %s/%s failed (will retry): %s",
+                    meta.get("namespace"),
+                    meta.get("name"),
+                    err,
+                )
+        return failed
+
+    def _work(self) -> None:
+        backoff = self._poll
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                failed = self.run_once()
+                backoff = self._poll if not failed else min(backoff * 2, MAX_BACKOFF)
+            except Exception as err:
+                self._metrics.list_errors.inc()
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                _logger.warning(
+                    "listing MnasSearch objects failed (retry in %.0fs): %s", backoff, err
+                )
+            self._wake.wait(backoff)
+
+    def _watch_loop(self) -> None:
+        backoff = self._poll
+        while not self._stop.is_set():
+            try:
+                for _event in self._objects.watch_objects(self._watch_seconds):
+                    self._wake.set()
+                    backoff = self._poll
+                    if self._stop.is_set():
+                        return
+            except Exception as err:
+                if self._stop.is_set():
+                    return
+                self._metrics.list_errors.inc()
+                _logger.info("watch ended (restart in %.0fs): %s", backoff, err)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
