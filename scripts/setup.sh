@@ -50,4 +50,9 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     .venv/bin/python -m pip install -q -e '.[all,dev]'
     echo "$want" >"$stamp"
 fi
+# The manifest tests render k8s/ with kubectl's built-in kustomize (no cluster needed).
+if ! command -v kubectl >/dev/null; then
+    echo "setup: warning: kubectl not found; tests/deploy need it (kubectl >= 1.27, with" \
+        "kustomize v5) to render k8s/" >&2
+fi
 echo "setup: ready (.venv/bin/mnas)" >&2

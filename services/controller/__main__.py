@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 from prometheus_client import CollectorRegistry
@@ -14,6 +15,8 @@ from services.controller.learner import warm_up
 from services.controller.metrics import ControllerMetrics
 from services.controller.server import make_server
 from services.controller.store import Store
+
+STORE_ENV = "MNAS_STORE_URL"
 
 
 def _targets(values: list[str]) -> list[str]:
@@ -33,7 +36,10 @@ def _one_torch_thread() -> None:
 def main() -> None:
     parser = base_parser("python -m services.controller", "The mnas controller.")
     parser.add_argument(
-        "--store", default="mnas.db", help="SQLite file path or database URL (default mnas.db)"
+        "--store",
+        default=os.environ.get(STORE_ENV, "mnas.db"),
+        help=f"SQLite file path or database URL (default: ${STORE_ENV}, else mnas.db; the "
+        "environment keeps a database password off the command line)",
     )
     parser.add_argument(
         "--trainer",

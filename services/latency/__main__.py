@@ -27,6 +27,7 @@ from mnas import references
 from services.common.cli import base_parser, configure_logging
 from services.common.server import serve_from_args
 from services.latency.oracle import HostOracle, LatencyOracle
+from services.latency.phones.adb import PhoneConnectionError
 from services.latency.phones.farm import phone_oracles_from_file
 from services.latency.predictor import (
     KernelMeasurer,
@@ -121,6 +122,10 @@ def main() -> None:
     if args.phones is not None:
         try:
             phones = phone_oracles_from_file(args.phones)
+        except PhoneConnectionError as err:
+            # Phones are listed once, at start: without the adb server there is nothing to
+            # serve them with. Exit, so a supervisor (the kubelet) starts us again.
+            parser.exit(1, f"{parser.prog}: error: --phones: adb server unreachable: {err}\n")
         except (OSError, ValueError) as err:
             parser.error(f"--phones: {err}")
         oracles.extend(phones)
