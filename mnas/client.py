@@ -104,6 +104,8 @@ class Client:
 
         ``search_id``: the id to give the search (lowercase letters, digits, '-'); a
         second submission with the same id raises ``SearchExists``, so retrying is safe.
+        ``SearchExists`` may also answer a call whose first attempt created the search but
+        whose answer was lost (the channel retries): ``search(search_id)`` then gets it.
         """
         message = spec if isinstance(spec, common_pb2.SearchSpec) else load_spec(spec)
         request = controller_pb2.SubmitSearchRequest(spec=message, search_id=search_id)

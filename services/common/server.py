@@ -22,9 +22,25 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from services.common.rpc_metrics import RpcMetrics, RpcMetricsInterceptor
 
-__all__ = ["RunningServer", "build_server", "serve", "serve_from_args"]
+__all__ = ["RunningServer", "build_server", "catch_stop_signals", "serve", "serve_from_args"]
 
 _logger = logging.getLogger(__name__)
+
+# Set by SIGTERM or SIGINT once :func:`catch_stop_signals` ran.
+_stop_requested = threading.Event()
+
+
+def catch_stop_signals() -> None:
+    """From now on, SIGTERM and SIGINT ask the service to stop instead of killing it: one
+    that arrives while the service is still starting (its health may already say SERVING)
+    stops it gracefully as soon as :func:`serve` runs. Call it first thing in ``main``."""
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        _logger.info("signal %d: shutting down", signum)
+        _stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
 
 @dataclass
@@ -92,16 +108,10 @@ def serve(
     if metrics_port is not None:
         start_http_server(metrics_port, addr=metrics_host, registry=registry)
         _logger.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        _logger.info("signal %d: shutting down (grace %.0fs)", signum, grace)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    catch_stop_signals()
     _logger.info("serving %s on port %d", ", ".join(running.service_names), running.port)
-    stop.wait()
+    _stop_requested.wait()
+    _logger.info("stopping (grace %.0fs)", grace)
     running.stop(grace)
     _logger.info("stopped")
 

@@ -8,7 +8,7 @@ import threading
 from prometheus_client import CollectorRegistry
 
 from services.common.cli import base_parser, configure_logging
-from services.common.server import serve_from_args
+from services.common.server import catch_stop_signals, serve_from_args
 from services.controller.clients import Backends
 from services.controller.core import Controller
 from services.controller.learner import warm_up
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--reward", required=True, help="reward service host:port")
     args = parser.parse_args()
     configure_logging(args.log_level)
+    catch_stop_signals()  # a signal during start-up is not lost
     _one_torch_thread()
     # PPO's learner process imports torch for seconds: start it now, not at the first update.
     threading.Thread(target=warm_up, name="learner-warm-up", daemon=True).start()

@@ -110,6 +110,16 @@ class WorkerPool:
                     return
             self._next_refresh = now + self._refresh
             addresses = self._resolve(self._targets)
+            if not addresses and self._endpoints:
+                # A failed DNS lookup looks the same as no pods: keep the endpoints known
+                # (an endpoint that is really gone fails its next call and is benched).
+                _logger.warning(
+                    "%s: no address for %s now; keeping the %d known",
+                    self.kind,
+                    ", ".join(self._targets),
+                    len(self._endpoints),
+                )
+                addresses = list(self._endpoints)
             for gone in set(self._endpoints) - set(addresses):
                 endpoint = self._endpoints[gone]
                 if endpoint.in_use == 0:
@@ -141,7 +151,7 @@ class WorkerPool:
             return
         with self._cond:
             endpoint = self._endpoints.get(address)
-            if endpoint is not None:
+            if endpoint is not None and endpoint.probe_after != math.inf:  # not gone meanwhile
                 endpoint.capacity = max(1, capacity)
                 endpoint.healthy = True
                 endpoint.failures = 0

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from mnas import references
 from services.common.cli import base_parser, configure_logging
-from services.common.server import serve_from_args
+from services.common.server import catch_stop_signals, serve_from_args
 from services.latency.oracle import HostOracle, LatencyOracle
 from services.latency.phones.adb import PhoneConnectionError
 from services.latency.phones.farm import phone_oracles_from_file
@@ -111,6 +111,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     configure_logging(args.log_level)
+    catch_stop_signals()  # a signal during start-up is not lost
     reference = None
     if not args.no_reference:
         from services.latency.export import export_arch

@@ -13,7 +13,7 @@ import os
 from prometheus_client import CollectorRegistry
 
 from services.common.cli import base_parser, configure_logging
-from services.common.server import build_server, serve_from_args
+from services.common.server import build_server, catch_stop_signals, serve_from_args
 from services.operator.controller import GrpcController
 from services.operator.kube import KubeApi, load_api_client
 from services.operator.loop import Operator, OperatorMetrics
@@ -44,6 +44,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     configure_logging(args.log_level)
+    catch_stop_signals()  # a signal during start-up is not lost
     registry = CollectorRegistry()
     running = build_server(
         service_names=[],

@@ -46,7 +46,9 @@ class GrpcController:
             kind = _ERRORS.get(err.code())
             if kind is None:
                 raise
-            raise kind(f"{self.target}: {err.details()}") from None
+            if kind is ControllerUnavailable:
+                raise kind(f"{self.target}: {err.details()}") from None
+            raise kind(str(err.details())) from None  # starts with the field path
 
     def submit(self, spec: common_pb2.SearchSpec, search_id: str) -> common_pb2.Search:
         request = controller_pb2.SubmitSearchRequest(spec=spec, search_id=search_id)

@@ -60,10 +60,12 @@ def _scalar_schema(field: FieldDescriptor) -> Schema:
     if cpp in _INT32:
         return {"type": "integer", "format": "int32"}
     if cpp in _INT64:
-        # proto3 JSON writes 64-bit integers as strings and reads both forms.
+        # proto3 JSON writes 64-bit integers as strings and reads both forms. The API server
+        # takes int-or-string only as exactly these two branches (structural schema rules);
+        # a non-numeric string is refused when the operator parses the spec.
         return {
             "x-kubernetes-int-or-string": True,
-            "anyOf": [{"type": "integer"}, {"type": "string", "pattern": r"^-?[0-9]+$"}],
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
         }
     if cpp in _NUMBER:
         return {"type": "number"}

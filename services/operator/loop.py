@@ -3,14 +3,16 @@
 
 Two threads: a watcher that only wakes the worker, and the worker that lists the objects
 and reconciles each in turn. An unreachable API server or controller is logged and tried
-again; one object's failure does not hold up the others.
+again; an object whose reconciliation failed is retried with a back-off of its own, so it
+does not hold up the others.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
@@ -59,6 +61,7 @@ class Operator:
         *,
         poll_seconds: float = 5.0,
         watch_seconds: int = WATCH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._objects = objects
         self._reconciler = reconciler
@@ -68,6 +71,9 @@ class Operator:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._clock = clock
+        # Objects whose last reconciliation failed: uid -> (when to try again, back-off).
+        self._retry: dict[str, tuple[float, float]] = {}
 
     def start(self) -> Operator:
         for target, name in ((self._work, "operator"), (self._watch_loop, "operator-watch")):
@@ -85,24 +91,39 @@ class Operator:
         self._threads[0].join(timeout)
 
     def run_once(self) -> int:
-        """List and reconcile every object once; how many failed."""
+        """List the objects and reconcile each that is not waiting out a back-off; how
+        many failed."""
         failed = 0
-        for obj in self._objects.list_objects():
+        objects = self._objects.list_objects()
+        now = self._clock()
+        seen: set[str] = set()
+        for obj in objects:
             if self._stop.is_set():
                 break
+            meta = obj.get("metadata") or {}
+            uid = str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}")
+            seen.add(uid)
+            due, backoff = self._retry.get(uid, (0.0, 0.0))
+            if now < due:
+                continue
             try:
                 self._reconciler.reconcile(obj)
                 self._metrics.reconciles.labels("ok").inc()
+                self._retry.pop(uid, None)
             except Exception as err:
                 failed += 1
                 self._metrics.reconciles.labels("error").inc()
-                meta = obj.get("metadata") or {}
+                backoff = min(MAX_BACKOFF, max(self._poll, 2 * backoff))
+                self._retry[uid] = (now + backoff, backoff)
                 _logger.warning(
-                    "reconciling %s/%s failed (will retry): %s",
+                    "reconciling %s/%s failed (retry in %.0fs): %s",
                     meta.get("namespace"),
                     meta.get("name"),
+                    backoff,
                     err,
                 )
+        for gone in set(self._retry) - seen:
+            del self._retry[gone]
         return failed
 
     def _work(self) -> None:
@@ -110,8 +131,8 @@ class Operator:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                failed = self.run_once()
-                backoff = self._poll if not failed else min(backoff * 2, MAX_BACKOFF)
+                self.run_once()
+                backoff = self._poll  # objects that failed wait out back-offs of their own
             except Exception as err:
                 self._metrics.list_errors.inc()
                 backoff = min(backoff * 2, MAX_BACKOFF)

@@ -37,6 +37,10 @@ _logger = logging.getLogger(__name__)
 
 Object = Mapping[str, Any]
 
+# Spec fields the controller checks against what its workers report (the trainers' data
+# sets, the latency services' device classes): a refusal there may pass later.
+WORKER_FIELDS = ("spec.training.dataset:", "spec.latency.device_class:")
+
 
 class AlreadyExists(Exception):
     """The controller already has a search with that id."""
@@ -105,7 +109,9 @@ class Reconciler:
         finalizers = list(meta.get("finalizers") or [])
         if meta.get("deletionTimestamp"):
             if FINALIZER in finalizers:
-                self._cancel(obj)
+                finished = (obj.get("status") or {}).get("state") in st.TERMINAL_STATES
+                if not finished:  # a finished search needs no cancel, nor the controller
+                    self._cancel(obj)
                 remaining = [f for f in finalizers if f != FINALIZER]
                 self._kube.set_finalizers(
                     meta["namespace"], meta["name"], remaining, meta.get("resourceVersion")
@@ -151,6 +157,21 @@ class Reconciler:
             _logger.info("%s: search %s was submitted before", _key(obj), search_id)
             return self._controller.get(search_id)
         except Rejected as err:
+            if str(err).startswith(WORKER_FIELDS):
+                # Checked against what the workers offer now: a data set on a volume still
+                # mounting, phones not attached yet. Wait and submit again.
+                _logger.warning("%s: waiting for workers: %s", _key(obj), err)
+                self._write(
+                    obj,
+                    st.pending_status(
+                        obj.get("status") or {},
+                        "WaitingForWorkers",
+                        str(err),
+                        generation=_generation(obj),
+                        now=self._clock(),
+                    ),
+                )
+                return None
             _logger.warning("%s: spec refused: %s", _key(obj), err)
             self._write(
                 obj,

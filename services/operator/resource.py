@@ -32,4 +32,4 @@ def search_id_for(uid: str) -> str:
     cleaned = _NOT_ALLOWED.sub("", uid.lower())
     if not cleaned:
         raise ValueError(f"object uid {uid!r} has no usable characters")
-    return f"k8s-{cleaned}"[:63]
+    return f"k8s-{cleaned}"[:63].rstrip("-")

@@ -5,13 +5,14 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from services.common.cli import base_parser, configure_logging
-from services.common.server import serve_from_args
+from services.common.server import catch_stop_signals, serve_from_args
 from services.reward.server import make_server
 
 
 def main() -> None:
     args = base_parser("python -m services.reward", "The mnas reward service.").parse_args()
     configure_logging(args.log_level)
+    catch_stop_signals()  # a signal during start-up is not lost
     registry = CollectorRegistry()
     running = make_server(registry=registry, port=args.port, host=args.host)
     serve_from_args(running, registry, args)

@@ -11,7 +11,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from services.common.cli import base_parser, configure_logging
-from services.common.server import serve_from_args
+from services.common.server import catch_stop_signals, serve_from_args
 from services.trainer.catalog import parse_dataset_flag
 from services.trainer.server import TrainerConfig, make_server
 
@@ -74,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
+    catch_stop_signals()  # a signal during start-up is not lost
     registry = CollectorRegistry()
     try:
         config = TrainerConfig(

@@ -10,9 +10,11 @@ any disk itself, so data sets live only where the training happens.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from services.trainer.datasets import (
@@ -23,9 +25,13 @@ from services.trainer.datasets import (
     describe_dataset,
 )
 
-__all__ = ["Catalog", "parse_dataset_flag"]
+__all__ = ["Catalog", "DatasetNotServed", "parse_dataset_flag"]
 
 _logger = logging.getLogger(__name__)
+
+class DatasetNotServed(DatasetError):
+    """This trainer has no data set by that name (another trainer may have it)."""
+
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
@@ -45,9 +51,18 @@ def parse_dataset_flag(text: str) -> tuple[str, Path]:
 
 @dataclass(frozen=True)
 class Catalog:
-    """Named data sets (name -> directory); any other name is read as a directory."""
+    """Named data sets (name -> directory); any other name is read as a directory.
+
+    Descriptions are kept until their directory's modification time changes: describing
+    reads every CIFAR batch or lists a whole ImageFolder tree, too slow for each request.
+    """
 
     named: Mapping[str, Path]
+    _known: dict[str, tuple[int, DatasetInfo]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    _unreadable: set[str] = field(default_factory=set, compare=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @classmethod
     def from_entries(cls, entries: Iterable[tuple[str, Path]]) -> Catalog:
@@ -71,7 +86,7 @@ class Catalog:
             return str(path)
         if not Path(name).is_dir():
             offered = ", ".join(sorted(self.named)) or "none"
-            raise DatasetError(
+            raise DatasetNotServed(
                 f"unknown data set {name!r}: neither a name this trainer serves ({offered}) "
                 "nor a directory it can read",
                 "training.dataset",
@@ -81,15 +96,34 @@ class Catalog:
     def describe(self, name: str) -> DatasetInfo:
         """``name``'s format, classes, size and resolution; ``DatasetError`` when this
         trainer cannot serve it."""
-        return replace(describe_dataset(self.directory(name)), name=name)
+        directory = self.directory(name)
+        try:
+            stamp = os.stat(directory).st_mtime_ns
+        except OSError as err:
+            raise DatasetNotServed(f"{directory}: {err.strerror}", "training.dataset") from None
+        with self._lock:
+            known = self._known.get(directory)
+        if known is None or known[0] != stamp:
+            known = (stamp, describe_dataset(directory))
+            with self._lock:
+                self._known[directory] = known
+        return replace(known[1], name=name)
 
     def offered(self) -> list[DatasetInfo]:
-        """Every named data set that this trainer can read now, by name."""
+        """Every named data set that this trainer can read now, by name (one that cannot
+        be read is logged once, until it can)."""
         out: list[DatasetInfo] = []
         for name in sorted(self.named):
             try:
                 out.append(self.describe(name))
             except (DatasetError, OSError) as err:
-                level = logging.DEBUG if name == FASHION_MNIST else logging.WARNING
-                _logger.log(level, "data set %r not served: %s", name, err)
+                with self._lock:
+                    first = name not in self._unreadable
+                    self._unreadable.add(name)
+                if first:
+                    level = logging.DEBUG if name == FASHION_MNIST else logging.WARNING
+                    _logger.log(level, "data set %r not served: %s", name, err)
+                continue
+            with self._lock:
+                self._unreadable.discard(name)
         return out

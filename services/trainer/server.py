@@ -31,7 +31,7 @@ from mnas.arch import Architecture, decode
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common.server import RunningServer, build_server
 from services.trainer import data
-from services.trainer.catalog import Catalog
+from services.trainer.catalog import Catalog, DatasetNotServed
 from services.trainer.datasets import DatasetInfo
 from services.trainer.isolation import ChildJob, TrialFailed, run_isolated, start_fork_server
 from services.trainer.training import (
@@ -90,6 +90,7 @@ _STATUS_TABLE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (TrainingCancelled, grpc.StatusCode.CANCELLED),
     (TrialFailed, grpc.StatusCode.ABORTED),
+    (DatasetNotServed, grpc.StatusCode.NOT_FOUND),  # another trainer may serve it
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 _MAX_DETAILS = 300

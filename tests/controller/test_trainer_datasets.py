@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry
 
 from mnas.client import Client, ControllerUnavailable
 from mnas.specfile import parse_spec
-from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc
+from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc, trainer_pb2
 from services.common.server import RunningServer
-from services.controller.clients import Backends
+from services.controller.clients import Backends, WorkerError
 from services.controller.core import Controller
 from services.controller.metrics import ControllerMetrics
 from services.controller.server import make_server
@@ -113,4 +113,49 @@ def test_without_a_trainer_answering_submission_is_unavailable(
         assert store.list_searches() == []
     finally:
         server.stop(0)
+        store.close()
+
+
+def test_trials_landing_on_a_trainer_without_the_data_set_are_retried_on_one_with_it(
+    workers: tuple[RunningServer, RunningServer, RunningServer], tmp_path: Path
+) -> None:
+    """A data set only some trainers serve (a volume not mounted on every pod): the spec
+    is accepted, and a trial sent to a trainer that lacks it (NOT_FOUND) is retried on
+    another instead of failing."""
+    with_it, latency, reward = workers
+    subset = write_fashion_subset(tmp_path / "other-disk" / "tiny-fashion")
+    only_here = make_trainer_server(
+        TrainerConfig(isolate=False, datasets=(("tiny-fashion", subset),)), CollectorRegistry()
+    )
+    without = with_it  # serves fashion-mnist, not tiny-fashion
+    store = Store.open(str(tmp_path / "mnas.db"))
+    server = controller(
+        [without.address, only_here.address], latency.address, reward.address, store
+    )
+    try:
+        backends = Backends(trainers=[without.address], latency=[], reward=reward.address)
+        request = trainer_pb2.TrainRequest(
+            architecture=common_pb2.Architecture(canonical="stem:8 r1_k3_s11_e1_i8_o8 head:16"),
+            build=common_pb2.BuildParams(resolution=28, num_classes=10, width=1.0),
+            training=common_pb2.Training(dataset="tiny-fashion", steps=1, batch_size=8),
+        )
+        with pytest.raises(WorkerError) as info:
+            backends.train(
+                without.address, request, on_progress=lambda p: None, register_cancel=lambda c: None
+            )
+        assert info.value.retryable and "unknown data set 'tiny-fashion'" in str(info.value)
+        backends.close()
+
+        spec = SPEC.replace("DATASET", "tiny-fashion").replace(
+            "budget: {max_trials: 1}", "budget: {max_trials: 3, max_attempts: 3}"
+        )
+        with Client(server.address) as client:
+            final = client.submit(parse_spec(spec)).wait(timeout=180)
+            trials = list(client.search(final.id).trials())
+        assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+        assert final.trials_completed == 3
+        assert {t.trainer for t in trials} == {only_here.address}
+    finally:
+        server.stop(0)
+        only_here.stop(0)
         store.close()

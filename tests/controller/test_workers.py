@@ -90,3 +90,26 @@ def test_scaling_a_headless_service_adds_and_drops_endpoints() -> None:
     p.refresh(force=True)
     assert {e.address for e in p.snapshot()} == {"10.0.0.2:50051", "10.0.0.3:50051"}
     assert p.capacity() == 4
+
+
+def test_a_failed_lookup_keeps_the_endpoints_and_a_gone_one_can_come_back() -> None:
+    """DNS answering nothing for a moment does not empty the pool; a pod removed and then
+    listed again is probed and used anew."""
+    records: dict[str, list[str]] = {"dns:///t:1": ["10.0.0.1:1", "10.0.0.2:1"]}
+
+    def resolve(targets: Sequence[str]) -> list[str]:
+        return [address for target in targets for address in records[target]]
+
+    p = WorkerPool("trainer", list(records), lambda address: 1, resolve=resolve)
+    first = p.acquire()
+    records["dns:///t:1"] = []  # the lookup failed
+    p.refresh(force=True)
+    assert p.capacity() == 2
+    records["dns:///t:1"] = [a for a in ("10.0.0.1:1", "10.0.0.2:1") if a != first]
+    p.refresh(force=True)  # `first` is gone but busy: no new jobs on it
+    assert p.capacity() == 1
+    records["dns:///t:1"] = ["10.0.0.1:1", "10.0.0.2:1"]  # back
+    p.refresh(force=True)
+    assert p.capacity() == 2
+    p.release(first)
+    assert sorted([p.acquire(), p.acquire()]) == ["10.0.0.1:1", "10.0.0.2:1"]

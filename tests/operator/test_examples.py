@@ -84,7 +84,6 @@ MALFORMED = [
     "wrong type",
     "float for integer",
     "bad enum",
-    "malformed int64",
     "object for list",
     "no spec",
     "unknown status state",

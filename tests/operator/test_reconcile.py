@@ -289,3 +289,47 @@ def test_search_id_is_stable_and_valid() -> None:
     assert len(search_id_for(UID)) <= 63
     with pytest.raises(ValueError):
         search_id_for("!!!")
+
+
+def test_deleting_a_finished_object_needs_no_controller(world: World) -> None:
+    """A finished search is not cancelled: the finalizer goes even with the controller
+    gone (as when the whole install is deleted at once)."""
+    controller, kube, reconciler = world
+    reconciler.reconcile(copy.deepcopy(kube.obj))
+    controller.searches[f"k8s-{UID}"].state = SS.SEARCH_STATE_SUCCEEDED
+    reconciler.reconcile(copy.deepcopy(kube.obj))
+    assert kube.obj["status"]["state"] == "Succeeded"
+    kube.obj["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:05Z"
+
+    def unreachable(search_id: str) -> common_pb2.Search:
+        raise ControllerUnavailable("down")
+
+    controller.cancel = unreachable  # type: ignore[method-assign]
+    reconciler.reconcile(copy.deepcopy(kube.obj))
+    assert kube.obj["metadata"]["finalizers"] == []
+    assert ("Normal", "Cancelled") not in kube.events
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        "spec.training.dataset: no trainer serves 'cifar10'; the trainers offer: fashion-mnist",
+        "spec.latency.device_class: unknown device class 'pixel-1' (known: host-cpu)",
+    ],
+)
+def test_a_refusal_about_what_workers_offer_waits_and_submits_later(
+    world: World, refusal: str
+) -> None:
+    """Data sets and device classes are checked against the workers up now: the object
+    stays Pending and is submitted once they offer what it needs."""
+    controller, kube, reconciler = world
+    controller.refuse = refusal
+    reconciler.reconcile(copy.deepcopy(kube.obj))
+    status = kube.obj["status"]
+    assert status["state"] == "Pending"
+    assert status["message"] == refusal
+    assert status["conditions"][0]["reason"] == "WaitingForWorkers"
+    controller.refuse = None
+    reconciler.reconcile(copy.deepcopy(kube.obj))
+    assert kube.obj["status"]["state"] == "Running"
+    assert controller.submitted == [f"k8s-{UID}"]

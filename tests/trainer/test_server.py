@@ -162,10 +162,12 @@ def test_malformed_architecture_is_invalid_argument(
     assert detail in details(info.value)
 
 
-def test_unknown_dataset_is_invalid_argument_naming_the_field(trainer: Trainer) -> None:
+def test_unknown_dataset_is_not_found_naming_the_field(trainer: Trainer) -> None:
+    """NOT_FOUND, not INVALID_ARGUMENT: another trainer may serve it (the controller
+    retries the trial elsewhere)."""
     with pytest.raises(grpc.RpcError) as info:
         list(trainer.stub.Train(request(dataset="/nonexistent/mnas-data"), timeout=30))
-    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND
     assert "training.dataset" in details(info.value)
     assert "/nonexistent/mnas-data" in details(info.value)
     # Refused with the request's other checks, before it takes a slot: no job ran.
