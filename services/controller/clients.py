@@ -144,33 +144,32 @@ class Backends:
 
     def datasets(self, name: str = "") -> DatasetOffers:
         """The data sets offered by the trainer endpoints that answer now, each asked to
-        describe ``name`` too."""
+        describe ``name`` too; all are asked at once."""
         self.trainers.refresh(force=True)
+        request = trainer_pb2.ListDatasetsRequest(name=name)
+        calls = {
+            endpoint.address: self._stub(
+                endpoint.address, trainer_pb2_grpc.TrainerStub
+            ).ListDatasets.future(request, timeout=self.deadlines.probe_seconds)
+            for endpoint in self.trainers.snapshot()
+            if endpoint.healthy
+        }
         offers: dict[str, dict[str, Dataset]] = {}
         problems: dict[str, str] = {}
-        for endpoint in self.trainers.snapshot():
-            if not endpoint.healthy:
-                continue
-            stub = self._stub(endpoint.address, trainer_pb2_grpc.TrainerStub)
+        for address, call in calls.items():
             try:
-                response = stub.ListDatasets(
-                    trainer_pb2.ListDatasetsRequest(name=name),
-                    timeout=self.deadlines.probe_seconds,
-                )
+                response = call.result()
             except grpc.RpcError as err:
-                problems[endpoint.address] = f"{err.code().name}: {err.details()}"
+                problems[address] = f"{err.code().name}: {err.details()}"
                 continue
-            offers[endpoint.address] = {
+            offers[address] = {
                 d.name: Dataset(
-                    name=d.name,
-                    classes=d.classes,
-                    resolution=d.resolution,
-                    examples=d.examples,
+                    name=d.name, classes=d.classes, resolution=d.resolution, examples=d.examples
                 )
                 for d in response.datasets
             }
             if response.problem:
-                problems[endpoint.address] = response.problem
+                problems[address] = response.problem
         return DatasetOffers(offers, problems)
 
     def measure(
