@@ -1,33 +1,44 @@
-"""The controller over gRPC, as the reconciler's :class:`~reconcile.ControllerPort`."""
+"""The controller, through the SDK (:class:`mnas.Client`), as the reconciler's
+:class:`~services.operator.reconcile.ControllerPort`: the SDK's errors become the
+reconciler's."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+import contextlib
+from collections.abc import Iterator
 
-import grpc
-
-from mnas.rpc import channel
-from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc
-from services.operator.reconcile import (
-    AlreadyExists,
+from mnas.client import (
+    Client,
     ControllerUnavailable,
-    Rejected,
-    SearchGone,
+    InvalidSpec,
+    MnasError,
+    Search,
+    SearchExists,
+    SearchNotFound,
 )
+from mnas.v1 import common_pb2
+from services.operator import reconcile
 
 __all__ = ["GrpcController"]
 
-T = TypeVar("T")
+# The SDK's errors and the reconciler's they become; others propagate.
+_ERRORS: tuple[tuple[type[MnasError], type[Exception]], ...] = (
+    (SearchExists, reconcile.AlreadyExists),
+    (InvalidSpec, reconcile.Rejected),  # the message starts with the field path
+    (SearchNotFound, reconcile.SearchGone),
+    (ControllerUnavailable, reconcile.ControllerUnavailable),
+)
 
-# Status codes and the reconciler's errors they become; others propagate as RpcError.
-_ERRORS: dict[grpc.StatusCode, type[Exception]] = {
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.INVALID_ARGUMENT: Rejected,
-    grpc.StatusCode.NOT_FOUND: SearchGone,
-    grpc.StatusCode.UNAVAILABLE: ControllerUnavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: ControllerUnavailable,
-}
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except MnasError as err:
+        for sdk, ours in _ERRORS:
+            if isinstance(err, sdk):
+                raise ours(str(err)) from None
+        raise
 
 
 class GrpcController:
@@ -35,42 +46,26 @@ class GrpcController:
 
     def __init__(self, target: str, *, timeout: float = 30.0) -> None:
         self.target = target
-        self.timeout = timeout
-        self._channel = channel(target)
-        self._stub = controller_pb2_grpc.ControllerStub(self._channel)
+        self._client = Client(target, timeout=timeout)
 
-    def _call(self, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except grpc.RpcError as err:
-            kind = _ERRORS.get(err.code())
-            if kind is None:
-                raise
-            if kind is ControllerUnavailable:
-                raise kind(f"{self.target}: {err.details()}") from None
-            raise kind(str(err.details())) from None  # starts with the field path
+    def _search(self, search_id: str) -> Search:
+        return Search(self._client, search_id, common_pb2.Search(id=search_id))
 
     def submit(self, spec: common_pb2.SearchSpec, search_id: str) -> common_pb2.Search:
-        request = controller_pb2.SubmitSearchRequest(spec=spec, search_id=search_id)
-        response = self._call(lambda: self._stub.SubmitSearch(request, timeout=self.timeout))
-        return response.search
+        with _translated():
+            return self._client.submit(spec, search_id=search_id).info
 
     def get(self, search_id: str) -> common_pb2.Search:
-        request = controller_pb2.GetSearchRequest(search_id=search_id)
-        return self._call(lambda: self._stub.GetSearch(request, timeout=self.timeout)).search
+        with _translated():
+            return self._search(search_id).refresh()
 
     def trial(self, search_id: str, number: int) -> common_pb2.Trial | None:
-        # page_token is "after this number"
-        request = controller_pb2.ListTrialsRequest(
-            search_id=search_id, page_size=1, page_token=str(number - 1)
-        )
-        response = self._call(lambda: self._stub.ListTrials(request, timeout=self.timeout))
-        found = [t for t in response.trials if t.number == number]
-        return found[0] if found else None
+        with _translated():
+            return self._search(search_id).trial(number)
 
     def cancel(self, search_id: str) -> common_pb2.Search:
-        request = controller_pb2.CancelSearchRequest(search_id=search_id)
-        return self._call(lambda: self._stub.CancelSearch(request, timeout=self.timeout)).search
+        with _translated():
+            return self._search(search_id).cancel()
 
     def close(self) -> None:
-        self._channel.close()
+        self._client.close()
