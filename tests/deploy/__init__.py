@@ -7,6 +7,7 @@ its built-in kustomize) and checked offline.
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -23,6 +24,19 @@ K8S = REPO / "k8s"
 OLDEST_KUBERNETES = "1.29.0"
 
 WORKLOAD_KINDS = ("Deployment", "DaemonSet", "StatefulSet")
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+#: Probe handlers the kubelet runs from the node against the pod's IP (not its loopback).
+NETWORK_PROBES = ("tcpSocket", "httpGet", "grpc")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+ADB_DEFAULT_PORT = 5037
+
+#: A Service of ours named in a flag or value: ``NAME[.NAMESPACE[.svc[.cluster.local]]]``
+#: and an optional ``:PORT`` (``dns:///`` and URLs included).
+SERVICE_REF = re.compile(
+    r"(?<![\w.-])(?P<name>mnas-[a-z0-9-]+)"
+    r"(?:\.(?P<namespace>[a-z0-9-]+)(?:\.svc(?:\.cluster\.local)?)?)?"
+    r"(?::(?P<port>\d+))?(?![\w.-])"
+)
 
 Resource = dict[str, Any]
 
@@ -67,9 +81,19 @@ def ref(resource: Resource) -> str:
     return f"{resource['kind']}/{resource['metadata']['name']}"
 
 
-def find(resources: tuple[Resource, ...], kind: str, name: str) -> Resource | None:
+def namespace_of(resource: Resource) -> str | None:
+    """The namespace a namespaced object lands in (None for cluster-scoped ones)."""
+    namespace = resource["metadata"].get("namespace")
+    return None if namespace is None else str(namespace)
+
+
+def find(resources: tuple[Resource, ...], kind: str, name: str,
+         namespace: str | None = None) -> Resource | None:
+    """The object of that kind and name (in ``namespace``, where given)."""
     return next(
-        (r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name), None
+        (r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name
+         and (namespace is None or namespace_of(r) == namespace)),
+        None,
     )
 
 
@@ -116,3 +140,29 @@ def flag(container: Resource, name: str) -> str | None:
         if word == f"--{name}" and i + 1 < len(words):
             return str(words[i + 1])
     return None
+
+
+def probe_port(container: Resource, probe: Resource) -> int | None:
+    """The port number a network probe (tcpSocket, httpGet, gRPC) connects to."""
+    for handler in NETWORK_PROBES:
+        if handler in probe:
+            port = probe[handler]["port"]
+            return container_port(container, port) if isinstance(port, str) else int(port)
+    return None
+
+
+def loopback_ports(container: Resource) -> set[int]:
+    """The ports the container's command binds on the pod's loopback only: an adb server
+    without ``-a``, and a service's ``--port`` and ``--metrics-port`` under a loopback
+    ``--host``."""
+    words = [*container.get("command", []), *container.get("args", [])]
+    ports: set[int] = set()
+    if words and Path(words[0]).name == "adb" and "server" in words and "-a" not in words:
+        at = words.index("-P") if "-P" in words else -1
+        ports.add(int(words[at + 1]) if at >= 0 else ADB_DEFAULT_PORT)
+    if flag(container, "host") in LOOPBACK_HOSTS:
+        for name in ("port", "metrics-port"):
+            value = flag(container, name)
+            if value is not None:
+                ports.add(int(value))
+    return ports

@@ -9,17 +9,20 @@ them locally with this checkout's Python, from the repository root:
 - ``$(VAR)`` is expanded from the container's environment, as the kubelet does; Secrets
   get stand-in values, and the store's PostgreSQL URL points at the test's PostgreSQL
   (127.0.0.1:5432, database ``test``, trust auth) in a fresh schema;
-- a Service name becomes 127.0.0.1, each port a container declares becomes a free port
-  (in flags, and where a mounted ConfigMap file names it), and each mount path becomes a
+- a Service name (bare, or with its namespace, ``.svc`` and the cluster domain) becomes
+  127.0.0.1, each port a container declares becomes a free port (in flags and
+  arguments, and where a mounted ConfigMap file names it), and each mount path becomes a
   temporary directory holding what the volume would (a ConfigMap's files, nothing for an
   emptyDir or a fresh claim, empty placeholders for the files a ConfigMap names on a
   host path);
 - a pod that keeps a service account token gets, in its place, a kubeconfig
   (``KUBECONFIG``) naming an API server on loopback where nothing listens;
 - native sidecars (init containers with ``restartPolicy: Always``) start first and are
-  waited for by their startup probe, as the kubelet does. Other init containers (the
-  postgres install's wait for the database, from the upstream ``postgres`` image) and the
-  PostgreSQL StatefulSet are not ours and are not started.
+  waited for by their startup probe, as the kubelet does: the probe's ``exec`` command
+  runs here like the container's (``python`` is this checkout's); it must fail before the
+  sidecar starts and pass once it runs, as must the liveness probe then. Other init
+  containers (the postgres install's wait for the database, from the upstream
+  ``postgres`` image) and the PostgreSQL StatefulSet are not ours and are not started.
 
 The service must then answer the gRPC health check (service "") with SERVING on the port
 its probes name, serve ``/metrics`` on the port its scrape annotation names, and exit 0
@@ -35,7 +38,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -51,12 +53,14 @@ import pytest
 from mnas.local import Process, free_port, wait_serving
 from tests.deploy import (
     REPO,
+    SERVICE_REF,
     RenderError,
     Resource,
     all_containers,
     find,
     installs,
     is_sidecar,
+    namespace_of,
     pod_spec,
     ref,
     render,
@@ -68,7 +72,7 @@ POSTGRES_URL = os.environ.get(
 )
 # Stand-ins for the Secrets an operator of the cluster creates (docs/kubernetes.md).
 SECRETS = {("mnas-postgres", "password"): "unused-under-trust-auth"}
-FIELDS = {"metadata.namespace": "mnas", "metadata.name": "pod-0", "spec.nodeName": "node-0"}
+FIELDS = {"metadata.name": "pod-0", "spec.nodeName": "node-0"}
 STARTUP_TIMEOUT = 120.0
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 _DB_URL = re.compile(r"postgres(?:ql)?(?:\+\w+)?://[^\s\"']+")
@@ -146,9 +150,13 @@ class Pod:
     launch: Launch
     tmp: Path
     ports: dict[int, int]
-    services: dict[str, dict[int, int]]
-    postgres_services: set[str]
+    services: dict[tuple[str | None, str], dict[int, int]]
+    postgres_services: set[tuple[str | None, str]]
     postgres_url: str | None = None
+
+    @property
+    def namespace(self) -> str | None:
+        return namespace_of(self.launch.workload)
 
     @classmethod
     def of(cls, launch: Launch, tmp: Path) -> Pod:
@@ -157,23 +165,21 @@ class Pod:
             for container in all_containers(launch.workload)
             for port in container.get("ports", [])
         }
-        services: dict[str, dict[int, int]] = {}
+        services: dict[tuple[str | None, str], dict[int, int]] = {}
         postgres = set()
         for service in launch.resources:
             if service["kind"] != "Service":
                 continue
             ports = {int(p["port"]): free_port() for p in service["spec"]["ports"]}
-            services[service["metadata"]["name"]] = ports
+            services[(namespace_of(service), service["metadata"]["name"])] = ports
             if any(p.get("name") == "postgres" for p in service["spec"]["ports"]):
-                postgres.add(service["metadata"]["name"])
+                postgres.add((namespace_of(service), service["metadata"]["name"]))
         return cls(launch, tmp, {port: free_port() for port in declared}, services, postgres)
 
     def word(self, text: str, mounts: dict[str, Path]) -> str:
         """One argument or value as it is meant here."""
         text = _DB_URL.sub(lambda m: self._database(m.group(0)), text)
-        if self.services:
-            names = "|".join(re.escape(n) for n in sorted(self.services, key=len, reverse=True))
-            text = re.sub(rf"(?<![\w.-])({names})(?::(\d+))?(?![\w.-])", self._service, text)
+        text = SERVICE_REF.sub(self._service, text)
         text = _replace_paths(text, mounts)
         if text in {str(p) for p in self.ports}:
             return str(self.ports[int(text)])
@@ -183,15 +189,20 @@ class Pod:
         return text
 
     def _service(self, match: re.Match[str]) -> str:
-        """``NAME[:PORT]`` of a Service: loopback, and the free port standing in for PORT."""
-        ports, port = self.services[match.group(1)], match.group(2)
+        """``NAME[.NAMESPACE...][:PORT]`` of a Service of the install (in the pod's own
+        namespace when none is named): loopback, and the free port standing in for PORT.
+        Anything else is left as it is."""
+        key = (match["namespace"] or self.namespace, match["name"])
+        if key not in self.services:
+            return match.group(0)
+        ports, port = self.services[key], match["port"]
         return "127.0.0.1" + (f":{ports.get(int(port), int(port))}" if port else "")
 
     def _database(self, url: str) -> str:
         from sqlalchemy import make_url
 
         parsed = make_url(url)
-        if parsed.host not in self.postgres_services:
+        if (self.namespace, parsed.host) not in self.postgres_services:
             return url
         if self.postgres_url is None:
             pytest.fail(f"{url}: the test has no PostgreSQL for it", pytrace=False)
@@ -218,7 +229,8 @@ class Pod:
             assert config_map is not None, source
             return str(config_map["data"][source["configMapKeyRef"]["key"]])
         if "fieldRef" in source:
-            return FIELDS[source["fieldRef"]["fieldPath"]]
+            path = source["fieldRef"]["fieldPath"]
+            return str(self.namespace) if path == "metadata.namespace" else FIELDS[path]
         pytest.fail(f"no stand-in for {source}", pytrace=False)
 
     def mounts(self, container: Resource) -> dict[str, Path]:
@@ -271,12 +283,25 @@ class Pod:
 
     def command(self, container: Resource) -> tuple[list[str], dict[str, str]]:
         """The argv and environment ``container`` runs with here."""
+        words = list(container.get("command") or _entrypoint(container["image"]))
+        words += container.get("args", [])
+        return self._run_in(container, words)
+
+    def probe_command(self, container: Resource, kind: str) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment of ``container``'s exec probe ``kind``, as the kubelet
+        runs it inside the container (its environment, ``$(VAR)`` expanded)."""
+        probe = container[kind]
+        if "exec" not in probe:
+            pytest.fail(f"{container['name']}: {kind} is not exec; the test runs sidecars' "
+                        "exec probes only (a network probe reaches the pod's IP, which "
+                        "loopback here cannot stand for)", pytrace=False)
+        return self._run_in(container, list(probe["exec"]["command"]))
+
+    def _run_in(self, container: Resource, words: list[str]) -> tuple[list[str], dict[str, str]]:
         mounts = self.mounts(container)
         env = self.environment(container, mounts)
         if pod_spec(self.launch.workload).get("automountServiceAccountToken") is not False:
             env.setdefault("KUBECONFIG", str(self._kubeconfig()))
-        words = list(container.get("command") or _entrypoint(container["image"]))
-        words += container.get("args", [])
         expanded = [_VAR.sub(lambda m: env.get(m.group(1), m.group(0)), w) for w in words]
         argv = [self.word(w, mounts) for w in expanded]
         if argv[0] == "python":
@@ -300,7 +325,7 @@ class Pod:
                                                      "insecure-skip-tls-verify": True}}],
             "users": [{"name": "pod", "user": {"token": "stand-in"}}],
             "contexts": [{"name": "pod", "context": {"cluster": "pod", "user": "pod",
-                                                     "namespace": FIELDS["metadata.namespace"]}}],
+                                                     "namespace": str(self.namespace)}}],
         }))
         return path
 
@@ -376,17 +401,27 @@ def _start(name: str, argv: list[str], env: dict[str, str], logs: Path, port: in
     return Process(name=name, popen=popen, port=port, metrics_port=0, log_path=log_path)
 
 
-def _wait_listening(process: Process, timeout: float = STARTUP_TIMEOUT) -> None:
-    """A tcpSocket startup probe: block until the port accepts, or the process dies."""
+def _probe(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """One run of an exec probe: passed when it exits 0."""
+    return subprocess.run(argv, cwd=REPO, env={**os.environ, **env}, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, check=False,
+                          timeout=STARTUP_TIMEOUT)
+
+
+def _wait_probe_passes(process: Process, argv: list[str], env: dict[str, str],
+                       timeout: float = STARTUP_TIMEOUT) -> None:
+    """An exec startup probe, as the kubelet runs it: again until it passes, or the
+    process dies. Between runs the wait is on the process's exit."""
     deadline = time.monotonic() + timeout
     while True:
-        assert process.alive(), f"{process.name} exited:\n{process.log_tail()}"
-        try:
-            socket.create_connection(("127.0.0.1", process.port), timeout=1).close()
+        if _probe(argv, env).returncode == 0:
             return
-        except OSError:
-            assert time.monotonic() < deadline, f"{process.name} never listened"
-        time.sleep(0.05)  # polling a process that is starting up
+        assert time.monotonic() < deadline, f"{process.name}: its startup probe never passed"
+        try:
+            status = process.popen.wait(0.1)  # polling a process that is starting up
+        except subprocess.TimeoutExpired:
+            continue
+        pytest.fail(f"{process.name} exited {status}:\n{process.log_tail()}", pytrace=False)
 
 
 def _stop(process: Process, grace: float) -> int | None:
@@ -416,11 +451,16 @@ def _pod(launch: Launch, tmp: Path, *, sidecars: bool = True) -> Iterator[tuple[
         for sidecar in (c for c in all_containers(launch.workload) if is_sidecar(c)):
             if not sidecars:
                 continue
+            probe_argv, probe_env = pod.probe_command(sidecar, "startupProbe")
+            failed = _probe(probe_argv, probe_env)
+            assert failed.returncode != 0, f"{sidecar['name']}: the probe passes before it runs"
             argv, env = pod.command(sidecar)
-            probe_port = sidecar["startupProbe"]["tcpSocket"]["port"]
-            process = _start(sidecar["name"], argv, env, logs, pod.ports[probe_port])
+            process = _start(sidecar["name"], argv, env, logs, 0)
             started.append(process)
-            _wait_listening(process)
+            _wait_probe_passes(process, probe_argv, probe_env)
+            if "livenessProbe" in sidecar:
+                alive = _probe(*pod.probe_command(sidecar, "livenessProbe"))
+                assert alive.returncode == 0, f"{sidecar['name']}: liveness\n{alive.stderr}"
         argv, env = pod.command(launch.container)
         probe_port = launch.container["readinessProbe"]["grpc"]["port"]
         process = _start(launch.container["name"], argv, env, logs, pod.ports[probe_port])

@@ -11,6 +11,7 @@ Whether each container's command really starts its service is
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -25,7 +26,9 @@ from kubernetes_validate import utils as kv_utils
 from tests.deploy import (
     K8S,
     OLDEST_KUBERNETES,
+    PROBES,
     REPO,
+    SERVICE_REF,
     RenderError,
     Resource,
     all_containers,
@@ -34,7 +37,10 @@ from tests.deploy import (
     flag,
     installs,
     is_sidecar,
+    loopback_ports,
+    namespace_of,
     pod_spec,
+    probe_port,
     ref,
     render,
     serves_grpc,
@@ -45,6 +51,11 @@ INSTALLS = installs()
 EXPECTED_INSTALLS = {"default", "standalone", "postgres", "gpu", "phones"}
 NEWEST_KUBERNETES = kv_utils.latest_version()
 NAMESPACE = "mnas"
+PHONES_NAMESPACE = "mnas-phones"
+# The namespaces each install lands in: mnas, and for the phones install mnas-phones
+# too, which holds its privileged pods and nothing else.
+NAMESPACES = {name: {NAMESPACE} for name in EXPECTED_INSTALLS}
+NAMESPACES["phones"] = {NAMESPACE, PHONES_NAMESPACE}
 SELECTOR_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component")
 GRPC_PORT, METRICS_PORT = 50051, 9090
 
@@ -75,6 +86,12 @@ def where(name: str, workload: Resource, container: Resource) -> str:
     return f"{name}: {ref(workload)} container {container['name']}"
 
 
+def namespace_labels(resources: tuple[Resource, ...], namespace: str) -> dict[str, str]:
+    found = find(resources, "Namespace", namespace)
+    assert found is not None, f"no Namespace {namespace}"
+    return dict(found["metadata"]["labels"])
+
+
 every_install = pytest.mark.parametrize("name", sorted(INSTALLS))
 
 
@@ -89,17 +106,19 @@ def test_every_install_is_there() -> None:
 
 @every_install
 def test_install_renders(name: str) -> None:
-    """``kubectl kustomize`` renders the install (exit 0) into namespaced objects in mnas,
-    with the Namespace object itself among them."""
+    """``kubectl kustomize`` renders the install (exit 0) into namespaced objects in its
+    namespaces (mnas; for the phones install mnas-phones too), with the Namespace objects
+    themselves among them."""
     resources = resources_of(name)
     assert resources
-    namespace = find(resources, "Namespace", NAMESPACE)
-    assert namespace is not None, f"{name}: no Namespace {NAMESPACE}"
+    expected = NAMESPACES[name]
+    namespaces = {r["metadata"]["name"] for r in resources if r["kind"] == "Namespace"}
+    assert namespaces == expected, name
     cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole",
                       "ClusterRoleBinding"}
     for resource in resources:
         if resource["kind"] not in cluster_scoped:
-            assert resource["metadata"].get("namespace") == NAMESPACE, f"{name}: {ref(resource)}"
+            assert namespace_of(resource) in expected, f"{name}: {ref(resource)}"
 
 
 def test_oldest_promised_release_has_schemas() -> None:
@@ -140,6 +159,7 @@ def test_monitoring_component_is_kept_out_of_the_validated_installs() -> None:
     for name in INSTALLS:
         assert not any(r["kind"] == "PodMonitor" for r in resources_of(name)), name
     selector = monitor["spec"]["selector"]["matchLabels"]
+    watched = set(monitor["spec"]["namespaceSelector"]["matchNames"])
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     for name in INSTALLS:
         for workload, container in each_container(name):
@@ -147,6 +167,7 @@ def test_monitoring_component_is_kept_out_of_the_validated_installs() -> None:
                 continue
             labels = workload["spec"]["template"]["metadata"]["labels"]
             assert selector.items() <= labels.items(), where(name, workload, container)
+            assert namespace_of(workload) in watched, where(name, workload, container)
             assert endpoint["port"] == "metrics"
 
 
@@ -246,6 +267,38 @@ def test_every_service_container_has_grpc_probes(name: str) -> None:
             assert container[probe].get("grpc", {}).get("port") == GRPC_PORT, f"{at}: {probe}"
 
 
+@every_install
+def test_no_network_probe_targets_a_loopback_only_port(name: str) -> None:
+    """The kubelet sends tcpSocket, httpGet and gRPC probes from the node to the pod's IP,
+    never to its loopback: on a port the container binds on loopback only (adb's server)
+    such a probe can never pass, so the container is restarted forever. Those ports are
+    probed from inside the container (exec)."""
+    for workload, container in each_container(name):
+        loopback = loopback_ports(container)
+        for kind in PROBES:
+            probe = container.get(kind)
+            if probe is None:
+                continue
+            port = probe_port(container, probe)
+            at = f"{where(name, workload, container)}: {kind}"
+            assert port is not None or "exec" in probe, f"{at}: no port and no command"
+            assert port not in loopback, f"{at} targets port {port}, bound on loopback only"
+            for handler in ("tcpSocket", "httpGet"):
+                assert "host" not in probe.get(handler, {}), f"{at}: the node's, not the pod's"
+
+
+def test_loopback_ports_are_read_from_the_command() -> None:
+    """What the check above relies on: adb's server without -a, and a service under a
+    loopback --host, bind loopback only; with -a or on 0.0.0.0 they do not."""
+    adb = {"command": ["adb", "-P", "5037", "server", "nodaemon"]}
+    assert loopback_ports(adb) == {5037}
+    assert loopback_ports({"command": ["adb", "-a", "-P", "5037", "server"]}) == set()
+    assert loopback_ports({"command": ["adb", "server", "nodaemon"]}) == {5037}
+    local = {"args": ["--host=127.0.0.1", "--port=50051", "--metrics-port=9090"]}
+    assert loopback_ports(local) == {50051, 9090}
+    assert loopback_ports({"args": ["--host=0.0.0.0", "--port=50051"]}) == set()
+
+
 def test_postgres_is_probed_with_pg_isready() -> None:
     """PostgreSQL has startup, readiness and liveness probes that run pg_isready."""
     statefulset = find(resources_of("postgres"), "StatefulSet", "mnas-postgres")
@@ -302,17 +355,21 @@ def test_every_container_is_locked_down(name: str) -> None:
     """Every container, init containers included, runs as non-root on a read-only root
     filesystem, cannot escalate privileges, drops all capabilities and adds none, under
     the runtime's seccomp profile. The one exception, the phones install's adb container,
-    is privileged (USB) and root, and otherwise as tight as the API allows."""
+    is privileged (USB) and root on a read-only root filesystem; it states no capabilities
+    and no seccomp profile, which the runtime ignores for a privileged container (it gets
+    all capabilities and no seccomp confinement), so stating them would mislead."""
     for workload, container in each_container(name):
         at = where(name, workload, container)
         security = _security(workload, container)
         assert security["readOnlyRootFilesystem"] is True, at
-        assert security["drop"] == ["ALL"], at
         assert not security["add"], at
-        assert security["seccomp"] == {"type": "RuntimeDefault"}, at
         if (name, ref(workload), container["name"]) in PRIVILEGED:
             assert security["privileged"] is True, at
+            own = container["securityContext"]
+            assert "capabilities" not in own and "seccompProfile" not in own, at
             continue
+        assert security["drop"] == ["ALL"], at
+        assert security["seccomp"] == {"type": "RuntimeDefault"}, at
         assert security["privileged"] is False, at
         assert security["runAsNonRoot"] is True, at
         assert security["allowPrivilegeEscalation"] is False, at
@@ -346,6 +403,30 @@ def test_only_the_documented_containers_are_privileged(name: str) -> None:
             assert (name, ref(workload), container["name"]) in PRIVILEGED
         spec = pod_spec(workload)
         assert not any(spec.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")), ref(workload)
+
+
+@every_install
+def test_privileged_pods_have_a_namespace_of_their_own(name: str) -> None:
+    """A namespace enforces the privileged Pod Security profile only where a privileged
+    container runs, and then holds nothing but that container's workload and what serves
+    it (its Service, ConfigMap, NetworkPolicies): every other pod stays in a namespace
+    that enforces restricted."""
+    resources = resources_of(name)
+    privileged_workloads = {
+        (namespace_of(w), ref(w)) for w, c in each_container(name)
+        if (name, ref(w), c["name"]) in PRIVILEGED
+    }
+    for namespace in NAMESPACES[name]:
+        enforce = namespace_labels(resources, namespace)["pod-security.kubernetes.io/enforce"]
+        here = {ref(w) for w in workloads(resources) if namespace_of(w) == namespace}
+        privileged_here = {r for ns, r in privileged_workloads if ns == namespace}
+        if privileged_here:
+            assert enforce == "privileged", f"{name}: {namespace}"
+            assert here == privileged_here, f"{name}: {namespace} holds {here}"
+            kinds = {r["kind"] for r in resources if namespace_of(r) == namespace}
+            assert kinds <= {"DaemonSet", "Service", "ConfigMap", "NetworkPolicy"}, kinds
+        else:
+            assert enforce == "restricted", f"{name}: {namespace}"
 
 
 @every_install
@@ -413,17 +494,29 @@ def test_service_addresses_in_flags_exist(name: str) -> None:
     controller, the store's database."""
     resources = resources_of(name)
     services = {
-        r["metadata"]["name"]: {p["port"] for p in r["spec"]["ports"]}
+        (namespace_of(r), r["metadata"]["name"]): {p["port"] for p in r["spec"]["ports"]}
         for r in resources if r["kind"] == "Service"
     }
     for workload, container in each_container(name):
         words = [*container.get("args", []), *container.get("command", [])]
         words += [v.get("value", "") for v in container.get("env", [])]
         for word in words:
-            for host, port in re.findall(r"(mnas-[a-z0-9-]+):(\d+)", word):
+            for found in SERVICE_REF.finditer(word):
+                if found["port"] is None:
+                    continue
                 at = where(name, workload, container)
-                assert host in services, f"{at}: no Service {host}"
-                assert int(port) in services[host], f"{at}: Service {host} has no port {port}"
+                key = (found["namespace"] or namespace_of(workload), found["name"])
+                assert key in services, f"{at}: no Service {key[1]} in {key[0]}"
+                port = int(found["port"])
+                assert port in services[key], f"{at}: Service {key} has no port {port}"
+
+
+def test_service_addresses_resolve_from_the_pods_namespace() -> None:
+    """The check above reads a name with a namespace as that namespace's Service, and a
+    bare name as one in the pod's own namespace (the DNS search path)."""
+    words = "dns:///mnas-latency.mnas-phones.svc.cluster.local:50051 mnas-reward:50051"
+    found = [(m["name"], m["namespace"], m["port"]) for m in SERVICE_REF.finditer(words)]
+    assert found == [("mnas-latency", "mnas-phones", "50051"), ("mnas-reward", None, "50051")]
 
 
 # --- labels and scraping -----------------------------------------------------------------
@@ -450,11 +543,12 @@ def test_one_label_scheme(name: str) -> None:
         assert selector.items() <= template.items(), ref(workload)
         assert template["app.kubernetes.io/component"] == labels["app.kubernetes.io/component"]
         assert template.get("app.kubernetes.io/part-of") == "mnas", ref(workload)
-        pod_labels[ref(workload)] = template
+        pod_labels[(namespace_of(workload), ref(workload))] = template
     for service in (r for r in resources if r["kind"] == "Service"):
         selector = service["spec"]["selector"]
         assert set(selector) == set(SELECTOR_LABELS), ref(service)
-        chosen = [w for w, labels in pod_labels.items() if selector.items() <= labels.items()]
+        chosen = [w for (ns, w), labels in pod_labels.items()
+                  if ns == namespace_of(service) and selector.items() <= labels.items()]
         assert len(chosen) == 1, f"{name}: {ref(service)} selects {chosen}"
 
 
@@ -488,23 +582,26 @@ def _matches(selector: Resource, labels: dict[str, str]) -> bool:
     return dict(selector.get("matchLabels", {})).items() <= labels.items()
 
 
-def _peer_matches(peer: Resource, source: Pod) -> bool:
+def _peer_matches(peer: Resource, source: Pod, policy_namespace: str | None) -> bool:
+    """A ``from`` peer: a podSelector alone means pods of the policy's own namespace."""
     assert "ipBlock" not in peer, "the evaluator knows no ipBlock"
     if "namespaceSelector" in peer:
         namespace_labels = {"kubernetes.io/metadata.name": source.namespace}
         if not _matches(peer["namespaceSelector"], namespace_labels):
             return False
-    elif source.namespace != NAMESPACE:
+    elif source.namespace != policy_namespace:
         return False
     return _matches(peer.get("podSelector", {}), source.labels)
 
 
 def allowed(policies: list[Resource], source: Pod, target: Pod, port: str) -> bool:
-    """Whether ``source`` may open a connection to ``target``'s port named ``port``."""
+    """Whether ``source`` may open a connection to ``target``'s port named ``port``: the
+    ingress policies of the target's namespace that select it, if any, must let it in."""
     number = target.ports[port]
     selecting = [
         p for p in policies
-        if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+        if namespace_of(p) == target.namespace
+        and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
         and _matches(p["spec"]["podSelector"], target.labels)
     ]
     if not selecting:
@@ -512,7 +609,7 @@ def allowed(policies: list[Resource], source: Pod, target: Pod, port: str) -> bo
     for policy in selecting:
         for rule in policy["spec"].get("ingress", []):
             peers = rule.get("from")
-            if peers and not any(_peer_matches(peer, source) for peer in peers):
+            if peers and not any(_peer_matches(peer, source, target.namespace) for peer in peers):
                 continue
             rule_ports = rule.get("ports")
             if not rule_ports or any(p["port"] in (port, number) for p in rule_ports):
@@ -528,35 +625,104 @@ def _pods(resources: tuple[Resource, ...]) -> dict[str, Pod]:
             p["name"]: int(p["containerPort"])
             for c in all_containers(workload) for p in c.get("ports", []) if "name" in p
         }
-        pods[labels["app.kubernetes.io/component"]] = Pod(NAMESPACE, labels, ports)
+        namespace = namespace_of(workload)
+        assert namespace is not None, ref(workload)
+        pods[labels["app.kubernetes.io/component"]] = Pod(namespace, labels, ports)
     return pods
 
 
+# Pods of no install: Prometheus in its own namespace, a client in mnas, a pod elsewhere.
+PROMETHEUS = Pod("monitoring", {"app.kubernetes.io/name": "prometheus"}, {})
+CLIENT = Pod(NAMESPACE, {"app": "notebook"}, {})
+OUTSIDER = Pod("default", {"app": "curious"}, {})
+WORKERS = {"trainer", "latency", "reward", "postgres"}
+
+
+def _may_reach(source: str, pods: dict[str, Pod], target: str, port: str) -> bool:
+    """docs/kubernetes.md's table: Prometheus scrapes every metrics port; any pod of mnas
+    reaches the controller's gRPC port; only the controller reaches the workers' gRPC
+    ports and the database; nothing reaches anything else (adb's port among them)."""
+    if port == "metrics":
+        return source == "prometheus"
+    if target == "controller" and port == "grpc":
+        return pods[source].namespace == NAMESPACE
+    return target in WORKERS and port in ("grpc", "postgres") and source == "controller"
+
+
 @every_install
-def test_network_policies_let_only_the_controller_reach_the_workers(name: str) -> None:
-    """Only the controller reaches the trainer, latency and reward gRPC ports and the
-    database; the controller's gRPC port is the one reachable from outside the namespace;
-    Prometheus (in its own namespace) scrapes every metrics port and nothing else."""
+def test_network_policies_let_in_only_whom_the_docs_say(name: str) -> None:
+    """Every pod of the install, Prometheus, a client pod in mnas and a pod of another
+    namespace are tried against every named port of every pod: only the controller
+    reaches the workers and the database (in the phones install, across namespaces);
+    the controller's gRPC port is reachable from its own namespace and no other;
+    Prometheus scrapes every metrics port and nothing else."""
     resources = resources_of(name)
     policies = [r for r in resources if r["kind"] == "NetworkPolicy"]
     pods = _pods(resources)
-    outsider = Pod("default", {"app": "curious"}, {})
-    prometheus = Pod("monitoring", {"app.kubernetes.io/name": "prometheus"}, {})
-    controller = pods["controller"]
-    for component, pod in pods.items():
-        for port in pod.ports:
-            open_to_all = component == "controller" and port == "grpc"
-            scraped = allowed(policies, prometheus, pod, port)
-            assert scraped is (port == "metrics" or open_to_all), f"{name}: {component}:{port}"
-            assert allowed(policies, outsider, pod, port) is open_to_all, f"{component}:{port}"
-            for other_name, other in pods.items():
-                if other_name in ("controller", component) or open_to_all:
+    sources = {**pods, "prometheus": PROMETHEUS, "client": CLIENT, "outsider": OUTSIDER}
+    for target_name, target in pods.items():
+        for port in target.ports:
+            for source_name, source in sources.items():
+                if source_name == target_name:
                     continue
-                assert not allowed(policies, other, pod, port), f"{other_name} -> {component}"
-    for component in ("trainer", "latency", "reward", "postgres"):
-        if component in pods:
-            port = "postgres" if component == "postgres" else "grpc"
-            assert allowed(policies, controller, pods[component], port), component
+                expected = _may_reach(source_name, sources, target_name, port)
+                got = allowed(policies, source, target, port)
+                assert got is expected, f"{name}: {source_name} -> {target_name}:{port}"
+    assert allowed(policies, pods["controller"], pods["latency"], "grpc"), name
+
+
+def test_network_policy_evaluator_reads_namespaces() -> None:
+    """The evaluator above: a podSelector alone admits pods of the policy's namespace
+    only; a namespaceSelector admits the namespaces it names."""
+    target = Pod("mnas-phones", {"app": "x"}, {"grpc": 50051})
+    same = {"podSelector": {"matchLabels": {"app": "y"}}}
+    cross = {**same, "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mnas"}}}
+    for peer, namespace, expected in ((same, "mnas", False), (same, "mnas-phones", True),
+                                      (cross, "mnas", True), (cross, "other", False)):
+        policy = {"metadata": {"name": "p", "namespace": "mnas-phones"},
+                  "spec": {"podSelector": {}, "ingress": [{"from": [peer]}]}}
+        source = Pod(namespace, {"app": "y"}, {})
+        assert allowed([policy], source, target, "grpc") is expected, (peer, namespace)
+    elsewhere = {"metadata": {"name": "p", "namespace": "mnas"}, "spec": {"podSelector": {}}}
+    assert allowed([elsewhere], OUTSIDER, target, "grpc"), "a policy of another namespace"
+
+
+def _docs_yaml_blocks(mentioning: str) -> list[Any]:
+    """The YAML blocks of docs/kubernetes.md whose text mentions ``mentioning``."""
+    text = (REPO / "docs" / "kubernetes.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    return [yaml.safe_load(block) for block in blocks if mentioning in block]
+
+
+def test_docs_example_opens_the_controller_to_a_clients_namespace(tmp_path: Path) -> None:
+    """The opt-in patch docs/kubernetes.md shows, applied to the default install, lets
+    the pods of the namespace it names reach the controller's gRPC port and nothing
+    else; pods of other namespaces stay out."""
+    (example,) = [
+        block for block in _docs_yaml_blocks("NetworkPolicy")
+        if isinstance(block, dict)
+        and any(p.get("target", {}).get("name") == "mnas-controller"
+                and p.get("target", {}).get("kind") == "NetworkPolicy"
+                for p in block.get("patches", []))
+    ]
+    # kustomize takes no absolute resource paths: the default install, relative to here.
+    kustomization = {"resources": [os.path.relpath(K8S, tmp_path)], "patches": example["patches"]}
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    done = subprocess.run(["kubectl", "kustomize", str(tmp_path)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    resources = tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+    policies = [r for r in resources if r["kind"] == "NetworkPolicy"]
+    pods = _pods(resources)
+    (opened,) = re.findall(r"kubernetes.io/metadata.name: ([a-z0-9-]+)", str(example))
+    assert opened != NAMESPACE
+    client = Pod(opened, {"app": "notebook"}, {})
+    assert allowed(policies, client, pods["controller"], "grpc")
+    for target_name, target in pods.items():
+        for port in target.ports:
+            if (target_name, port) != ("controller", "grpc"):
+                assert not allowed(policies, client, target, port), f"{target_name}:{port}"
+    assert not allowed(policies, OUTSIDER, pods["controller"], "grpc")
 
 
 # --- what each install adds --------------------------------------------------------------
@@ -606,40 +772,68 @@ def test_gpu_install_gives_each_trainer_one_gpu() -> None:
 
 def test_phones_install_runs_latency_on_phone_hosts() -> None:
     """The phones install replaces the latency Deployment with a DaemonSet on nodes
-    labelled mnas.dev/phone-host: "true", whose latency container reads the farm file
-    from a ConfigMap, and whose adb server (a native sidecar, so it listens before the
-    service starts) listens on the port the farm file names."""
+    labelled mnas.dev/phone-host: "true", in the namespace mnas-phones, whose latency
+    container reads the farm file from a ConfigMap, and whose adb server (a native
+    sidecar, so it listens before the service starts) listens on the port the farm file
+    names and is probed from inside its container, not by an adb client (which would
+    start a server of its own when none answers)."""
     resources = resources_of("phones")
     assert find(resources, "Deployment", "mnas-latency") is None
     daemonset = find(resources, "DaemonSet", "mnas-latency")
     assert daemonset is not None
+    assert namespace_of(daemonset) == PHONES_NAMESPACE
     spec = pod_spec(daemonset)
     assert spec["nodeSelector"] == {"mnas.dev/phone-host": "true"}
     (adb,) = spec["initContainers"]
     assert is_sidecar(adb) and adb["command"][0] == "adb"
-    assert "tcpSocket" in adb["startupProbe"]
+    for kind in ("startupProbe", "livenessProbe"):
+        command = adb[kind]["exec"]["command"]
+        assert command[0] == "python", kind
+        assert not any("adb" in word for word in command), kind
     (latency,) = spec["containers"]
     farm_path = flag(latency, "phones")
     assert farm_path is not None
     volumes = {v["name"]: v for v in spec["volumes"]}
     (mount,) = [m for m in latency["volumeMounts"] if farm_path.startswith(m["mountPath"] + "/")]
-    config_map = find(resources, "ConfigMap", volumes[mount["name"]]["configMap"]["name"])
+    config_map = find(resources, "ConfigMap", volumes[mount["name"]]["configMap"]["name"],
+                      PHONES_NAMESPACE)
     assert config_map is not None
     farm = yaml.safe_load(config_map["data"][Path(farm_path).name])
     adb_words = adb["command"]
     assert farm["adb"]["host"] == "127.0.0.1"
     assert str(farm["adb"]["port"]) == adb_words[adb_words.index("-P") + 1]
     assert container_port(adb, "adb") == farm["adb"]["port"]
+    assert farm["adb"]["port"] in loopback_ports(adb)
+
+
+def test_phones_install_moves_only_latency_out_of_mnas() -> None:
+    """Against the standalone install, the phones install takes the latency Deployment,
+    Service and NetworkPolicy out of mnas and changes one thing there: the controller
+    asks the latency Service of mnas-phones, by its cluster DNS name."""
+    resources = resources_of("phones")
+    standalone = {(namespace_of(r), ref(r)): r for r in resources_of("standalone")}
+    phones = {(namespace_of(r), ref(r)): r for r in resources}
+    gone = set(standalone) - set(phones)
+    assert gone == {(NAMESPACE, f"{kind}/mnas-latency")
+                    for kind in ("Deployment", "Service", "NetworkPolicy")}
+    changed = [key for key in set(standalone) & set(phones) if standalone[key] != phones[key]]
+    assert changed == [(NAMESPACE, "Deployment/mnas-controller")]
+    controller = phones[(NAMESPACE, "Deployment/mnas-controller")]
+    (main,) = pod_spec(controller)["containers"]
+    target = flag(main, "latency")
+    assert target == f"dns:///mnas-latency.{PHONES_NAMESPACE}.svc.cluster.local:{GRPC_PORT}"
+    assert find(resources, "Service", "mnas-latency", PHONES_NAMESPACE) is not None
 
 
 @every_install
-def test_namespace_enforces_pod_security(name: str) -> None:
-    """The namespace enforces the restricted Pod Security profile, except in the phones
-    install (its adb container is privileged), which still warns and audits against it."""
-    namespace = find(resources_of(name), "Namespace", NAMESPACE)
-    assert namespace is not None
-    labels = namespace["metadata"]["labels"]
-    enforce = "privileged" if name == "phones" else "restricted"
-    assert labels["pod-security.kubernetes.io/enforce"] == enforce
-    assert labels["pod-security.kubernetes.io/warn"] == "restricted"
-    assert labels["pod-security.kubernetes.io/audit"] == "restricted"
+def test_namespaces_enforce_pod_security(name: str) -> None:
+    """mnas enforces the restricted Pod Security profile in every install; the phones
+    install's mnas-phones (its adb container is privileged) enforces privileged. Both
+    warn and audit against restricted."""
+    resources = resources_of(name)
+    for namespace in NAMESPACES[name]:
+        labels = namespace_labels(resources, namespace)
+        enforce = "privileged" if namespace == PHONES_NAMESPACE else "restricted"
+        assert labels["pod-security.kubernetes.io/enforce"] == enforce, namespace
+        assert labels["pod-security.kubernetes.io/warn"] == "restricted", namespace
+        assert labels["pod-security.kubernetes.io/audit"] == "restricted", namespace
