@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(dataset-fashion-mnist adb prometheus)
+DEBIAN_PACKAGES=(dataset-fashion-mnist adb prometheus chromium)
 
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
