@@ -20,6 +20,7 @@ from rich.table import Table
 from mnas import references
 from mnas.cli_args import add_arch_selector, arch_from_args
 from mnas.cli_latency import add_commands as add_latency_commands
+from mnas.cli_report import add_commands as add_report_commands
 from mnas.cli_searches import add_commands
 from mnas.client import MnasError
 from mnas.cost import count
@@ -227,6 +228,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_commands(commands)
     add_latency_commands(commands)
+    add_report_commands(commands)
 
     space = commands.add_parser("space", help="the search space")
     _print_help_by_default(space)

@@ -264,8 +264,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from mnas.cli_report import check_output, write_report  # it imports this module
+
     console = Console()
     spec = load_spec(args.spec)  # a malformed file fails before anything starts
+    if args.report:
+        if args.report == "-":
+            raise UsageError("--report: give a file; standard output shows the progress")
+        check_output(args.report)
     workdir = Path(args.logs or tempfile.mkdtemp(prefix="mnas-"))
     started = time.monotonic()
     with console.status("starting controller, trainer, latency and reward services"):
@@ -282,6 +288,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
             )
             final = _follow(console, search)
             _print_results(console, search, args.top)
+            if args.report:
+                line = write_report(search.refresh(), list(search.trials()), args.report, top=10)
+                console.print(line, soft_wrap=True, highlight=False)
     finally:
         stack.stop()
     console.print(f"wall time {time.monotonic() - started:.1f}s")
@@ -316,6 +325,9 @@ def add_commands(
     )
     search.add_argument("spec", help="search spec (YAML)")
     search.add_argument("--top", type=int, default=5, help="best trials to print (default 5)")
+    search.add_argument(
+        "--report", default=None, metavar="FILE", help="write the HTML report there at the end"
+    )
     local(search)
     search.set_defaults(run=_cmd_search)
 
