@@ -7,6 +7,7 @@ import threading
 
 from prometheus_client import CollectorRegistry
 
+from services.common.build_info import register_build_info
 from services.common.cli import base_parser, configure_logging
 from services.common.server import catch_stop_signals, serve_from_args
 from services.controller.clients import Backends
@@ -63,6 +64,7 @@ def main() -> None:
     # PPO's learner process imports torch for seconds: start it now, not at the first update.
     threading.Thread(target=warm_up, name="learner-warm-up", daemon=True).start()
     registry = CollectorRegistry()
+    register_build_info(registry, "controller")
     store = Store.open(args.store)
     backends = Backends(
         trainers=_targets(args.trainer), latency=_targets(args.latency), reward=args.reward

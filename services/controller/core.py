@@ -54,6 +54,7 @@ class Controller:
         self._store = store
         self._backends = backends
         self._metrics = metrics
+        metrics.track_workers([backends.trainers, backends.latency])
         self._hub = EventHub()
         self._lock = threading.Lock()
         self._runners: dict[str, SearchRunner] = {}

@@ -95,6 +95,10 @@ class SearchRunner:
         self._backends = backends
         self._hub = hub
         self._metrics = metrics
+        self._search_metrics = metrics.search(search.id)
+        self._search_metrics.set_budget(
+            self.spec.budget.max_trials, self.spec.budget.max_failed_trials
+        )
         self._on_finish = on_finish
         self._lock = threading.Condition()
         self._cancel = threading.Event()
@@ -119,6 +123,8 @@ class SearchRunner:
         self._measured: dict[int, tuple[str, common_pb2.LatencyStats]] = {}  # not yet recorded
         for trial in trials:
             if trial.state == TS.TRIAL_STATE_COMPLETED:
+                if search.trials_completed and trial.number == search.best_trial:
+                    self._record_best(trial)
                 self._learn_curve(trial)
                 if trial.has_weights:
                     self._kept.append((trial.reward, trial.number))
@@ -343,6 +349,7 @@ class SearchRunner:
         self.search.state = state
         self.search.trials_running = 0
         self.search.finished_at.CopyFrom(_now())
+        self._search_metrics.ended()
         self._store.save(search=self.search, strategy_state=self._take_checkpoint())
         self._publish(controller_pb2.EVENT_KIND_SEARCH_FINISHED)
         _logger.info(
@@ -384,7 +391,7 @@ class SearchRunner:
     def _run_trial(self, trial: common_pb2.Trial) -> common_pb2.Trial | None:
         """Run ``trial`` to its end; the trial to run next on this thread, if any."""
         started = time.monotonic()
-        self._metrics.trials_running.inc()
+        self._search_metrics.trials_running.inc()
         self._publish(controller_pb2.EVENT_KIND_TRIAL_STARTED, trial)
         try:
             self._reuse_duplicate(trial)
@@ -396,7 +403,7 @@ class SearchRunner:
             trial.state = TS.TRIAL_STATE_FAILED
             trial.error = f"controller error: {err}"
         finally:
-            self._metrics.trials_running.dec()
+            self._search_metrics.trials_running.dec()
         if self._stopping:
             with self._lock:
                 self._running.discard(trial.number)
@@ -404,8 +411,13 @@ class SearchRunner:
             return None
         trial.finished_at.CopyFrom(_now())
         state_name = TS.Name(trial.state).removeprefix("TRIAL_STATE_").lower()
-        self._metrics.trials_finished.labels(state_name).inc()
-        self._metrics.trial_seconds.observe(time.monotonic() - started)
+        completed = trial.state == TS.TRIAL_STATE_COMPLETED
+        self._search_metrics.finished(
+            state_name,
+            time.monotonic() - started,
+            accuracy=trial.training.accuracy if completed else None,
+            reward=trial.reward if completed else None,
+        )
         weights = self._weights.pop(trial.number, None)
         measured = self._measured.pop(trial.number, None)
         with self._lock:
@@ -418,6 +430,7 @@ class SearchRunner:
                 if self.search.trials_completed == 1 or trial.reward > self.search.best_reward:
                     self.search.best_reward = trial.reward
                     self.search.best_trial = trial.number
+                    self._record_best(trial)
                 self._learn_curve(trial)
                 if weights is not None:
                     keep, dropped = self._keep_weights(trial, weights)
@@ -527,6 +540,7 @@ class SearchRunner:
                     _logger.warning("trial %s/%d failed: %s", self.search.id, trial.number, err)
                     return
                 _logger.info("trial %s/%d retrying after: %s", self.search.id, trial.number, err)
+                self._search_metrics.retried(_failed_step(trial))
                 self._store.save_trial(trial)
                 self._publish(controller_pb2.EVENT_KIND_TRIAL_RETRIED, trial)
 
@@ -535,10 +549,13 @@ class SearchRunner:
             raise _Cancelled
 
     def _acquire(self, pool: WorkerPool, avoid: set[str]) -> str:
+        started = time.monotonic()
         try:
             return pool.acquire(avoid=avoid, cancelled=self._cancel.is_set)
         except NoWorkers:
             raise _Cancelled from None
+        finally:
+            self._search_metrics.phase("queued", time.monotonic() - started)
 
     def _measure(self, trial: common_pb2.Trial, avoid: set[str]) -> None:
         key = measurement_key(trial.architecture.id, self.spec.latency, self.resolved.latency_build)
@@ -567,6 +584,7 @@ class SearchRunner:
             raise
         finally:
             self._backends.latency.release(address, failed=failed)
+            self._search_metrics.phase("measuring", time.monotonic() - started)
         self._metrics.trial_attempts.labels("latency", "ok").inc()
         trial.latency.CopyFrom(response.stats)
         trial.latency_worker = address
@@ -628,6 +646,7 @@ class SearchRunner:
             self._backends.trainers.release(address, failed=failed)
             trial.trainer = address
             trial.train_seconds = time.monotonic() - started
+            self._search_metrics.phase("training", trial.train_seconds)
         self._metrics.trial_attempts.labels("trainer", "ok").inc()
         trial.training.CopyFrom(result)
         if weights is not None:
@@ -643,8 +662,14 @@ class SearchRunner:
             )
         )
         trial.reward_seconds = time.monotonic() - started
+        self._search_metrics.phase("scoring", trial.reward_seconds)
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _record_best(self, trial: common_pb2.Trial) -> None:
+        self._search_metrics.set_best(
+            trial.reward, trial.training.accuracy, reported_seconds(trial.latency)
+        )
 
     def _outcome(self, trial: common_pb2.Trial) -> Outcome:
         scored = trial.state in SCORED_STATES
@@ -664,6 +689,13 @@ class SearchRunner:
         if trial is not None:
             event.trial.CopyFrom(trial)
         self._hub.publish(self.search.id, event)
+
+
+def _failed_step(trial: common_pb2.Trial) -> str:
+    """The kind of worker whose step failed: the first step without a result."""
+    if not trial.HasField("latency"):
+        return "latency"
+    return "trainer" if not trial.HasField("training") else "reward"
 
 
 def _pack(proposals: int, state: bytes) -> bytes:

@@ -24,6 +24,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from mnas import references
+from services.common.build_info import register_build_info
 from services.common.cli import base_parser, configure_logging
 from services.common.server import catch_stop_signals, serve_from_args
 from services.latency.oracle import HostOracle, LatencyOracle
@@ -149,6 +150,7 @@ def main() -> None:
             data.measure_unseen = KernelMeasurer(oracles[0])
         predictors.append(PredictedLatency(data))
     registry = CollectorRegistry()
+    register_build_info(registry, "latency")
     running = make_server(
         registry=registry,
         port=args.port,

@@ -20,6 +20,7 @@ from services.common.server import RunningServer, build_server
 from services.latency.oracle import HOST_CPU, HostOracle, LatencyOracle, MeasureSettings
 from services.latency.phones.adb import PhoneConnectionError
 from services.latency.phones.benchmark_output import BenchmarkFailed
+from services.latency.phones.metrics import PhoneCollector
 from services.latency.phones.oracle import NoPhoneAvailable, PhoneLatencyResult, PhoneOracle
 from services.latency.phones.runner import PhoneSetupError
 from services.latency.predictor.adapter import PredictedLatency
@@ -179,10 +180,10 @@ class LatencyMetrics:
             registry=registry,
         )
         self.model_seconds = Histogram(
-            "mnas_latency_model_seconds",
+            "mnas_latency_model_latency_seconds",
             "Latency (robust figure) of the models measured (not counting cache hits), by device "
             "class and device model.",
-            ("device_class", "model"),
+            ("device_class", "device_model"),
             buckets=_MODEL_BUCKETS,
             registry=registry,
         )
@@ -211,6 +212,9 @@ class LatencyMetrics:
             registry=registry,
         )
         in_flight.set_function(lambda: service.in_flight)
+        phones = [o for o in service.oracles if isinstance(o, PhoneOracle)]
+        if phones:
+            registry.register(PhoneCollector(phones))
 
     def observe(self, measurement: Measurement, model: str) -> None:
         device_class = measurement.device_class

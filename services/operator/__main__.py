@@ -12,6 +12,7 @@ import os
 
 from prometheus_client import CollectorRegistry
 
+from services.common.build_info import register_build_info
 from services.common.cli import base_parser, configure_logging
 from services.common.server import build_server, catch_stop_signals, serve_from_args
 from services.operator.controller import GrpcController
@@ -46,6 +47,7 @@ def main() -> None:
     configure_logging(args.log_level)
     catch_stop_signals()  # a signal during start-up is not lost
     registry = CollectorRegistry()
+    register_build_info(registry, "operator")
     running = build_server(
         service_names=[],
         add_servicers=lambda _: None,

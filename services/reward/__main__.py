@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from services.common.build_info import register_build_info
 from services.common.cli import base_parser, configure_logging
 from services.common.server import catch_stop_signals, serve_from_args
 from services.reward.server import make_server
@@ -14,6 +15,7 @@ def main() -> None:
     configure_logging(args.log_level)
     catch_stop_signals()  # a signal during start-up is not lost
     registry = CollectorRegistry()
+    register_build_info(registry, "reward")
     running = make_server(registry=registry, port=args.port, host=args.host)
     serve_from_args(running, registry, args)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from services.common.build_info import register_build_info
 from services.common.cli import base_parser, configure_logging
 from services.common.server import catch_stop_signals, serve_from_args
 from services.trainer.catalog import parse_dataset_flag
@@ -76,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(args.log_level)
     catch_stop_signals()  # a signal during start-up is not lost
     registry = CollectorRegistry()
+    register_build_info(registry, "trainer")
     try:
         config = TrainerConfig(
             port=args.port,

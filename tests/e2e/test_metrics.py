@@ -18,18 +18,38 @@ from tests.e2e.test_search import small_spec
 
 pytestmark = pytest.mark.slow
 
+SEARCH_ID = "metrics"
+EVERY_SERVICE = ["mnas_build_info"]
 REQUIRED = {
     "controller": [
-        "mnas_controller_trials_finished_total",
-        "mnas_controller_trials_running",
-        "mnas_controller_trial_seconds",
+        *EVERY_SERVICE,
+        "mnas_search_trials_finished_total",
+        "mnas_search_samples_per_hour",
+        "mnas_search_trials_running",
+        "mnas_search_budget_trials",
+        "mnas_search_budget_failed_trials",
+        "mnas_search_best_reward",
+        "mnas_search_best_accuracy",
+        "mnas_search_best_latency_seconds",
+        "mnas_search_trial_retries_total",
+        "mnas_search_trial_seconds",
+        "mnas_search_trial_phase_seconds",
+        "mnas_search_accuracy",
+        "mnas_search_reward",
+        "mnas_worker_capacity",
+        "mnas_worker_slots_in_use",
+        "mnas_worker_healthy",
         "mnas_controller_model_latency_seconds",
         "mnas_grpc_server_in_flight_calls",
         "grpc_server_handled_total",
     ],
-    "trainer": ["mnas_trainer_jobs_in_flight", "mnas_trainer_job_seconds"],
-    "latency": ["mnas_latency_model_seconds", "mnas_latency_export_seconds"],
-    "reward": ["mnas_reward_scores_total", "grpc_server_handling_seconds"],
+    "trainer": [*EVERY_SERVICE, "mnas_trainer_jobs_in_flight", "mnas_trainer_job_seconds"],
+    "latency": [
+        *EVERY_SERVICE,
+        "mnas_latency_model_latency_seconds",
+        "mnas_latency_export_seconds",
+    ],
+    "reward": [*EVERY_SERVICE, "mnas_reward_scores_total", "grpc_server_handling_seconds"],
 }
 
 
@@ -43,7 +63,7 @@ def stack_after_search(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
     workdir = tmp_path_factory.mktemp("metrics")
     with LocalStack(workdir=workdir, store=str(workdir / "mnas.db")) as stack:
         with Client(stack.controller) as client:
-            client.submit(small_spec(trials=1, examples=300)).wait(timeout=300)
+            client.submit(small_spec(trials=1, examples=300), search_id=SEARCH_ID).wait(timeout=300)
         yield stack
 
 
@@ -59,7 +79,13 @@ def test_metrics_pass_promtool(stack_after_search: LocalStack) -> None:
         )
         assert result.returncode == 0, f"{process.name}: {result.stdout}{result.stderr}"
     controller = scrape(stack_after_search.process("controller").metrics_port)
-    assert 'mnas_controller_trials_finished_total{state="completed"} 1.0' in controller
+    search = f'search="{SEARCH_ID}"'
+    assert f'mnas_search_trials_finished_total{{{search},state="completed"}} 1.0' in controller
+    assert f"mnas_search_budget_trials{{{search}}} 1.0" in controller
+    assert f"mnas_search_accuracy_count{{{search}}} 1.0" in controller
+    training = f'mnas_search_trial_phase_seconds_count{{phase="training",{search}}} 1.0'
+    assert training in controller
+    assert 'mnas_build_info{role="controller",version="' in controller
 
 
 def test_prometheus_scrapes_every_service(stack_after_search: LocalStack, tmp_path: Path) -> None:
@@ -97,10 +123,18 @@ def test_prometheus_scrapes_every_service(stack_after_search: LocalStack, tmp_pa
             if total < len(targets):
                 time.sleep(0.5)  # pacing the poll of a scrape that runs every second
         assert total == len(targets)
-        query = f"http://127.0.0.1:{port}/api/v1/query?query=mnas_controller_trials_finished_total"
+        query = f"http://127.0.0.1:{port}/api/v1/query?query=mnas_search_trials_finished_total"
         with urllib.request.urlopen(query, timeout=5) as response:
             series = json.load(response)["data"]["result"]
-        assert any(s["metric"].get("state") == "completed" for s in series)
+        assert any(
+            s["metric"].get("state") == "completed" and s["metric"].get("search") == SEARCH_ID
+            for s in series
+        )
+        query = f"http://127.0.0.1:{port}/api/v1/query?query=mnas_build_info"
+        with urllib.request.urlopen(query, timeout=5) as response:
+            series = json.load(response)["data"]["result"]
+        roles = {s["metric"]["role"] for s in series}
+        assert roles == {p.name.split("-")[0] for p in stack_after_search.processes}
     finally:
         server.terminate()
         server.wait(30)

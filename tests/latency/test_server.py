@@ -100,9 +100,14 @@ def test_measure_returns_stats_then_answers_from_the_cache(
     assert value("mnas_latency_measurements_total", device_class="host-cpu", cached="false") == 1
     assert value("mnas_latency_measurements_total", device_class="host-cpu", cached="true") == 1
     model = stats.device  # the host's CPU model
-    assert value("mnas_latency_model_seconds_count", device_class="host-cpu", model=model) == 1
+    assert (
+        value(
+            "mnas_latency_model_latency_seconds_count", device_class="host-cpu", device_model=model
+        )
+        == 1
+    )
     assert value(
-        "mnas_latency_model_seconds_sum", device_class="host-cpu", model=model
+        "mnas_latency_model_latency_seconds_sum", device_class="host-cpu", device_model=model
     ) == pytest.approx(stats.robust_seconds)
     assert value("mnas_latency_export_seconds_count") == 1
     assert value("mnas_latency_measure_seconds_count", device_class="host-cpu") == 1
@@ -115,6 +120,30 @@ def test_measure_returns_stats_then_answers_from_the_cache(
         "grpc_code": "OK",
     }
     assert value("grpc_server_handled_total", **handled) == 2
+
+
+def test_the_model_latency_histogram_spans_host_cpus_and_phones(
+    stub: latency_pb2_grpc.LatencyStub, registry: CollectorRegistry
+) -> None:
+    """Buckets from 0.5 ms (a small network on a server CPU) to 2 s (a large one on an old
+    phone); a measurement lands in every bucket at or above its robust figure."""
+    stats = stub.Measure(measure_request(), timeout=60).stats
+    labels = {"device_class": "host-cpu", "device_model": stats.device}
+    (family,) = (m for m in registry.collect() if m.name == "mnas_latency_model_latency_seconds")
+    bounds = [
+        s.labels["le"]
+        for s in family.samples
+        if s.name == "mnas_latency_model_latency_seconds_bucket"
+        and s.labels["device_model"] == stats.device
+    ]
+    finite = [float(b) for b in bounds if b != "+Inf"]
+    assert finite[0] == 0.0005 and finite[-1] == 2.0 and finite == sorted(finite)
+    assert "+Inf" in bounds
+    for bound in bounds:
+        count = registry.get_sample_value(
+            "mnas_latency_model_latency_seconds_bucket", {**labels, "le": bound}
+        )
+        assert count == (1 if stats.robust_seconds <= float(bound) else 0), bound
 
 
 def test_unset_settings_take_the_documented_defaults(stub: latency_pb2_grpc.LatencyStub) -> None:

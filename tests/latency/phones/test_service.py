@@ -45,7 +45,10 @@ def measure_request(**settings: object) -> latency_pb2.MeasureRequest:
         architecture=common_pb2.Architecture(canonical=TINY),
         build=common_pb2.BuildParams(resolution=16, num_classes=4, width=1.0),
         settings=common_pb2.LatencySettings(
-            device_class="pixel-1", warmup_runs=1, runs=3, **settings  # type: ignore[arg-type]
+            device_class="pixel-1",
+            warmup_runs=1,
+            runs=3,
+            **settings,  # type: ignore[arg-type]
         ),
     )
 
@@ -72,7 +75,8 @@ def test_devices_list_phones_with_their_details_and_last_reading(
     assert list(response.stats.flags) == []
     # The latency histogram is kept per device model.
     count = registry.get_sample_value(
-        "mnas_latency_model_seconds_count", {"device_class": "pixel-1", "model": "Pixel 1"}
+        "mnas_latency_model_latency_seconds_count",
+        {"device_class": "pixel-1", "device_model": "Pixel 1"},
     )
     assert count == 1
 
@@ -110,3 +114,48 @@ def test_mnas_devices_and_latency_measure_through_the_service(
     assert json.loads(capsys.readouterr().out)["device_class"] == "host-cpu"
     assert main([*command, *build, "--local", "--device-class", "pixel-1"]) == 2
     assert "--local measures on host-cpu" in capsys.readouterr().err
+
+
+def test_phone_gauges_show_health_temperature_and_battery_by_serial(
+    peer: AdbPeer, server: AdbServer, profile: PhoneProfile
+) -> None:
+    """The first phone falls off the bus at its first command: it is benched and the
+    measurement moves to the second, whose reading the gauges then show."""
+    peer.add_phone("PIXEL-A")
+    peer.add_phone("PIXEL-B", temperature_c=41.5, battery_level=77, usb_powered=False)
+    clock = FakeClock()
+    oracle = PhoneOracle(profile, discover(server), clock=clock, sleep=clock.sleep)
+    registry = CollectorRegistry()
+    running = make_server(registry=registry, oracles=[HostOracle(), oracle])
+
+    def value(name: str, serial: str) -> float | None:
+        labels = {"device_class": "pixel-1", "device_model": "Pixel 1", "serial": serial}
+        return registry.get_sample_value(f"mnas_phone_{name}", labels)
+
+    try:
+        assert [value("healthy", s) for s in ("PIXEL-A", "PIXEL-B")] == [1, 1]
+        assert value("busy", "PIXEL-A") == 0
+        assert value("temperature_celsius", "PIXEL-B") is None  # nothing read yet
+        peer.drop("PIXEL-A")
+        with grpc.insecure_channel(running.address) as channel:
+            stub = latency_pb2_grpc.LatencyStub(channel)
+            response = stub.Measure(measure_request(), timeout=120)
+        assert response.stats.device == "PIXEL-B"
+        assert value("healthy", "PIXEL-A") == 0
+        assert value("temperature_celsius", "PIXEL-A") is None
+        assert value("healthy", "PIXEL-B") == 1
+        assert value("busy", "PIXEL-B") == 0
+        assert value("temperature_celsius", "PIXEL-B") == pytest.approx(41.5)
+        assert value("battery_ratio", "PIXEL-B") == pytest.approx(0.77)
+        assert value("powered", "PIXEL-B") == 0
+    finally:
+        running.stop(0)
+
+
+def test_a_latency_service_without_phones_has_no_phone_series() -> None:
+    registry = CollectorRegistry()
+    running = make_server(registry=registry, oracles=[HostOracle()])
+    running.stop(0)
+    names = {metric.name for metric in registry.collect()}
+    assert "mnas_latency_model_latency_seconds" in names
+    assert not any(name.startswith("mnas_phone_") for name in names)
