@@ -149,15 +149,21 @@ def test_install_passes_kubernetes_validate_strict(
 
 
 def test_monitoring_component_is_kept_out_of_the_validated_installs() -> None:
-    """The PodMonitor is a prometheus-operator kind with no offline schema (the tool would
-    only warn), so the monitoring component is opt-in and in no install; instead its
-    selector must pick every pod with a metrics port, by that port's name."""
+    """The PodMonitor and PrometheusRule are prometheus-operator kinds with no offline
+    schema (the tool would only warn), so the monitoring component is opt-in and in no
+    install; instead the PodMonitor's selector must pick every pod with a metrics port, by
+    that port's name."""
     monitoring = render(K8S / "components" / "monitoring")
     (monitor,) = [r for r in monitoring if r["kind"] == "PodMonitor"]
-    with pytest.raises(kv_utils.SchemaNotFoundError):
-        kv_utils.validate(monitor, OLDEST_KUBERNETES, strict=True)
+    for resource in monitoring:
+        if resource["kind"] in ("PodMonitor", "PrometheusRule"):
+            with pytest.raises(kv_utils.SchemaNotFoundError):
+                kv_utils.validate(resource, OLDEST_KUBERNETES, strict=True)
     for name in INSTALLS:
-        assert not any(r["kind"] == "PodMonitor" for r in resources_of(name)), name
+        kinds = {r["kind"] for r in resources_of(name)}
+        assert not kinds & {"PodMonitor", "PrometheusRule"}, name
+        assert not any(r["metadata"]["name"] == "mnas-grafana-dashboard"
+                       for r in resources_of(name)), name
     selector = monitor["spec"]["selector"]["matchLabels"]
     watched = set(monitor["spec"]["namespaceSelector"]["matchNames"])
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
@@ -169,6 +175,30 @@ def test_monitoring_component_is_kept_out_of_the_validated_installs() -> None:
             assert selector.items() <= labels.items(), where(name, workload, container)
             assert namespace_of(workload) in watched, where(name, workload, container)
             assert endpoint["port"] == "metrics"
+
+
+MONITORING = K8S / "components" / "monitoring"
+
+
+def test_monitoring_component_makes_the_dashboard_configmap_for_grafanas_sidecar() -> None:
+    """kustomize's configMapGenerator puts the dashboard JSON, unchanged, in a ConfigMap
+    labelled grafana_dashboard: "1" (what the Grafana chart's sidecar picks up), under a
+    fixed name so a new version replaces the old one."""
+    (configmap,) = [r for r in render(MONITORING) if r["kind"] == "ConfigMap"]
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["name"] == "mnas-grafana-dashboard"
+    kv_utils.validate(configmap, OLDEST_KUBERNETES, strict=True)
+    dashboard = (MONITORING / "dashboards" / "mnas.json").read_text()
+    assert configmap["data"] == {"mnas.json": dashboard}
+
+
+def test_prometheus_rule_holds_the_rules_of_the_plain_rules_file() -> None:
+    """The PrometheusRule (for the operator) and rules/mnas-alerts.yaml (for a plain
+    Prometheus) hold the same groups, rule for rule."""
+    (rule,) = [r for r in render(MONITORING) if r["kind"] == "PrometheusRule"]
+    plain = yaml.safe_load((MONITORING / "rules" / "mnas-alerts.yaml").read_text())
+    assert rule["spec"] == plain
+    assert rule["metadata"]["labels"]["app.kubernetes.io/part-of"] == "mnas"
 
 
 # --- the default install's contents ------------------------------------------------------
