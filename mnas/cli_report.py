@@ -4,8 +4,10 @@ or straight from a store file or database URL (``--store``, no controller needed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,6 +57,8 @@ def read_from_store(
     if "://" not in url_or_path and not Path(url_or_path).is_file():
         raise UsageError(f"--store: no store file {url_or_path}")
     try:
+        if not _holds_a_store(url_or_path):  # opening a store would create its tables
+            raise UsageError(f"--store: {url_or_path} holds no mnas store (no searches table)")
         store = Store.open(url_or_path)
         try:
             search = store.get_search(search_id)
@@ -71,6 +75,29 @@ def read_from_store(
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"--store: cannot read {url_or_path}: {first}") from None
     return search, trials
+
+
+def _holds_a_store(url_or_path: str) -> bool:
+    """Whether the database has the store's tables, looked at without writing to it."""
+    if "://" not in url_or_path:
+        import sqlite3
+
+        uri = Path(url_or_path).resolve().as_uri() + "?mode=ro"
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+                found = db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'searches'"
+                ).fetchone()
+        except sqlite3.DatabaseError as err:
+            raise UsageError(f"--store: cannot read {url_or_path}: {err}") from None
+        return found is not None
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(url_or_path)
+    try:
+        return bool(inspect(engine).has_table("searches"))
+    finally:
+        engine.dispose()
 
 
 def check_output(output: str) -> None:
@@ -99,13 +126,22 @@ def write_report(
         sys.stdout.flush()
         return None
     path = Path(output)
-    partial = path.with_name(path.name + ".partial")
+    partial: Path | None = None
     try:
-        partial.write_text(text, encoding="utf-8")
-        partial.replace(path)
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+        ) as f:
+            partial = Path(f.name)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+        partial = None
     except OSError as err:
-        partial.unlink(missing_ok=True)
         raise UsageError(f"cannot write the report to {output}: {err.strerror or err}") from None
+    finally:
+        if partial is not None:  # whatever stopped us (an error, Ctrl-C): no half file
+            partial.unlink(missing_ok=True)
     return f"wrote the report of search {search.id} ({len(trials)} trials) to {path}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -288,9 +289,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
             )
             final = _follow(console, search)
             _print_results(console, search, args.top)
-            if args.report:
-                line = write_report(search.refresh(), list(search.trials()), args.report, top=10)
-                console.print(line, soft_wrap=True, highlight=False)
+            if args.report:  # a report that cannot be written does not change the outcome
+                try:
+                    line = write_report(
+                        search.refresh(), list(search.trials()), args.report, top=10
+                    )
+                    console.print(line, soft_wrap=True, highlight=False)
+                except UsageError as err:
+                    print(f"mnas: error: {err}", file=sys.stderr)
     finally:
         stack.stop()
     console.print(f"wall time {time.monotonic() - started:.1f}s")

@@ -106,7 +106,11 @@ def _summary(
     counts = ", ".join(f"{by_state[name]} {name}" for name in order if by_state[name])
     rows: list[tuple[str, str]] = [
         ("state", _state_name(search)),
-        ("trials", f"{len(trials)} of {spec.budget.max_trials}{': ' if counts else ''}{counts}"),
+        (
+            "trials",
+            f"{by_state['completed'] + by_state['stopped']} of {spec.budget.max_trials} done"
+            f"{': ' if counts else ''}{counts}",
+        ),
         (
             "best reward",
             f"{best.reward:.4f} (trial {best.number})" if best is not None else "none yet",

@@ -7,6 +7,7 @@ pools and the samples-per-hour window are read at scrape time.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -18,7 +19,14 @@ from prometheus_client.registry import Collector
 
 from services.controller.workers import WorkerPool
 
-__all__ = ["PHASES", "RETRY_KINDS", "SAMPLES_WINDOW_SECONDS", "ControllerMetrics", "SearchMetrics"]
+__all__ = [
+    "ENDED_SEARCHES_KEPT",
+    "PHASES",
+    "RETRY_KINDS",
+    "SAMPLES_WINDOW_SECONDS",
+    "ControllerMetrics",
+    "SearchMetrics",
+]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2)
 _TRIAL_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
@@ -39,6 +47,12 @@ PHASES = ("queued", "measuring", "training", "scoring")
 RETRY_KINDS = ("latency", "trainer", "reward")
 # The sliding window of ``mnas_search_samples_per_hour``.
 SAMPLES_WINDOW_SECONDS = 900.0
+# The shortest span samples per hour are counted over: a trial that ends a few seconds
+# after a start must not read as thousands per hour.
+MIN_SAMPLES_SPAN_SECONDS = 60.0
+# Ended searches whose series stay exported (the newest); older ones are removed, so the
+# series a long-lived controller exports stay bounded.
+ENDED_SEARCHES_KEPT = 20
 _HOUR = 3600.0
 
 
@@ -65,6 +79,11 @@ class SearchMetrics:
     def set_budget(self, max_trials: int, max_failed_trials: int) -> None:
         self._parent.budget_trials.labels(self.search_id).set(max_trials)
         self._parent.budget_failed_trials.labels(self.search_id).set(max_failed_trials)
+
+    def set_done(self, trials: int) -> None:
+        """Trials completed or stopped so far, from the search's record (which, unlike the
+        counters, survives a restart of the controller)."""
+        self._parent.trials_done.labels(self.search_id).set(trials)
 
     def set_best(self, reward: float, accuracy: float, latency_seconds: float) -> None:
         """The best completed trial so far: its reward, accuracy and latency."""
@@ -100,6 +119,35 @@ class SearchMetrics:
         """The search reached a final state: no more samples per hour."""
         with self._lock:
             self._ended = True
+        self._parent.prune_ended()
+
+    @property
+    def is_ended(self) -> bool:
+        with self._lock:
+            return self._ended
+
+    def remove(self) -> None:
+        """Drop this search's series from every family."""
+        p = self._parent
+        for family in (
+            p.trials_running,
+            p.trials_done,
+            p.best_reward,
+            p.best_accuracy,
+            p.best_latency,
+            p.budget_trials,
+            p.budget_failed_trials,
+            p.trial_seconds,
+            p.accuracy,
+            p.reward,
+        ):
+            _remove(family, self.search_id)
+        for state in ("completed", "stopped", "failed", "cancelled"):
+            _remove(p.trials_finished, self.search_id, state)
+        for kind in RETRY_KINDS:
+            _remove(p.trial_retries, self.search_id, kind)
+        for phase in PHASES:
+            _remove(p.trial_phase_seconds, self.search_id, phase)
 
     def samples_per_hour(self) -> float:
         """Samples in the last :data:`SAMPLES_WINDOW_SECONDS`, per hour (over the time since
@@ -111,7 +159,7 @@ class SearchMetrics:
             while self._samples and self._samples[0] <= now - SAMPLES_WINDOW_SECONDS:
                 self._samples.popleft()
             count = len(self._samples)
-        span = min(SAMPLES_WINDOW_SECONDS, max(now - self._started, 1.0))
+        span = min(SAMPLES_WINDOW_SECONDS, max(now - self._started, MIN_SAMPLES_SPAN_SECONDS))
         return count * _HOUR / span
 
 
@@ -136,6 +184,13 @@ class ControllerMetrics:
         self.trials_running = Gauge(
             "mnas_search_trials_running",
             "Trials being measured, trained or scored now, by search.",
+            ("search",),
+            registry=registry,
+        )
+        self.trials_done = Gauge(
+            "mnas_search_trials_done",
+            "Trials completed or stopped so far (the search's progress against its budget), "
+            "by search; read from the search's record, so it survives a controller restart.",
             ("search",),
             registry=registry,
         )
@@ -234,6 +289,16 @@ class ControllerMetrics:
                 found = self._searches[search_id] = SearchMetrics(self, search_id)
             return found
 
+    def prune_ended(self) -> None:
+        """Remove the series of ended searches beyond the newest :data:`ENDED_SEARCHES_KEPT`."""
+        with self._lock:
+            ended = [s for s in self._searches.values() if s.is_ended]
+            stale = ended[: max(0, len(ended) - ENDED_SEARCHES_KEPT)]  # dicts keep order
+            for search in stale:
+                del self._searches[search.search_id]
+        for search in stale:
+            search.remove()
+
     def track_workers(self, pools: Sequence[WorkerPool]) -> None:
         """Report these pools' endpoints at every scrape."""
         with self._lock:
@@ -242,6 +307,11 @@ class ControllerMetrics:
     def _snapshot(self) -> tuple[list[SearchMetrics], list[WorkerPool]]:
         with self._lock:
             return list(self._searches.values()), list(self._pools)
+
+
+def _remove(family: Counter | Gauge | Histogram, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # a series never made
+        family.remove(*labels)
 
 
 class _ScrapeTimeCollector(Collector):

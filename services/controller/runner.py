@@ -99,6 +99,7 @@ class SearchRunner:
         self._search_metrics.set_budget(
             self.spec.budget.max_trials, self.spec.budget.max_failed_trials
         )
+        self._search_metrics.set_done(search.trials_completed + search.trials_stopped)
         self._on_finish = on_finish
         self._lock = threading.Condition()
         self._cancel = threading.Event()
@@ -439,6 +440,7 @@ class SearchRunner:
             elif trial.state == TS.TRIAL_STATE_FAILED:
                 self.search.trials_failed += 1
             self.search.trials_running = len(self._running)
+            self._search_metrics.set_done(self.search.trials_completed + self.search.trials_stopped)
             self._observe(trial)  # first: its checkpoint, if any, goes with the trial
             # The next trial, if one may start, is recorded as running in the same write.
             following = self._continue()

@@ -25,7 +25,12 @@ from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common.server import RunningServer, build_server
 from services.controller.clients import Backends
 from services.controller.core import Controller
-from services.controller.metrics import PHASES, SAMPLES_WINDOW_SECONDS, ControllerMetrics
+from services.controller.metrics import (
+    ENDED_SEARCHES_KEPT,
+    PHASES,
+    SAMPLES_WINDOW_SECONDS,
+    ControllerMetrics,
+)
 from services.controller.store import Store
 from services.latency.server import make_server as make_latency_server
 from services.reward.server import make_server as make_reward_server
@@ -214,9 +219,10 @@ def test_samples_per_hour_is_a_sliding_window_until_the_search_ends(
     search = running.controller.submit(parse_spec(SPEC), "window")
     assert running.trainer.entered.wait(60), "the last training never started"
     rate = "mnas_search_samples_per_hour"
-    # Two trials completed and the clock has not moved since the search started: two
-    # samples within its first second count as that second's rate.
-    assert running.value(rate, search=search.id) == pytest.approx(2 * 3600)
+    # Two trials completed and the clock has not moved since the search started: the
+    # rate is counted over a minute at least (not thousands per hour).
+    assert running.value(rate, search=search.id) == pytest.approx(2 * 60)
+    assert running.value("mnas_search_trials_done", search=search.id) == 2
     running.clock.now = SAMPLES_WINDOW_SECONDS / 2  # two in half the window
     assert running.value(rate, search=search.id) == pytest.approx(2 * 3600 / 450)
     running.clock.now = SAMPLES_WINDOW_SECONDS + 0.5  # the samples left the window
@@ -264,3 +270,30 @@ def test_each_search_has_its_own_series(running: Running) -> None:
     assert value(finished, search=first.id, state="failed") == 1
     assert value(finished, search=second.id, state="completed") == 1
     assert value(finished, search=second.id, state="failed") == 0
+
+
+def test_only_the_newest_ended_searches_keep_their_series() -> None:
+    """A long-lived controller exports a bounded set: the series of ended searches beyond
+    the newest ENDED_SEARCHES_KEPT are removed."""
+    registry = CollectorRegistry()
+    metrics = ControllerMetrics(registry)
+    searches = [metrics.search(f"s{i}") for i in range(ENDED_SEARCHES_KEPT + 3)]
+    for search in searches:
+        search.set_budget(3, 3)
+        search.finished("completed", 1.0, accuracy=0.5, reward=0.4)
+    running = metrics.search("running")
+    running.set_budget(3, 3)
+    for search in searches:
+        search.ended()
+
+    def budget(name: str) -> float | None:
+        return registry.get_sample_value("mnas_search_budget_trials", {"search": name})
+
+    assert [budget(f"s{i}") for i in range(3)] == [None, None, None]
+    assert budget("s3") == 3 and budget(f"s{ENDED_SEARCHES_KEPT + 2}") == 3
+    assert budget("running") == 3
+    finished = {"search": "s0", "state": "completed"}
+    assert registry.get_sample_value("mnas_search_trials_finished_total", finished) is None
+    assert registry.get_sample_value("mnas_search_accuracy_count", {"search": "s0"}) is None
+    samples = [s for m in registry.collect() for s in m.samples if s.labels.get("search") == "s0"]
+    assert samples == []

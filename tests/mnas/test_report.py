@@ -4,6 +4,7 @@ draws it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -109,7 +110,7 @@ def test_page_has_the_three_plots_inline_and_the_best_trials() -> None:
         assert f"{t.training.accuracy:.4f}" in page
         assert f"{t.latency.robust_seconds * 1e3:.3f}" in page  # the robust figure, in ms
     # Failed trials are counted, not drawn.
-    assert "24 of 24: 20 completed, 4 failed" in page
+    assert "20 of 24 done: 20 completed, 4 failed" in page
     assert f"{best[0].reward:.4f} (trial {best[0].number})" in page
 
 
@@ -141,7 +142,7 @@ def test_a_search_without_completed_trials_says_so() -> None:
     page = render_report(search, make_trials(search.id, 0, failed=2))
     assert svgs(page) == []
     assert "No completed trial yet" in page
-    assert "2 of 3: 2 failed" in page and "none yet" in page
+    assert "0 of 3 done: 2 failed" in page and "none yet" in page
 
 
 # --- the command over a store and over a controller ------------------------------------
@@ -175,8 +176,8 @@ def test_report_from_a_store_file(
     assert str(output) in out
     page = output.read_text()
     assert len(svgs(page)) == 3
-    assert "12 of 12: 10 completed, 2 failed" in page
-    assert not list(tmp_path.glob("*.partial"))
+    assert "10 of 12 done: 10 completed, 2 failed" in page  # the budget counts scored ones
+    assert sorted(p.name for p in tmp_path.iterdir() if "report" in p.name) == ["report.html"]
     # The same page on standard output.
     code, out, _ = run(capsys, "report", search.id, "--store", str(path), "-o", "-", "--top", "3")
     assert code == 0
@@ -207,6 +208,24 @@ def test_report_errors_are_one_line_and_exit_2(
     assert err.startswith("mnas: error: ") and err.count("\n") == 1
     assert message in err
     assert not (tmp_path / "absent.db").exists()  # reading never creates a store
+
+
+def test_a_database_that_is_no_store_is_refused_and_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(other)) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+        db.commit()
+    before = other.read_bytes()
+    code, out, err = run(
+        capsys, "report", "x", "--store", str(other), "-o", str(tmp_path / "r.html")
+    )
+    assert code == 2 and out == ""
+    assert "holds no mnas store" in err
+    assert other.read_bytes() == before  # no tables added, no journal mode changed
 
 
 def test_report_of_an_unreachable_controller_exits_2(
@@ -274,7 +293,7 @@ def test_report_from_a_controller_matches_the_store(
     page = over_grpc.read_text()
     assert body(page) == body(from_store.read_text())
     assert len(svgs(page)) == 3
-    assert "6 of 6: 6 completed" in page and "T = 1 ms" in page
+    assert "6 of 6 done: 6 completed" in page and "T = 1 ms" in page
 
 
 # --- in a browser ------------------------------------------------------------------------

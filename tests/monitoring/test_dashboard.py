@@ -27,6 +27,7 @@ METRICS = {
     "mnas_search_samples_per_hour",
     "mnas_search_trials_running",
     "mnas_search_budget_trials",
+    "mnas_search_trials_done",
     "mnas_search_best_reward",
     "mnas_search_best_accuracy",
     "mnas_search_best_latency_seconds",
