@@ -20,9 +20,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from services.common.build_info import register_build_info
 from services.common.rpc_metrics import RpcMetrics, RpcMetricsInterceptor
 
-__all__ = ["RunningServer", "build_server", "catch_stop_signals", "serve", "serve_from_args"]
+__all__ = [
+    "RunningServer",
+    "build_server",
+    "catch_stop_signals",
+    "serve",
+    "serve_from_args",
+    "service_registry",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -116,12 +124,19 @@ def serve(
     _logger.info("stopped")
 
 
+def service_registry(args: Any, role: str) -> CollectorRegistry:
+    """The registry of a service process: ``mnas_build_info`` for ``role``, served on
+    ``--metrics-port`` from now on, so that /metrics answers before the service reports
+    SERVING (a probe or scraper that finds it serving finds its metrics too)."""
+    registry = CollectorRegistry()
+    register_build_info(registry, role)
+    if args.metrics_port is not None:
+        start_http_server(args.metrics_port, addr=args.host, registry=registry)
+        _logger.info("metrics on http://%s:%d/metrics", args.host, args.metrics_port)
+    return registry
+
+
 def serve_from_args(running: RunningServer, registry: CollectorRegistry, args: Any) -> None:
-    """:func:`serve` with the flags of :func:`services.common.cli.base_parser`."""
-    serve(
-        running,
-        registry=registry,
-        metrics_port=args.metrics_port,
-        metrics_host=args.host,
-        grace=args.grace,
-    )
+    """:func:`serve` with the flags of :func:`services.common.cli.base_parser` (its
+    /metrics already served by :func:`service_registry`)."""
+    serve(running, registry=registry, metrics_port=None, grace=args.grace)

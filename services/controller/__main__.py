@@ -5,11 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
-from prometheus_client import CollectorRegistry
-
-from services.common.build_info import register_build_info
 from services.common.cli import base_parser, configure_logging
-from services.common.server import catch_stop_signals, serve_from_args
+from services.common.server import catch_stop_signals, serve_from_args, service_registry
 from services.controller.clients import Backends
 from services.controller.core import Controller
 from services.controller.learner import warm_up
@@ -63,8 +60,7 @@ def main() -> None:
     _one_torch_thread()
     # PPO's learner process imports torch for seconds: start it now, not at the first update.
     threading.Thread(target=warm_up, name="learner-warm-up", daemon=True).start()
-    registry = CollectorRegistry()
-    register_build_info(registry, "controller")
+    registry = service_registry(args, "controller")
     store = Store.open(args.store)
     backends = Backends(
         trainers=_targets(args.trainer), latency=_targets(args.latency), reward=args.reward

@@ -21,12 +21,9 @@ import logging
 import threading
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
-
 from mnas import references
-from services.common.build_info import register_build_info
 from services.common.cli import base_parser, configure_logging
-from services.common.server import catch_stop_signals, serve_from_args
+from services.common.server import catch_stop_signals, serve_from_args, service_registry
 from services.latency.oracle import HostOracle, LatencyOracle
 from services.latency.phones.adb import PhoneConnectionError
 from services.latency.phones.farm import phone_oracles_from_file
@@ -149,8 +146,7 @@ def main() -> None:
         if args.predictor_measure_unseen and data.device_class == oracles[0].device_class:
             data.measure_unseen = KernelMeasurer(oracles[0])
         predictors.append(PredictedLatency(data))
-    registry = CollectorRegistry()
-    register_build_info(registry, "latency")
+    registry = service_registry(args, "latency")
     running = make_server(
         registry=registry,
         port=args.port,

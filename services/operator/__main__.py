@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import os
 
-from prometheus_client import CollectorRegistry
-
-from services.common.build_info import register_build_info
 from services.common.cli import base_parser, configure_logging
-from services.common.server import build_server, catch_stop_signals, serve_from_args
+from services.common.server import (
+    build_server,
+    catch_stop_signals,
+    serve_from_args,
+    service_registry,
+)
 from services.operator.controller import GrpcController
 from services.operator.kube import KubeApi, load_api_client
 from services.operator.loop import Operator, OperatorMetrics
@@ -46,8 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging(args.log_level)
     catch_stop_signals()  # a signal during start-up is not lost
-    registry = CollectorRegistry()
-    register_build_info(registry, "operator")
+    registry = service_registry(args, "operator")
     running = build_server(
         service_names=[],
         add_servicers=lambda _: None,

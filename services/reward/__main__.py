@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
-
-from services.common.build_info import register_build_info
 from services.common.cli import base_parser, configure_logging
-from services.common.server import catch_stop_signals, serve_from_args
+from services.common.server import catch_stop_signals, serve_from_args, service_registry
 from services.reward.server import make_server
 
 
@@ -14,8 +11,7 @@ def main() -> None:
     args = base_parser("python -m services.reward", "The mnas reward service.").parse_args()
     configure_logging(args.log_level)
     catch_stop_signals()  # a signal during start-up is not lost
-    registry = CollectorRegistry()
-    register_build_info(registry, "reward")
+    registry = service_registry(args, "reward")
     running = make_server(registry=registry, port=args.port, host=args.host)
     serve_from_args(running, registry, args)
 

@@ -8,11 +8,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
-
-from services.common.build_info import register_build_info
 from services.common.cli import base_parser, configure_logging
-from services.common.server import catch_stop_signals, serve_from_args
+from services.common.server import catch_stop_signals, serve_from_args, service_registry
 from services.trainer.catalog import parse_dataset_flag
 from services.trainer.server import TrainerConfig, make_server
 
@@ -76,8 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     catch_stop_signals()  # a signal during start-up is not lost
-    registry = CollectorRegistry()
-    register_build_info(registry, "trainer")
+    registry = service_registry(args, "trainer")
     try:
         config = TrainerConfig(
             port=args.port,

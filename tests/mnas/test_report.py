@@ -386,7 +386,7 @@ def test_mnas_search_writes_the_report(tmp_path: Path) -> None:
     assert f"to {report}" in result.stdout.replace("\n", "")
     page = report.read_text()
     assert len(svgs(page)) == 3 and "Search cli-report" in page
-    assert "2 of 2: 2 completed" in page
+    assert "2 of 2 done: 2 completed" in page
     if shutil.which(CHROMIUM):
         png = tmp_path / "search.png"
         screenshot(report, png, tmp_path)

@@ -36,6 +36,7 @@ TINY = (
 )
 WAIT_SECONDS = 30.0
 STOP_WITHIN_SECONDS = 10.0
+EXIT_WITHIN_SECONDS = 30.0
 
 
 @dataclass
@@ -343,7 +344,9 @@ def test_main_serves_until_sigterm() -> None:
             )
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=STOP_WITHIN_SECONDS) == 0
+        # A bound for a hang, not a speed check: the process stops within its grace (2 s),
+        # then tears down torch and its fork server, 1-5 s here depending on the load.
+        assert proc.wait(timeout=EXIT_WITHIN_SECONDS) == 0
         assert proc.stdout is not None and proc.stdout.read() == ""
     finally:
         if proc.poll() is None:
