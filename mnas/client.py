@@ -206,7 +206,9 @@ class Search:
         """Trial ``number``, or None when the search has no such trial yet."""
         client = self._client
         request = controller_pb2.ListTrialsRequest(
-            search_id=self.id, page_size=1, page_token=str(number - 1)  # the page after it
+            search_id=self.id,
+            page_size=1,
+            page_token=str(number - 1),  # the page after it
         )
         response = client._call(lambda: client._stub.ListTrials(request, timeout=client.timeout))
         return next((t for t in response.trials if t.number == number), None)

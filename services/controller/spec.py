@@ -68,8 +68,7 @@ def choose_dataset(
     if not offers:
         raise WorkersUnavailable(
             "spec.training.dataset: no trainer answered, so the data set cannot be checked; "
-            "submit again when trainers are up"
-            + (f" ({_problems(problems)})" if problems else "")
+            "submit again when trainers are up" + (f" ({_problems(problems)})" if problems else "")
         )
     found = {endpoint: o[name] for endpoint, o in offers.items() if name in o}
     if not found:

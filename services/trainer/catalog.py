@@ -29,6 +29,7 @@ __all__ = ["Catalog", "DatasetNotServed", "parse_dataset_flag"]
 
 _logger = logging.getLogger(__name__)
 
+
 class DatasetNotServed(DatasetError):
     """This trainer has no data set by that name (another trainer may have it)."""
 

@@ -87,12 +87,18 @@ def namespace_of(resource: Resource) -> str | None:
     return None if namespace is None else str(namespace)
 
 
-def find(resources: tuple[Resource, ...], kind: str, name: str,
-         namespace: str | None = None) -> Resource | None:
+def find(
+    resources: tuple[Resource, ...], kind: str, name: str, namespace: str | None = None
+) -> Resource | None:
     """The object of that kind and name (in ``namespace``, where given)."""
     return next(
-        (r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name
-         and (namespace is None or namespace_of(r) == namespace)),
+        (
+            r
+            for r in resources
+            if r["kind"] == kind
+            and r["metadata"]["name"] == name
+            and (namespace is None or namespace_of(r) == namespace)
+        ),
         None,
     )
 

@@ -117,15 +117,26 @@ def _launches() -> list[Launch]:
                     continue
                 sidecars = [c for c in all_containers(workload) if is_sidecar(c)]
                 key = json.dumps(
-                    [container["image"], container.get("command"), container.get("args"),
-                     container.get("env"), container.get("volumeMounts"), sidecars,
-                     _volumes_key(resources, workload)],
+                    [
+                        container["image"],
+                        container.get("command"),
+                        container.get("args"),
+                        container.get("env"),
+                        container.get("volumeMounts"),
+                        sidecars,
+                        _volumes_key(resources, workload),
+                    ],
                     sort_keys=True,
                 )
                 if key in by_key:
                     first = by_key[key]
-                    by_key[key] = Launch(first.install, first.resources, first.workload,
-                                         first.container, (*first.also_in, name))
+                    by_key[key] = Launch(
+                        first.install,
+                        first.resources,
+                        first.workload,
+                        first.container,
+                        (*first.also_in, name),
+                    )
                 else:
                     by_key[key] = Launch(name, resources, workload, container)
     return list(by_key.values())
@@ -243,21 +254,30 @@ class Pod:
             directory.mkdir(exist_ok=True)
             mounts[mount["mountPath"]] = directory
         for mount in container.get("volumeMounts", []):
-            self._fill(volumes[mount["name"]], mounts[mount["mountPath"]], mounts, volumes,
-                       container)
+            self._fill(
+                volumes[mount["name"]], mounts[mount["mountPath"]], mounts, volumes, container
+            )
         return mounts
 
-    def _fill(self, volume: Resource, directory: Path, mounts: dict[str, Path],
-              volumes: dict[str, Resource], container: Resource) -> None:
+    def _fill(
+        self,
+        volume: Resource,
+        directory: Path,
+        mounts: dict[str, Path],
+        volumes: dict[str, Resource],
+        container: Resource,
+    ) -> None:
         if "configMap" in volume:
             assert "items" not in volume["configMap"], "ConfigMap items are not mapped"
             config_map = find(self.launch.resources, "ConfigMap", volume["configMap"]["name"])
             assert config_map is not None, volume
             for key, text in config_map.get("data", {}).items():
                 text = _replace_paths(text, mounts)
-                text = re.sub(r"\bport:\s*(\d+)\b",
-                              lambda m: f"port: {self.ports.get(int(m.group(1)), m.group(1))}",
-                              text)
+                text = re.sub(
+                    r"\bport:\s*(\d+)\b",
+                    lambda m: f"port: {self.ports.get(int(m.group(1)), m.group(1))}",
+                    text,
+                )
                 (directory / key).write_text(text)
                 self._place_host_files(text, mounts, volumes, container)
         elif "secret" in volume:
@@ -271,8 +291,9 @@ class Pod:
             kinds = ("emptyDir", "persistentVolumeClaim", "hostPath")
             assert any(kind in volume for kind in kinds), f"unmapped volume {volume}"
 
-    def _place_host_files(self, text: str, mounts: dict[str, Path],
-                          volumes: dict[str, Resource], container: Resource) -> None:
+    def _place_host_files(
+        self, text: str, mounts: dict[str, Path], volumes: dict[str, Resource], container: Resource
+    ) -> None:
         """Files a ConfigMap names on a host path are the node's; here, empty placeholders."""
         for mount in container.get("volumeMounts", []):
             if "hostPath" not in volumes[mount["name"]]:
@@ -292,9 +313,12 @@ class Pod:
         runs it inside the container (its environment, ``$(VAR)`` expanded)."""
         probe = container[kind]
         if "exec" not in probe:
-            pytest.fail(f"{container['name']}: {kind} is not exec; the test runs sidecars' "
-                        "exec probes only (a network probe reaches the pod's IP, which "
-                        "loopback here cannot stand for)", pytrace=False)
+            pytest.fail(
+                f"{container['name']}: {kind} is not exec; the test runs sidecars' "
+                "exec probes only (a network probe reaches the pod's IP, which "
+                "loopback here cannot stand for)",
+                pytrace=False,
+            )
         return self._run_in(container, list(probe["exec"]["command"]))
 
     def _run_in(self, container: Resource, words: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -313,20 +337,37 @@ class Pod:
             argv[0] = program
         return argv, env
 
-
     def _kubeconfig(self) -> Path:
         """What a pod with a service account token gets (the API's address and a token),
         as a kubeconfig: an API address on loopback where nothing listens."""
         path = self.tmp / "kubeconfig"
         server = f"https://127.0.0.1:{free_port()}"
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "pod",
-            "clusters": [{"name": "pod", "cluster": {"server": server,
-                                                     "insecure-skip-tls-verify": True}}],
-            "users": [{"name": "pod", "user": {"token": "stand-in"}}],
-            "contexts": [{"name": "pod", "context": {"cluster": "pod", "user": "pod",
-                                                     "namespace": str(self.namespace)}}],
-        }))
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "pod",
+                    "clusters": [
+                        {
+                            "name": "pod",
+                            "cluster": {"server": server, "insecure-skip-tls-verify": True},
+                        }
+                    ],
+                    "users": [{"name": "pod", "user": {"token": "stand-in"}}],
+                    "contexts": [
+                        {
+                            "name": "pod",
+                            "context": {
+                                "cluster": "pod",
+                                "user": "pod",
+                                "namespace": str(self.namespace),
+                            },
+                        }
+                    ],
+                }
+            )
+        )
         return path
 
 
@@ -344,8 +385,9 @@ def _replace_paths(text: str, mounts: dict[str, Path]) -> str:
         return text
     paths = sorted(mounts, key=len, reverse=True)
     pattern = "|".join(re.escape(p) for p in paths)
-    return re.sub(rf"(?<![\w.-])({pattern})(?=/|$|[^\w.-])",
-                  lambda m: str(mounts[m.group(1)]), text)
+    return re.sub(
+        rf"(?<![\w.-])({pattern})(?=/|$|[^\w.-])", lambda m: str(mounts[m.group(1)]), text
+    )
 
 
 # --- running it ---------------------------------------------------------------------------
@@ -395,7 +437,11 @@ def _start(name: str, argv: list[str], env: dict[str, str], logs: Path, port: in
     log_path = logs / f"{name}.log"
     with open(log_path, "ab") as log:
         popen = subprocess.Popen(
-            argv, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+            argv,
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
     return Process(name=name, popen=popen, port=port, metrics_port=0, log_path=log_path)
@@ -403,13 +449,21 @@ def _start(name: str, argv: list[str], env: dict[str, str], logs: Path, port: in
 
 def _probe(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """One run of an exec probe: passed when it exits 0."""
-    return subprocess.run(argv, cwd=REPO, env={**os.environ, **env}, capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, check=False,
-                          timeout=STARTUP_TIMEOUT)
+    return subprocess.run(
+        argv,
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        timeout=STARTUP_TIMEOUT,
+    )
 
 
-def _wait_probe_passes(process: Process, argv: list[str], env: dict[str, str],
-                       timeout: float = STARTUP_TIMEOUT) -> None:
+def _wait_probe_passes(
+    process: Process, argv: list[str], env: dict[str, str], timeout: float = STARTUP_TIMEOUT
+) -> None:
     """An exec startup probe, as the kubelet runs it: again until it passes, or the
     process dies. Between runs the wait is on the process's exit."""
     deadline = time.monotonic() + timeout
@@ -469,8 +523,9 @@ def _pod(launch: Launch, tmp: Path, *, sidecars: bool = True) -> Iterator[tuple[
 
 
 def _requires_cuda(container: Resource) -> bool:
-    return any(w == "--device=cuda" or w.startswith("--device=cuda:")
-               for w in container.get("args", []))
+    return any(
+        w == "--device=cuda" or w.startswith("--device=cuda:") for w in container.get("args", [])
+    )
 
 
 @pytest.mark.parametrize("launch", _launch_params())
@@ -484,8 +539,10 @@ def test_container_command_starts_its_service(launch: Launch | str, tmp_path: Pa
         import torch
 
         if not torch.cuda.is_available():
-            pytest.skip("trains on CUDA and this machine has none (the same command with "
-                        "--device=cpu is the standalone trainer's, started here)")
+            pytest.skip(
+                "trains on CUDA and this machine has none (the same command with "
+                "--device=cpu is the standalone trainer's, started here)"
+            )
     grace = float(pod_spec(launch.workload).get("terminationGracePeriodSeconds", 30))
     annotations = launch.workload["spec"]["template"]["metadata"].get("annotations", {})
     with _pod(launch, tmp_path) as (pod, process):
@@ -505,8 +562,9 @@ def test_container_command_starts_its_service(launch: Launch | str, tmp_path: Pa
 def _phones_launch() -> Launch | None:
     for param in _launch_params():
         launch = param.values[0]
-        if isinstance(launch, Launch) and any(is_sidecar(c)
-                                               for c in all_containers(launch.workload)):
+        if isinstance(launch, Launch) and any(
+            is_sidecar(c) for c in all_containers(launch.workload)
+        ):
             return launch
     return None
 

@@ -114,8 +114,7 @@ def test_install_renders(name: str) -> None:
     expected = NAMESPACES[name]
     namespaces = {r["metadata"]["name"] for r in resources if r["kind"] == "Namespace"}
     assert namespaces == expected, name
-    cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole",
-                      "ClusterRoleBinding"}
+    cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
     for resource in resources:
         if resource["kind"] not in cluster_scoped:
             assert namespace_of(resource) in expected, f"{name}: {ref(resource)}"
@@ -130,9 +129,7 @@ def test_oldest_promised_release_has_schemas() -> None:
 
 @every_install
 @pytest.mark.parametrize("version", [OLDEST_KUBERNETES, NEWEST_KUBERNETES])
-def test_install_passes_kubernetes_validate_strict(
-    name: str, version: str, tmp_path: Path
-) -> None:
+def test_install_passes_kubernetes_validate_strict(name: str, version: str, tmp_path: Path) -> None:
     """The rendering passes ``kubernetes-validate --strict`` and every object has a schema:
     the tool only warns about kinds it has no schema for, which would leave them
     unchecked, so a warning fails the test too."""
@@ -140,7 +137,9 @@ def test_install_passes_kubernetes_validate_strict(
     rendering.write_text(yaml.safe_dump_all(resources_of(name), sort_keys=False))
     done = subprocess.run(
         [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, str(rendering)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     output = (done.stdout + done.stderr).strip()
     assert done.returncode == 0, output
@@ -162,8 +161,9 @@ def test_monitoring_component_is_kept_out_of_the_validated_installs() -> None:
     for name in INSTALLS:
         kinds = {r["kind"] for r in resources_of(name)}
         assert not kinds & {"PodMonitor", "PrometheusRule"}, name
-        assert not any(r["metadata"]["name"] == "mnas-grafana-dashboard"
-                       for r in resources_of(name)), name
+        assert not any(
+            r["metadata"]["name"] == "mnas-grafana-dashboard" for r in resources_of(name)
+        ), name
     selector = monitor["spec"]["selector"]["matchLabels"]
     watched = set(monitor["spec"]["namespaceSelector"]["matchNames"])
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
@@ -227,8 +227,12 @@ def test_services_follow_the_naming_convention() -> None:
     """Services mnas-<role> with ports grpc 50051 and metrics 9090; trainer and latency are
     headless (the controller resolves every pod with dns:///), the others ClusterIP."""
     resources = resources_of("default")
-    for role, headless in (("controller", False), ("trainer", True), ("latency", True),
-                           ("reward", False)):
+    for role, headless in (
+        ("controller", False),
+        ("trainer", True),
+        ("latency", True),
+        ("reward", False),
+    ):
         service = find(resources, "Service", f"mnas-{role}")
         assert service is not None, role
         assert (service["spec"].get("clusterIP") == "None") is headless, role
@@ -443,7 +447,8 @@ def test_privileged_pods_have_a_namespace_of_their_own(name: str) -> None:
     that enforces restricted."""
     resources = resources_of(name)
     privileged_workloads = {
-        (namespace_of(w), ref(w)) for w, c in each_container(name)
+        (namespace_of(w), ref(w))
+        for w, c in each_container(name)
         if (name, ref(w), c["name"]) in PRIVILEGED
     }
     for namespace in NAMESPACES[name]:
@@ -525,7 +530,8 @@ def test_service_addresses_in_flags_exist(name: str) -> None:
     resources = resources_of(name)
     services = {
         (namespace_of(r), r["metadata"]["name"]): {p["port"] for p in r["spec"]["ports"]}
-        for r in resources if r["kind"] == "Service"
+        for r in resources
+        if r["kind"] == "Service"
     }
     for workload, container in each_container(name):
         words = [*container.get("args", []), *container.get("command", [])]
@@ -577,8 +583,11 @@ def test_one_label_scheme(name: str) -> None:
     for service in (r for r in resources if r["kind"] == "Service"):
         selector = service["spec"]["selector"]
         assert set(selector) == set(SELECTOR_LABELS), ref(service)
-        chosen = [w for (ns, w), labels in pod_labels.items()
-                  if ns == namespace_of(service) and selector.items() <= labels.items()]
+        chosen = [
+            w
+            for (ns, w), labels in pod_labels.items()
+            if ns == namespace_of(service) and selector.items() <= labels.items()
+        ]
         assert len(chosen) == 1, f"{name}: {ref(service)} selects {chosen}"
 
 
@@ -629,7 +638,8 @@ def allowed(policies: list[Resource], source: Pod, target: Pod, port: str) -> bo
     ingress policies of the target's namespace that select it, if any, must let it in."""
     number = target.ports[port]
     selecting = [
-        p for p in policies
+        p
+        for p in policies
         if namespace_of(p) == target.namespace
         and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
         and _matches(p["spec"]["podSelector"], target.labels)
@@ -653,7 +663,9 @@ def _pods(resources: tuple[Resource, ...]) -> dict[str, Pod]:
         labels = workload["spec"]["template"]["metadata"]["labels"]
         ports = {
             p["name"]: int(p["containerPort"])
-            for c in all_containers(workload) for p in c.get("ports", []) if "name" in p
+            for c in all_containers(workload)
+            for p in c.get("ports", [])
+            if "name" in p
         }
         namespace = namespace_of(workload)
         assert namespace is not None, ref(workload)
@@ -707,10 +719,16 @@ def test_network_policy_evaluator_reads_namespaces() -> None:
     target = Pod("mnas-phones", {"app": "x"}, {"grpc": 50051})
     same = {"podSelector": {"matchLabels": {"app": "y"}}}
     cross = {**same, "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mnas"}}}
-    for peer, namespace, expected in ((same, "mnas", False), (same, "mnas-phones", True),
-                                      (cross, "mnas", True), (cross, "other", False)):
-        policy = {"metadata": {"name": "p", "namespace": "mnas-phones"},
-                  "spec": {"podSelector": {}, "ingress": [{"from": [peer]}]}}
+    for peer, namespace, expected in (
+        (same, "mnas", False),
+        (same, "mnas-phones", True),
+        (cross, "mnas", True),
+        (cross, "other", False),
+    ):
+        policy = {
+            "metadata": {"name": "p", "namespace": "mnas-phones"},
+            "spec": {"podSelector": {}, "ingress": [{"from": [peer]}]},
+        }
         source = Pod(namespace, {"app": "y"}, {})
         assert allowed([policy], source, target, "grpc") is expected, (peer, namespace)
     elsewhere = {"metadata": {"name": "p", "namespace": "mnas"}, "spec": {"podSelector": {}}}
@@ -729,17 +747,21 @@ def test_docs_example_opens_the_controller_to_a_clients_namespace(tmp_path: Path
     the pods of the namespace it names reach the controller's gRPC port and nothing
     else; pods of other namespaces stay out."""
     (example,) = [
-        block for block in _docs_yaml_blocks("NetworkPolicy")
+        block
+        for block in _docs_yaml_blocks("NetworkPolicy")
         if isinstance(block, dict)
-        and any(p.get("target", {}).get("name") == "mnas-controller"
-                and p.get("target", {}).get("kind") == "NetworkPolicy"
-                for p in block.get("patches", []))
+        and any(
+            p.get("target", {}).get("name") == "mnas-controller"
+            and p.get("target", {}).get("kind") == "NetworkPolicy"
+            for p in block.get("patches", [])
+        )
     ]
     # kustomize takes no absolute resource paths: the default install, relative to here.
     kustomization = {"resources": [os.path.relpath(K8S, tmp_path)], "patches": example["patches"]}
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-    done = subprocess.run(["kubectl", "kustomize", str(tmp_path)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr
     resources = tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
     policies = [r for r in resources if r["kind"] == "NetworkPolicy"]
@@ -825,8 +847,9 @@ def test_phones_install_runs_latency_on_phone_hosts() -> None:
     assert farm_path is not None
     volumes = {v["name"]: v for v in spec["volumes"]}
     (mount,) = [m for m in latency["volumeMounts"] if farm_path.startswith(m["mountPath"] + "/")]
-    config_map = find(resources, "ConfigMap", volumes[mount["name"]]["configMap"]["name"],
-                      PHONES_NAMESPACE)
+    config_map = find(
+        resources, "ConfigMap", volumes[mount["name"]]["configMap"]["name"], PHONES_NAMESPACE
+    )
     assert config_map is not None
     farm = yaml.safe_load(config_map["data"][Path(farm_path).name])
     adb_words = adb["command"]
@@ -844,8 +867,9 @@ def test_phones_install_moves_only_latency_out_of_mnas() -> None:
     standalone = {(namespace_of(r), ref(r)): r for r in resources_of("standalone")}
     phones = {(namespace_of(r), ref(r)): r for r in resources}
     gone = set(standalone) - set(phones)
-    assert gone == {(NAMESPACE, f"{kind}/mnas-latency")
-                    for kind in ("Deployment", "Service", "NetworkPolicy")}
+    assert gone == {
+        (NAMESPACE, f"{kind}/mnas-latency") for kind in ("Deployment", "Service", "NetworkPolicy")
+    }
     changed = [key for key in set(standalone) & set(phones) if standalone[key] != phones[key]]
     assert changed == [(NAMESPACE, "Deployment/mnas-controller")]
     controller = phones[(NAMESPACE, "Deployment/mnas-controller")]

@@ -268,7 +268,9 @@ def test_no_alert_fires_for_a_healthy_search(run: Run) -> None:
     rules = run.prometheus.get("/api/v1/rules")
     loaded = {r["name"]: r for g in rules["groups"] for r in g["rules"]}
     assert "MnasPhoneHot" in loaded
-    assert all(r.get("health") == "ok" and r.get("lastEvaluation", "").startswith("20")
-               for r in loaded.values()), loaded
+    assert all(
+        r.get("health") == "ok" and r.get("lastEvaluation", "").startswith("20")
+        for r in loaded.values()
+    ), loaded
     alerts = run.prometheus.get("/api/v1/alerts")["alerts"]
     assert alerts == []
