@@ -104,18 +104,8 @@ def build_server(
     return RunningServer(server=server, port=bound, health=health_servicer, service_names=names)
 
 
-def serve(
-    running: RunningServer,
-    *,
-    registry: CollectorRegistry,
-    metrics_port: int | None,
-    metrics_host: str = "127.0.0.1",
-    grace: float = 10.0,
-) -> None:
-    """Serve ``/metrics`` and block until SIGTERM or SIGINT, then stop gracefully."""
-    if metrics_port is not None:
-        start_http_server(metrics_port, addr=metrics_host, registry=registry)
-        _logger.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
+def serve(running: RunningServer, *, grace: float = 10.0) -> None:
+    """Block until SIGTERM or SIGINT, then stop gracefully within ``grace`` seconds."""
     catch_stop_signals()
     _logger.info("serving %s on port %d", ", ".join(running.service_names), running.port)
     _stop_requested.wait()
@@ -136,7 +126,7 @@ def service_registry(args: Any, role: str) -> CollectorRegistry:
     return registry
 
 
-def serve_from_args(running: RunningServer, registry: CollectorRegistry, args: Any) -> None:
+def serve_from_args(running: RunningServer, args: Any) -> None:
     """:func:`serve` with the flags of :func:`services.common.cli.base_parser` (its
     /metrics already served by :func:`service_registry`)."""
-    serve(running, registry=registry, metrics_port=None, grace=args.grace)
+    serve(running, grace=args.grace)

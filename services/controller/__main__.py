@@ -69,7 +69,7 @@ def main() -> None:
     controller.resume()  # before serving, so the first answers already see resumed searches
     running = make_server(controller, registry=registry, port=args.port, host=args.host)
     try:
-        serve_from_args(running, registry, args)
+        serve_from_args(running, args)
     finally:
         store.close()
 

@@ -156,7 +156,7 @@ def main() -> None:
         predictors=predictors,
     )
     threading.Thread(target=_preload, name="preload-tensorflow", daemon=True).start()
-    serve_from_args(running, registry, args)
+    serve_from_args(running, args)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def main() -> None:
         args.controller,
     )
     try:
-        serve_from_args(running, registry, args)
+        serve_from_args(running, args)
     finally:
         controller.close()
 

@@ -13,7 +13,7 @@ def main() -> None:
     catch_stop_signals()  # a signal during start-up is not lost
     registry = service_registry(args, "reward")
     running = make_server(registry=registry, port=args.port, host=args.host)
-    serve_from_args(running, registry, args)
+    serve_from_args(running, args)
 
 
 if __name__ == "__main__":

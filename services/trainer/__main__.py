@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as err:
         parser.error(str(err))
     _logger.info("trainer bound to %s:%d", args.host, running.port)
-    serve_from_args(running, registry, args)
+    serve_from_args(running, args)
 
 
 def _dataset(text: str) -> tuple[str, Path]:
