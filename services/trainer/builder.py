@@ -19,7 +19,7 @@ from torch import nn
 from mnas.arch import Activation, Architecture, Op
 from mnas.layers import IMAGE_CHANNELS, STEM_KERNEL, STEM_STRIDE, LayerPlan, Shortcut, plan
 
-__all__ = ["BN_EPS", "BN_MOMENTUM", "MnasModel", "build_torch"]
+__all__ = ["BN_EPS", "BN_MOMENTUM", "MnasModel", "build_torch", "conv_init_std"]
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01  # Keras' 0.99
@@ -185,6 +185,19 @@ class Head(nn.Module):
         return y.mean((2, 3))
 
 
+def conv_init_std(conv: nn.Conv2d) -> float:
+    """The official MnasNet convolution initialiser's spread: sqrt(2 / fan_out).
+
+    TensorFlow's kernels are (kh, kw, in, out) and a depthwise kernel (kh, kw, channels, 1),
+    so fan-out is kh * kw * out for a convolution and kh * kw for a depthwise one: per
+    group, as timm's ``fix_group_fanout`` computes it. (``kaiming_normal_(mode="fan_out")``
+    would count every group's outputs, starting depthwise kernels sqrt(C) too small.)
+    """
+    kh, kw = conv.kernel_size
+    fan_out = kh * kw * conv.out_channels // conv.groups
+    return math.sqrt(2.0 / fan_out)
+
+
 class MnasModel(nn.Module):
     """Stem, blocks of layers, head, dropout, classifier."""
 
@@ -219,7 +232,7 @@ class MnasModel(nn.Module):
         # uniform(-1/sqrt(out), 1/sqrt(out)) classifier.
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.normal_(module.weight, 0.0, conv_init_std(module))
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.BatchNorm2d):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -117,3 +118,50 @@ def test_batch_norm_uses_the_mnasnet_settings() -> None:
     model = build_torch(references.get("mnasnet-a1"))
     bn = model.stem.bn
     assert (bn.eps, bn.momentum) == (1e-3, 0.01)
+
+
+def _official_std(conv: torch.nn.Conv2d) -> float:
+    """The official MnasNet ``conv_kernel_initializer``: normal(0, sqrt(2 / fan_out)) with
+    fan_out = kernel_height * kernel_width * out_filters of TensorFlow's kernel shape,
+    which is (kh, kw, in, out) for a convolution and (kh, kw, channels, 1) for a depthwise
+    one (``DepthwiseConv2D``'s depth multiplier is 1)."""
+    kh, kw = conv.kernel_size
+    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+    out_filters = 1 if depthwise else conv.out_channels
+    return math.sqrt(2.0 / (kh * kw * out_filters))
+
+
+def _kind(name: str, conv: torch.nn.Conv2d) -> str:
+    if conv.groups > 1:
+        return "depthwise"
+    if ".se." in name:
+        return "squeeze-excite"
+    return "pointwise" if conv.kernel_size == (1, 1) else "full"
+
+
+def test_every_convolution_kind_starts_with_the_official_spread() -> None:
+    """Pooled over every convolution of a kind, weights divided by the official standard
+    deviation have unit spread (a depthwise kernel counted with C * k^2 fan-out, as
+    ``kaiming_normal_(mode="fan_out")`` does, would give about 1/sqrt(C))."""
+    torch.manual_seed(0)
+    model = build_torch(references.get("mnasnet-a1"), num_classes=10, resolution=32)
+    pooled: dict[str, list[torch.Tensor]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            scaled = module.weight.detach().flatten() / _official_std(module)
+            pooled.setdefault(_kind(name, module), []).append(scaled)
+    assert set(pooled) == {"full", "depthwise", "pointwise", "squeeze-excite"}
+    for kind, parts in pooled.items():
+        values = torch.cat(parts)
+        tolerance = 5 / math.sqrt(values.numel())  # five standard errors of the estimate
+        assert abs(float(values.mean())) < tolerance, kind
+        assert float(values.std()) == pytest.approx(1.0, abs=tolerance), kind
+
+
+def test_classifier_starts_uniform_within_one_over_sqrt_outputs() -> None:
+    model = build_torch(references.get("mnasnet-a1"), num_classes=10, resolution=32)
+    bound = 1.0 / math.sqrt(10)
+    weight = model.classifier.weight.detach()
+    assert float(weight.abs().max()) <= bound
+    assert float(weight.abs().max()) > 0.9 * bound
+    assert float(model.classifier.bias.abs().max()) == 0.0
