@@ -25,7 +25,7 @@ from mnas.cli_searches import add_commands
 from mnas.client import MnasError
 from mnas.cost import count
 from mnas.errors import UsageError
-from mnas.space import SearchSpace
+from mnas.space import PRESETS, SearchSpace, preset
 
 __all__ = ["main"]
 
@@ -113,7 +113,7 @@ def _cmd_arch_describe(args: argparse.Namespace) -> int:
 def _cmd_arch_sample(args: argparse.Namespace) -> int:
     if args.count < 1:
         raise UsageError(f"--count: must be at least 1, got {args.count}")
-    space = SearchSpace()
+    space = _preset_space(args.preset)
     rng = random.Random(args.seed)
     for _ in range(args.count):
         arch = space.sample(rng)
@@ -150,14 +150,24 @@ def _cmd_arch_export(args: argparse.Namespace) -> int:
 # --- space -----------------------------------------------------------------------------
 
 
+def _preset_space(name: str) -> SearchSpace:
+    try:
+        return SearchSpace(stages=preset(name).stages)
+    except ValueError as err:
+        raise UsageError(f"--preset: {str(err).removeprefix('space.preset: ')}") from None
+
+
 def _cmd_space_describe(args: argparse.Namespace) -> int:
-    space = SearchSpace()
+    space = _preset_space(args.preset)
     summary = space.describe()
     if args.json:
         print(json.dumps(summary))
         return 0
     console = Console()
-    table = Table(title="factorized hierarchical search space (MobileNetV2 reference)")
+    chosen = preset(args.preset)
+    table = Table(
+        title=f"factorized hierarchical search space, preset {chosen.name}: {chosen.description}"
+    )
     table.add_column("block", justify="right")
     table.add_column("t,c,n,s", no_wrap=True)
     for kind in ("op", "kernel", "se", "skip", "filters", "layers"):
@@ -192,6 +202,13 @@ def _print_help_by_default(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=show)
 
 
+def _preset_argument(p: argparse.ArgumentParser) -> None:
+    known = "; ".join(f"{name}: {value.description}" for name, value in PRESETS.items())
+    p.add_argument(
+        "--preset", default="mnasnet", help=f"the space's stage schedule (default mnasnet). {known}"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mnas", description="Platform-aware neural architecture search (MnasNet)."
@@ -210,10 +227,11 @@ def _parser() -> argparse.ArgumentParser:
     describe.set_defaults(run=_cmd_arch_describe)
 
     sample = arch_commands.add_parser(
-        "sample", help="random architectures from the default space, one per line"
+        "sample", help="random architectures from a space preset, one per line"
     )
     sample.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     sample.add_argument("--count", type=int, default=1, help="how many (default 1)")
+    _preset_argument(sample)
     sample.set_defaults(run=_cmd_arch_sample)
 
     listing = arch_commands.add_parser("list", help="the named reference architectures")
@@ -235,6 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     space_commands = space.add_subparsers(title="commands", metavar="COMMAND")
     space_describe = space_commands.add_parser("describe", help="per-block choices and size")
     space_describe.add_argument("--json", action="store_true", help="print one JSON object")
+    _preset_argument(space_describe)
     space_describe.set_defaults(run=_cmd_space_describe)
     return parser
 

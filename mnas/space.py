@@ -28,10 +28,14 @@ from mnas.arch import Activation, Architecture, BlockSpec, Op, Skip
 
 __all__ = [
     "MOBILENETV2_STAGES",
+    "PRESETS",
+    "SMALL_IMAGE_STAGES",
     "Decision",
     "SearchSpace",
+    "SpacePreset",
     "Stage",
     "make_divisible",
+    "preset",
 ]
 
 DECISIONS_PER_BLOCK = ("op", "kernel", "se", "skip", "filters", "layers")
@@ -56,6 +60,57 @@ MOBILENETV2_STAGES: tuple[Stage, ...] = (
     Stage(6, 160, 3, 2),
     Stage(6, 320, 1, 1),
 )
+
+
+# For 28-32 pixel inputs (Fashion-MNIST, CIFAR): after the stride-2 stem, five stages with
+# strides 1, 1, 2, 2, 1 (total stride 8 instead of 32), so a 28x28 image keeps 14x14, 7x7 and
+# 4x4 feature maps through the blocks instead of collapsing to 1x1 by the fifth. This is how
+# CIFAR adaptations of MobileNetV2 keep spatial structure: fewer stride-2 stages.
+SMALL_IMAGE_STAGES: tuple[Stage, ...] = (
+    Stage(1, 16, 1, 1),
+    Stage(6, 24, 2, 1),
+    Stage(6, 40, 2, 2),
+    Stage(6, 80, 3, 2),
+    Stage(6, 96, 2, 1),
+)
+
+
+@dataclass(frozen=True)
+class SpacePreset:
+    """A named stage schedule and the input resolution it is meant for."""
+
+    name: str
+    stages: tuple[Stage, ...]
+    resolution: int
+    description: str
+
+
+PRESETS: dict[str, SpacePreset] = {
+    p.name: p
+    for p in (
+        SpacePreset(
+            "mnasnet",
+            MOBILENETV2_STAGES,
+            224,
+            "the paper's ImageNet space: MobileNetV2's seven stages, total stride 32",
+        ),
+        SpacePreset(
+            "small-images",
+            SMALL_IMAGE_STAGES,
+            28,
+            "five stages with total stride 8, for 28-32 pixel inputs (Fashion-MNIST, CIFAR)",
+        ),
+    )
+}
+
+
+def preset(name: str) -> SpacePreset:
+    """The preset called ``name``; ValueError naming the known ones otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        known = ", ".join(PRESETS)
+        raise ValueError(f"space.preset: unknown preset {name!r} (known: {known})") from None
 
 
 @dataclass(frozen=True)

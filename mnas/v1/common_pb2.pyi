@@ -370,9 +370,9 @@ Global___Choices: _TypeAlias = Choices  # noqa: Y015
 
 @_typing.final
 class SearchSpaceSpec(_message.Message):
-    """The factorized hierarchical search space. Omitted parts take the paper's defaults:
-    MobileNetV2's stages, and the choices of section 4.1 when `choices` is absent (a given
-    `choices` lists every decision's choices).
+    """The factorized hierarchical search space. Omitted parts take the preset's stages
+    (MobileNetV2's by default) and the choices of section 4.1 when `choices` is absent (a
+    given `choices` lists every decision's choices).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -386,6 +386,7 @@ class SearchSpaceSpec(_message.Message):
     HEAD_FILTERS_FIELD_NUMBER: _builtins.int
     ACTIVATION_FIELD_NUMBER: _builtins.int
     DROPOUT_FIELD_NUMBER: _builtins.int
+    PRESET_FIELD_NUMBER: _builtins.int
     resolution: _builtins.int
     """default 224"""
     num_classes: _builtins.int
@@ -400,6 +401,10 @@ class SearchSpaceSpec(_message.Message):
     """relu (default), relu6"""
     dropout: _builtins.float
     """default 0.2"""
+    preset: _builtins.str
+    """A named stage schedule, used when `stages` is empty: "mnasnet" (default; the paper's
+    ImageNet space, total stride 32) or "small-images" (total stride 8, for 28-32 px).
+    """
     @_builtins.property
     def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Stage]: ...
     @_builtins.property
@@ -416,10 +421,11 @@ class SearchSpaceSpec(_message.Message):
         head_filters: _builtins.int = ...,
         activation: _builtins.str = ...,
         dropout: _builtins.float | None = ...,
+        preset: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_dropout", b"_dropout", "choices", b"choices", "dropout", b"dropout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dropout", b"_dropout", "activation", b"activation", "choices", b"choices", "dropout", b"dropout", "head_filters", b"head_filters", "num_classes", b"num_classes", "resolution", b"resolution", "stages", b"stages", "stem_filters", b"stem_filters", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dropout", b"_dropout", "activation", b"activation", "choices", b"choices", "dropout", b"dropout", "head_filters", b"head_filters", "num_classes", b"num_classes", "preset", b"preset", "resolution", b"resolution", "stages", b"stages", "stem_filters", b"stem_filters", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dropout: _TypeAlias = _typing.Literal["dropout"]  # noqa: Y015
     _WhichOneofArgType__dropout: _TypeAlias = _typing.Literal["_dropout", b"_dropout"]  # noqa: Y015

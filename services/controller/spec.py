@@ -17,7 +17,7 @@ from typing import Any
 from mnas import recipe
 from mnas.arch import Activation
 from mnas.layers import plan
-from mnas.space import SearchSpace, Stage
+from mnas.space import SearchSpace, Stage, preset
 from mnas.v1 import common_pb2
 from services.controller.strategies import EvolutionConfig, PPOConfig, StrategyConfig
 from services.reward.rewards import Objective
@@ -278,8 +278,14 @@ def _early_stopping(e: common_pb2.EarlyStopping, t: common_pb2.Training) -> None
 
 def _space(s: common_pb2.SearchSpaceSpec, classes: int, native: int) -> SearchSpace:
     defaults = SearchSpace()
+    if not s.preset:
+        s.preset = "mnasnet"
+    try:
+        chosen = preset(s.preset)
+    except ValueError as err:
+        raise ValueError(f"spec.{err}") from None
     if not s.stages:
-        for stage in defaults.stages:
+        for stage in chosen.stages:
             s.stages.add(
                 expansion=stage.expansion,
                 filters=stage.filters,

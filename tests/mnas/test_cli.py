@@ -11,7 +11,7 @@ import pytest
 
 from mnas.arch import decode
 from mnas.cli import main
-from mnas.space import SearchSpace
+from mnas.space import SMALL_IMAGE_STAGES, SearchSpace
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -88,6 +88,19 @@ def test_space_describe_json_gives_the_size(capsys: pytest.CaptureFixture[str]) 
     assert str(432**7) in out
 
 
+def test_a_preset_is_sampled_and_described(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "arch", "sample", "--preset", "small-images", "--seed", "3")
+    assert code == 0
+    arch = decode(out.strip())
+    assert len(arch.blocks) == 5
+    SearchSpace(stages=SMALL_IMAGE_STAGES).to_decisions(arch)  # raises if outside the space
+    code, out, _ = run(capsys, "space", "describe", "--preset", "small-images", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert (data["num_blocks"], data["size"]) == (5, 432**5)
+    assert [b["reference"]["stride"] for b in data["blocks"]] == [1, 1, 2, 2, 1]
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
@@ -98,6 +111,7 @@ def test_space_describe_json_gives_the_size(capsys: pytest.CaptureFixture[str]) 
         (["arch", "describe", "mnasnet-a1", "--blocks", "r1_k3_s11_e1_i32_o16"], "not both"),
         (["arch", "describe", "mnasnet-a1", "--width", "-1"], "width"),
         (["arch", "sample", "--count", "0"], "--count"),
+        (["space", "describe", "--preset", "cifar"], "--preset: unknown preset 'cifar'"),
     ],
 )
 def test_bad_input_prints_one_line_and_exits_2(
