@@ -164,4 +164,4 @@ def test_classifier_starts_uniform_within_one_over_sqrt_outputs() -> None:
     weight = model.classifier.weight.detach()
     assert float(weight.abs().max()) <= bound
     assert float(weight.abs().max()) > 0.9 * bound
-    assert float(model.classifier.bias.abs().max()) == 0.0
+    assert float(model.classifier.bias.detach().abs().max()) == 0.0
