@@ -20,6 +20,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.trainer.cores import threads_per_slot
+
 __all__ = ["LocalStack", "Process", "free_port", "start_service", "wait_serving"]
 
 _logger = logging.getLogger(__name__)
@@ -168,7 +170,7 @@ class LocalStack:
                 start_service("latency", log_dir=self.workdir),
             ]
             # Share the cores among trainers: oversubscribed torch thread pools crawl.
-            threads = max(1, (os.cpu_count() or 1) // self.trainers)
+            threads = threads_per_slot(self.trainers)
             trainer_args = ["--threads", str(threads), *self.trainer_args]
             workers += [
                 start_service(

@@ -27,7 +27,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="trainings run at once; more are refused (default 1)",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads of each training (default: the cores this process may "
+        "use, by CPU affinity and cgroup quota, divided among the --max-concurrent slots)",
     )
     parser.add_argument(
         "--device", default="cpu", help="torch device: cpu, cuda, cuda:N or auto (default cpu)"

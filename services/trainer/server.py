@@ -32,6 +32,7 @@ from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common.server import RunningServer, build_server
 from services.trainer import data
 from services.trainer.catalog import Catalog, DatasetNotServed
+from services.trainer.cores import threads_per_slot
 from services.trainer.datasets import DatasetInfo
 from services.trainer.isolation import ChildJob, TrialFailed, run_isolated, start_fork_server
 from services.trainer.training import (
@@ -143,7 +144,9 @@ class TrainerConfig:
 
     ``device`` is a torch device name or ``"auto"`` (CUDA when present); on CUDA there is
     one slot per visible GPU unless ``device`` names one (``cuda:N``: ``max_concurrent``
-    slots on it). ``threads`` sets torch's intra-op threads (default: torch's own choice).
+    slots on it). ``threads`` sets each training's torch intra-op threads (default: the
+    cores this process may use, :func:`~services.trainer.cores.usable_cores`, shared
+    among the slots; more threads than free cores makes every step wait for stragglers).
     ``drain_seconds``: on stop, running trainings may go on this long before they are
     ended with ``UNAVAILABLE``; keep it below the server's stop grace.
     ``memory_limit_bytes``: how much more memory a CPU trial's process may map than it
@@ -351,6 +354,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         self._metrics = metrics
         self._catalog = catalog or Catalog.from_entries(config.datasets)
         self._devices = _slot_devices(_resolve_device(config.device), config.max_concurrent)
+        self._threads = config.threads or threads_per_slot(len(self._devices))
         self._memory_limit = config.memory_limit_bytes
         if self._memory_limit is None and self._devices[0].type == "cpu":
             self._memory_limit = _physical_memory() // len(self._devices)
@@ -367,6 +371,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     @property
     def capacity(self) -> int:
         return len(self._devices)
+
+    @property
+    def threads(self) -> int:
+        """Torch intra-op threads of each training."""
+        return self._threads
 
     def begin_shutdown(self) -> None:
         """Refuse new trainings; end running ones after ``drain_seconds``."""
@@ -386,7 +395,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return common_pb2.GetCapacityResponse(
             max_concurrent=self.capacity,
             in_flight=self.in_flight,
-            hardware=_hardware(self._devices, self._config.threads),
+            hardware=_hardware(self._devices, self._threads),
         )
 
     def ListDatasets(
@@ -542,7 +551,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                 config=job.training,
                 on_progress=on_progress,
                 cancelled=cancelled,
-                threads=self._config.threads,
+                threads=self._threads,
                 device=device,
                 keep_weights=job.keep_weights,
             )
@@ -553,7 +562,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             width=job.build.width,
             config=job.training,
             device=str(device),
-            threads=self._config.threads,
+            threads=self._threads,
             keep_weights=job.keep_weights,
             memory_limit_bytes=self._memory_limit if device.type == "cpu" else None,
         )
@@ -602,13 +611,13 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-def _hardware(devices: list[torch.device], threads: int | None) -> str:
+def _hardware(devices: list[torch.device], threads: int) -> str:
     version = f"torch {torch.__version__}"
     if devices[0].type == "cuda":
         names = sorted({f"cuda:{d.index or 0} {torch.cuda.get_device_name(d.index or 0)}"
                         for d in devices})
         return f"{', '.join(names)} ({version})"
-    return f"cpu x{threads or torch.get_num_threads()} ({version})"
+    return f"cpu x{threads} ({version})"
 
 
 def make_server(config: TrainerConfig, registry: CollectorRegistry) -> RunningServer:

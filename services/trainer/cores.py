@@ -1,0 +1,147 @@
+"""How many CPU cores this process may use, and how many torch threads a training gets.
+
+``os.cpu_count()`` counts the machine's cores, not the ones this process is allowed: a
+container limited to two CPUs by its cgroup quota, or a process pinned to some cores by
+its CPU affinity (``taskset``, a cpuset), still sees every core of the host. More torch
+threads than usable cores make every parallel region wait for threads that are not
+running, so a step gets several times slower instead of faster.
+
+:func:`usable_cores` is the size of the CPU affinity capped by the CPU quota of the
+process's cgroup (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``),
+looking at the process's own cgroup and every cgroup above it. A missing or unreadable
+file means no limit. :func:`threads_per_slot` shares those cores among training slots.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+__all__ = ["cgroup_cpu_limit", "threads_per_slot", "usable_cores"]
+
+_logger = logging.getLogger(__name__)
+
+_CGROUP_MOUNT = PurePosixPath("sys/fs/cgroup")
+
+
+def usable_cores(root: str | os.PathLike[str] = "/") -> int:
+    """The number of CPUs this process may use: its CPU affinity, capped by its cgroup's
+    CPU quota (rounded up), at least 1.
+
+    ``root`` is where ``/proc`` and ``/sys`` are found (tests build fake trees).
+    """
+    cores = _affinity_size()
+    limit = cgroup_cpu_limit(root)
+    if limit is not None:
+        cores = min(cores, limit)
+    return max(1, cores)
+
+
+def threads_per_slot(slots: int, cores: int | None = None) -> int:
+    """Torch threads for each of ``slots`` trainings running at once: ``cores`` (default
+    :func:`usable_cores`) shared evenly, at least 1."""
+    if slots < 1:
+        raise ValueError(f"slots: must be >= 1, got {slots}")
+    available = usable_cores() if cores is None else cores
+    return max(1, available // slots)
+
+
+def cgroup_cpu_limit(root: str | os.PathLike[str] = "/") -> int | None:
+    """The CPU quota of this process's cgroup in whole CPUs (rounded up, at least 1), the
+    smallest along the path to the hierarchy's root; None when nothing sets one.
+
+    Reads cgroup v2 ``cpu.max`` and cgroup v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``
+    under ``root``/sys/fs/cgroup, for the cgroups that ``root``/proc/self/cgroup names.
+    """
+    base = Path(root)
+    mount = base / _CGROUP_MOUNT
+    quotas: list[float] = []
+    for controllers, path in _own_cgroups(base / "proc/self/cgroup"):
+        if controllers is None:  # the v2 hierarchy, or its hybrid-mode mount
+            for directory in (mount, mount / "unified"):
+                quotas += (q for q in map(_v2_quota, _ancestors(directory, path)) if q)
+            continue
+        for directory in _v1_cpu_mounts(mount, controllers):
+            quotas += (q for q in map(_v1_quota, _ancestors(directory, path)) if q)
+    if not quotas:
+        return None
+    return max(1, math.ceil(min(quotas)))
+
+
+def _affinity_size() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def _own_cgroups(proc_cgroup: Path) -> Iterator[tuple[tuple[str, ...] | None, str]]:
+    """(controllers, path) for each line of /proc/self/cgroup that can bound the CPU:
+    controllers None for the v2 hierarchy (``0::/path``), else the v1 controllers."""
+    text = _read(proc_cgroup)
+    for line in (text or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if parts[0] == "0" and not controllers:
+            yield None, path
+        elif "cpu" in controllers.split(","):
+            yield tuple(controllers.split(",")), path
+
+
+def _v1_cpu_mounts(mount: Path, controllers: tuple[str, ...]) -> list[Path]:
+    """Where a v1 hierarchy with ``controllers`` is mounted, by the usual names."""
+    names = dict.fromkeys([",".join(controllers), "cpu,cpuacct", "cpuacct,cpu", "cpu"])
+    return [mount / name for name in names if (mount / name).is_dir()]
+
+
+def _ancestors(mount: Path, path: str) -> Iterator[Path]:
+    """The cgroup directory for ``path`` under ``mount``, then each one above it up to
+    ``mount``. In a container the path may be the host's while ``mount`` is the
+    container's own cgroup: directories that do not exist are skipped, ``mount`` is not."""
+    parts = PurePosixPath(path).parts[1:] if path.startswith("/") else PurePosixPath(path).parts
+    for depth in range(len(parts), -1, -1):
+        yield mount.joinpath(*parts[:depth])
+
+
+def _v2_quota(directory: Path) -> float | None:
+    """CPUs allowed by ``directory``/cpu.max ("QUOTA PERIOD" or "max PERIOD")."""
+    text = _read(directory / "cpu.max")
+    if text is None:
+        return None
+    fields = text.split()
+    if not fields or fields[0] == "max":
+        return None
+    period = fields[1] if len(fields) > 1 else "100000"
+    return _ratio(fields[0], period, directory / "cpu.max")
+
+
+def _v1_quota(directory: Path) -> float | None:
+    """CPUs allowed by ``directory``/cpu.cfs_quota_us over cpu.cfs_period_us (-1: none)."""
+    quota = _read(directory / "cpu.cfs_quota_us")
+    period = _read(directory / "cpu.cfs_period_us")
+    if quota is None or period is None:
+        return None
+    return _ratio(quota.strip(), period.strip(), directory / "cpu.cfs_quota_us")
+
+
+def _ratio(quota: str, period: str, where: Path) -> float | None:
+    try:
+        value, span = int(quota), int(period)
+    except ValueError:
+        _logger.debug("ignoring unparsable CPU quota in %s: %r / %r", where, quota, period)
+        return None
+    if value <= 0 or span <= 0:
+        return None
+    return value / span
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
