@@ -43,15 +43,21 @@ _PERMANENT = {
 
 
 class WorkerError(Exception):
-    """A worker call failed; ``retryable`` when another attempt may succeed."""
+    """A worker call failed; ``retryable`` when another attempt may succeed; ``busy`` when
+    the worker refused the job for want of a free slot (no attempt was made)."""
 
-    def __init__(self, message: str, *, retryable: bool, endpoint_failed: bool) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, endpoint_failed: bool, busy: bool = False
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.endpoint_failed = endpoint_failed
+        self.busy = busy
 
 
-def _error(kind: str, address: str, err: grpc.RpcError) -> WorkerError:
+def _error(kind: str, address: str, err: grpc.RpcError, *, answered: bool = True) -> WorkerError:
+    """``answered``: the call had sent something back before it failed (a refusal for want
+    of a slot comes first)."""
     code = err.code()
     details = err.details()
     permanent = code in _PERMANENT
@@ -60,6 +66,7 @@ def _error(kind: str, address: str, err: grpc.RpcError) -> WorkerError:
         retryable=not permanent,
         # Capacity refusals and our own cancellations say nothing about the endpoint.
         endpoint_failed=not permanent and code not in (grpc.StatusCode.RESOURCE_EXHAUSTED,),
+        busy=code == grpc.StatusCode.RESOURCE_EXHAUSTED and not answered,
     )
 
 
@@ -202,8 +209,10 @@ class Backends:
         result: common_pb2.TrainResult | None = None
         chunks: list[bytes] = []
         received = 0
+        answered = False
         try:
             for event in call:
+                answered = True
                 if event.HasField("result"):
                     result = event.result
                     if not request.training.return_weights:
@@ -221,7 +230,7 @@ class Backends:
                 else:
                     on_progress(event.progress)
         except grpc.RpcError as err:
-            raise _error("trainer", address, err) from None
+            raise _error("trainer", address, err, answered=answered) from None
         if result is not None:
             return result, b"".join(chunks) if chunks else None
         raise WorkerError(

@@ -536,6 +536,10 @@ class SearchRunner:
                 return
             except WorkerError as err:
                 self._check_cancel()
+                if err.busy:  # refused at the door: no attempt was made; wait for a slot
+                    trial.attempts -= 1
+                    _logger.debug("trial %s/%d: %s", self.search.id, trial.number, err)
+                    continue
                 trial.error = str(err)
                 if not err.retryable or trial.attempts >= max_attempts:
                     trial.state = TS.TRIAL_STATE_FAILED
@@ -576,16 +580,17 @@ class SearchRunner:
             settings=self.spec.latency,
         )
         started = time.monotonic()
-        failed = False
+        failed = busy = False
         try:
             response = self._backends.measure(address, request)
         except WorkerError as err:
             failed = err.endpoint_failed
+            busy = err.busy
             avoid.add(address)
-            self._metrics.trial_attempts.labels("latency", "failed").inc()
+            self._metrics.trial_attempts.labels("latency", "busy" if busy else "failed").inc()
             raise
         finally:
-            self._backends.latency.release(address, failed=failed)
+            self._backends.latency.release(address, failed=failed, busy=busy)
             self._search_metrics.phase("measuring", time.monotonic() - started)
         self._metrics.trial_attempts.labels("latency", "ok").inc()
         trial.latency.CopyFrom(response.stats)
@@ -606,7 +611,7 @@ class SearchRunner:
             training=self.spec.training,
         )
         started = time.monotonic()
-        failed = False
+        failed = busy = False
         aborts: list[Callable[[], None]] = []
         del trial.evaluations[:]
         best = -math.inf
@@ -639,13 +644,14 @@ class SearchRunner:
             raise
         except WorkerError as err:
             failed = err.endpoint_failed and not self._cancel.is_set()
+            busy = err.busy
             avoid.add(address)
-            self._metrics.trial_attempts.labels("trainer", "failed").inc()
+            self._metrics.trial_attempts.labels("trainer", "busy" if busy else "failed").inc()
             raise
         finally:
             with self._lock:
                 self._aborts.pop(trial.number, None)
-            self._backends.trainers.release(address, failed=failed)
+            self._backends.trainers.release(address, failed=failed, busy=busy)
             trial.trainer = address
             trial.train_seconds = time.monotonic() - started
             self._search_metrics.phase("training", trial.train_seconds)

@@ -3,7 +3,9 @@
 Endpoints come from configuration: a list of ``host:port`` addresses, or ``dns:///name:port``
 naming a headless Service whose A records are re-resolved as pods come and go. Each
 endpoint reports how many jobs it takes at once (GetCapacity); the pool never hands out
-more. An endpoint that fails is benched and probed again after a back-off.
+more. An endpoint that fails is benched and probed again after a back-off. An endpoint that
+refuses a job for want of a free slot (one a cancelled job has not given back yet) gets no
+new job for a short pause.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Endpoint:
     healthy: bool = False
     failures: int = 0
     probe_after: float = 0.0  # monotonic time of the next probe when unhealthy
+    busy_until: float = 0.0  # monotonic time before which it takes no job (it refused one)
 
     @property
     def free(self) -> int:
@@ -79,6 +82,7 @@ class WorkerPool:
         refresh_seconds: float = 30.0,
         backoff_seconds: float = 2.0,
         max_backoff_seconds: float = 60.0,
+        busy_seconds: float = 1.0,
         resolve: Callable[[Sequence[str]], list[str]] = resolve_targets,
     ) -> None:
         """``resolve`` expands the targets into addresses (DNS by default); it runs again
@@ -91,6 +95,7 @@ class WorkerPool:
         self._refresh = refresh_seconds
         self._backoff = backoff_seconds
         self._max_backoff = max_backoff_seconds
+        self._busy = busy_seconds
         self._endpoints: dict[str, Endpoint] = {}
         self._cond = threading.Condition()
         self._next_refresh = 0.0
@@ -182,7 +187,10 @@ class WorkerPool:
             with self._cond:
                 if self._closed:
                     raise NoWorkers(f"{self.kind} pool closed")
-                free = [e for e in self._endpoints.values() if e.free > 0]
+                now = time.monotonic()
+                free = [
+                    e for e in self._endpoints.values() if e.free > 0 and e.busy_until <= now
+                ]
                 preferred = [e for e in free if e.address not in avoid] or free
                 if preferred:
                     endpoint = max(preferred, key=lambda e: (e.free, -e.in_use))
@@ -192,14 +200,17 @@ class WorkerPool:
                     raise NoWorkers(f"cancelled while waiting for a {self.kind}")
                 self._cond.wait(poll_seconds)
 
-    def release(self, address: str, *, failed: bool = False) -> None:
-        """Give a slot back; ``failed`` benches the endpoint until it answers a probe."""
+    def release(self, address: str, *, failed: bool = False, busy: bool = False) -> None:
+        """Give a slot back; ``failed`` benches the endpoint until it answers a probe;
+        ``busy`` (it refused the job: no free slot) keeps new jobs off it for a pause."""
         with self._cond:
             endpoint = self._endpoints.get(address)
             if endpoint is not None:
                 endpoint.in_use = max(0, endpoint.in_use - 1)
                 if failed:
                     self._bench(endpoint)
+                elif busy:
+                    endpoint.busy_until = time.monotonic() + self._busy
             self._cond.notify_all()
 
     def close(self) -> None:

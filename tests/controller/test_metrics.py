@@ -50,7 +50,8 @@ latency: {warmup_runs: 1, runs: 2}
 duplicates: DUPLICATE_POLICY_RETRAIN
 """
 # Train calls, one at a time: the second fails its trial (ABORTED: the trial's fault), the
-# third is refused (RESOURCE_EXHAUSTED) and retried as the fourth; the others succeed.
+# third is refused (RESOURCE_EXHAUSTED: no free slot) and made as the fourth, not counted
+# as an attempt or a retry; the others succeed.
 ACCURACIES = {1: 0.5, 4: 0.7, 5: 0.6}  # later calls reach 0.55
 FAILING_CALL = 2
 REFUSED_CALL = 3
@@ -182,7 +183,13 @@ def test_a_search_reports_its_trials_rewards_budget_and_phases(running: Running)
     assert value("mnas_search_budget_trials", search=s) == 3
     assert value("mnas_search_budget_failed_trials", search=s) == 2
     assert value("mnas_search_trial_seconds_count", search=s) == 4
-    assert value("mnas_search_trial_retries_total", search=s, kind="trainer") == 1
+    # A refusal for want of a slot is no attempt: the trial waits for one and goes on.
+    assert value("mnas_search_trial_retries_total", search=s, kind="trainer") == 0
+    attempts = "mnas_controller_trial_attempts_total"
+    assert value(attempts, kind="trainer", outcome="busy") == 1
+    assert value(attempts, kind="trainer", outcome="failed") == 1
+    assert value(attempts, kind="trainer", outcome="ok") == 3
+    assert sorted(t.attempts for t in trials) == [1, 1, 1, 1]
     assert value("mnas_search_trial_retries_total", search=s, kind="latency") == 0
     assert value("mnas_search_trial_retries_total", search=s, kind="reward") == 0
 

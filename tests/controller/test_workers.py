@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -51,6 +52,26 @@ def test_failed_endpoint_is_benched_until_it_answers_a_probe() -> None:
     p.release(other)
     down.clear()
     assert {p.acquire(), p.acquire()} == {"a:1", "b:1"}
+
+
+def test_an_endpoint_that_refused_a_job_takes_none_for_a_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A trainer that said "no free slot" (a cancelled job not given back yet) is not
+    asked again at once, nor benched: after the pause it takes jobs again."""
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    p = WorkerPool("trainer", ["a:1", "b:1"], lambda address: 1, busy_seconds=1.0)
+    assert p.acquire(avoid={"b:1"}) == "a:1"
+    p.release("a:1", busy=True)
+    assert p.acquire() == "b:1"  # a:1 pauses, b:1 is free
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(NoWorkers):  # a:1 still pausing, b:1 taken
+        p.acquire(cancelled=stop.is_set, poll_seconds=0.0)
+    now[0] += 1.0
+    assert p.acquire() == "a:1"  # not benched: no probe needed
+    assert p.capacity() == 2
 
 
 def test_unreachable_endpoints_are_not_used() -> None:
