@@ -104,8 +104,11 @@ def _assert_same_logits(arch: Architecture, resolution: int, seed: int) -> None:
         expected = torch_model(torch.from_numpy(x)).numpy()
     got = keras.ops.convert_to_numpy(model(x.transpose(0, 2, 3, 1), training=False))
     assert got.shape == expected.shape == (2, 10)
-    assert np.abs(expected).max() > 1e-2  # not a degenerate network
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+    scale = float(np.abs(expected).max())
+    assert scale > 1e-2  # not a degenerate network
+    # float32 rounding grows with the activations (logits up to ~50 with the official
+    # initialisation): allow 1e-4 per 10 of the largest logit, far below a wiring error.
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * max(1.0, scale / 10))
 
 
 @pytest.mark.parametrize("index", range(len(PARITY)))
