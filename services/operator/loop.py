@@ -82,13 +82,17 @@ class Operator:
             self._threads.append(thread)
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish the reconciliation under way, then stop (the watcher is not waited for:
-        it may be blocked reading until its request times out)."""
+    def stop(self, timeout: float = 10.0, watch_timeout: float = 2.0) -> None:
+        """Finish the reconciliation under way, then stop. The watcher is waited for only
+        ``watch_timeout`` seconds (it may be blocked reading until its request times
+        out); a watcher that is retrying or logging ends in that time, so it does not
+        hold stderr as the interpreter exits (which aborts the process)."""
         self._stop.set()
         self._wake.set()
         self._objects.stop_watch()
         self._threads[0].join(timeout)
+        for thread in self._threads[1:]:
+            thread.join(watch_timeout)
 
     def run_once(self) -> int:
         """List the objects and reconcile each that is not waiting out a back-off; how
