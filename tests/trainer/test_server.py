@@ -316,7 +316,8 @@ def test_zero_proto_fields_take_the_defaults() -> None:
 
 def test_main_serves_until_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.trainer", "--port", "0", "--grace", "2"],
+        [sys.executable, "-X", "faulthandler", "-m", "services.trainer", "--port", "0",
+         "--grace", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -346,7 +347,14 @@ def test_main_serves_until_sigterm() -> None:
         proc.send_signal(signal.SIGTERM)
         # A bound for a hang, not a speed check: the process stops within its grace (2 s),
         # then tears down torch and its fork server, 1-5 s here depending on the load.
-        assert proc.wait(timeout=EXIT_WITHIN_SECONDS) == 0
+        try:
+            status = proc.wait(timeout=EXIT_WITHIN_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints where each thread is
+            proc.wait(10)
+            status = None
+        log = "".join(lines.get() for _ in range(lines.qsize()))
+        assert status == 0, f"exit {status} after SIGTERM; its log after start-up:\n{log}"
         assert proc.stdout is not None and proc.stdout.read() == ""
     finally:
         if proc.poll() is None:
