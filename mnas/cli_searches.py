@@ -28,6 +28,7 @@ from mnas.cost import count
 from mnas.errors import UsageError
 from mnas.latency import reported_seconds
 from mnas.local import LocalStack
+from mnas.report import reference_summary
 from mnas.specfile import load_spec
 from mnas.v1 import common_pb2, controller_pb2
 
@@ -85,6 +86,9 @@ def _print_results(console: Console, search: Search, k: int) -> None:
         f"{info.trials_stopped} stopped early, {info.trials_failed} failed"
         + (f" ({info.error})" if info.error else "")
     )
+    reference = reference_summary(info)
+    if reference is not None:
+        console.print(f"reference {reference}", soft_wrap=True, highlight=False)
     best = search.best(k)
     if best:
         _print_trials(console, f"best {len(best)} by reward", best, info.spec)

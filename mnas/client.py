@@ -159,6 +159,13 @@ class Search:
     def done(self) -> bool:
         return self.info.state in Done
 
+    @property
+    def reference(self) -> common_pb2.Reference | None:
+        """The reference network of ``spec.reference`` as of the last answer (refresh,
+        watch): its name, architecture, state (pending, measured, failed) and, once
+        measured, its held-out accuracy on the trials' proxy; None when the spec has none."""
+        return self.info.reference if self.info.HasField("reference") else None
+
     def watch(
         self, *, timeout: float | None = None
     ) -> Iterator[controller_pb2.WatchSearchResponse]:

@@ -16,9 +16,10 @@ from mnas.pareto import pareto_front
 from mnas.report_plots import Point, latency_histogram_svg, pareto_svg, reward_svg
 from mnas.v1 import common_pb2
 
-__all__ = ["render_report"]
+__all__ = ["reference_summary", "render_report"]
 
 TS = common_pb2.TrialState
+RS = common_pb2.ReferenceState
 _SCORED = (TS.TRIAL_STATE_COMPLETED, TS.TRIAL_STATE_STOPPED)
 
 _CSS = """
@@ -81,6 +82,26 @@ def _point(trial: common_pb2.Trial) -> Point:
     )
 
 
+def reference_summary(search: common_pb2.Search) -> str | None:
+    """What the search's reference network (``spec.reference``) scored on the trials'
+    proxy, e.g. "mnasnet-a1 at width 0.5, 28x28: held-out accuracy 0.8120 on the same
+    proxy"; None when the search has none."""
+    if not search.HasField("reference"):
+        return None
+    reference = search.reference
+    name = "mobilenetv2-like (space reference)" if reference.name == "space" else reference.name
+    space = search.spec.space
+    where = f"{name} at width {space.width or 1.0:g}"
+    if space.resolution:
+        where += f", {space.resolution}x{space.resolution}"
+    if reference.state == RS.REFERENCE_STATE_MEASURED:
+        accuracy = reference.training.accuracy
+        return f"{where}: held-out accuracy {accuracy:.4f} on the same proxy"
+    if reference.state == RS.REFERENCE_STATE_FAILED:
+        return f"{where}: failed ({reference.error or 'no reason given'})"
+    return f"{where}: not measured yet"
+
+
 def _objective(spec: common_pb2.SearchSpec) -> str:
     objective = spec.objective
     kind = common_pb2.ObjectiveKind.Name(objective.kind).removeprefix("OBJECTIVE_KIND_").lower()
@@ -115,6 +136,11 @@ def _summary(
             "best reward",
             f"{best.reward:.4f} (trial {best.number})" if best is not None else "none yet",
         ),
+    ]
+    reference = reference_summary(search)
+    if reference is not None:
+        rows.append(("reference", reference))
+    rows += [
         ("objective", _objective(spec)),
         ("strategy", spec.strategy or "random"),
         ("device class", spec.latency.device_class or "host-cpu"),

@@ -169,6 +169,29 @@ TRIAL_STATE_STOPPED: TrialState.ValueType  # 6
 """Ended early by the early-stopping rule; its reward uses its last accuracy."""
 Global___TrialState: _TypeAlias = TrialState  # noqa: Y015
 
+class _ReferenceState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReferenceStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReferenceState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REFERENCE_STATE_UNSPECIFIED: _ReferenceState.ValueType  # 0
+    REFERENCE_STATE_PENDING: _ReferenceState.ValueType  # 1
+    """not measured yet"""
+    REFERENCE_STATE_MEASURED: _ReferenceState.ValueType  # 2
+    REFERENCE_STATE_FAILED: _ReferenceState.ValueType  # 3
+    """training failed for good, or the search ended first"""
+
+class ReferenceState(_ReferenceState, metaclass=_ReferenceStateEnumTypeWrapper): ...
+
+REFERENCE_STATE_UNSPECIFIED: ReferenceState.ValueType  # 0
+REFERENCE_STATE_PENDING: ReferenceState.ValueType  # 1
+"""not measured yet"""
+REFERENCE_STATE_MEASURED: ReferenceState.ValueType  # 2
+REFERENCE_STATE_FAILED: ReferenceState.ValueType  # 3
+"""training failed for good, or the search ended first"""
+Global___ReferenceState: _TypeAlias = ReferenceState  # noqa: Y015
+
 class _SearchState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -758,11 +781,19 @@ class SearchSpec(_message.Message):
     EVOLUTION_FIELD_NUMBER: _builtins.int
     DUPLICATES_FIELD_NUMBER: _builtins.int
     EARLY_STOPPING_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     strategy: _builtins.str
     """"random" (default), "ppo", "evolution" """
     seed: _builtins.int
     duplicates: Global___DuplicatePolicy.ValueType
+    reference: _builtins.str
+    """A network whose proxy accuracy is measured once per search, to read the trials'
+    accuracies against: "space" (default: the space's reference, MobileNetV2's blocks on
+    the space's stages), a name from `mnas arch list` (e.g. "mnasnet-a1") or "none". It is
+    trained like a trial (the space's width, resolution and classes; the spec's training)
+    but is no trial: outside the budget, unseen by the strategy, never ranked.
+    """
     @_builtins.property
     def space(self) -> Global___SearchSpaceSpec: ...
     @_builtins.property
@@ -794,10 +825,11 @@ class SearchSpec(_message.Message):
         evolution: Global___EvolutionConfig | None = ...,
         duplicates: Global___DuplicatePolicy.ValueType = ...,
         early_stopping: Global___EarlyStopping | None = ...,
+        reference: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "early_stopping", b"early_stopping", "evolution", b"evolution", "latency", b"latency", "objective", b"objective", "ppo", b"ppo", "space", b"space", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "duplicates", b"duplicates", "early_stopping", b"early_stopping", "evolution", b"evolution", "latency", b"latency", "name", b"name", "objective", b"objective", "ppo", b"ppo", "seed", b"seed", "space", b"space", "strategy", b"strategy", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "duplicates", b"duplicates", "early_stopping", b"early_stopping", "evolution", b"evolution", "latency", b"latency", "name", b"name", "objective", b"objective", "ppo", b"ppo", "reference", b"reference", "seed", b"seed", "space", b"space", "strategy", b"strategy", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1135,6 +1167,55 @@ class StrategyStatus(_message.Message):
 Global___StrategyStatus: _TypeAlias = StrategyStatus  # noqa: Y015
 
 @_typing.final
+class Reference(_message.Message):
+    """The search's reference network (spec.reference), trained once on the trials' proxy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ARCHITECTURE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    TRAINING_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    TRAINER_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    TRAIN_SECONDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """as spec.reference names it: "space" or a name from `mnas arch list`"""
+    state: Global___ReferenceState.ValueType
+    error: _builtins.str
+    """why it failed"""
+    trainer: _builtins.str
+    """endpoint that trained it"""
+    attempts: _builtins.int
+    train_seconds: _builtins.float
+    @_builtins.property
+    def architecture(self) -> Global___Architecture: ...
+    @_builtins.property
+    def training(self) -> Global___TrainResult:
+        """once measured"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        architecture: Global___Architecture | None = ...,
+        state: Global___ReferenceState.ValueType = ...,
+        training: Global___TrainResult | None = ...,
+        error: _builtins.str = ...,
+        trainer: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        train_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "training", b"training"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "attempts", b"attempts", "error", b"error", "name", b"name", "state", b"state", "train_seconds", b"train_seconds", "trainer", b"trainer", "training", b"training"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reference: _TypeAlias = Reference  # noqa: Y015
+
+@_typing.final
 class Search(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1151,6 +1232,7 @@ class Search(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     STRATEGY_STATUS_FIELD_NUMBER: _builtins.int
     TRIALS_STOPPED_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___SearchState.ValueType
     trials_completed: _builtins.int
@@ -1168,6 +1250,10 @@ class Search(_message.Message):
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def strategy_status(self) -> Global___StrategyStatus: ...
+    @_builtins.property
+    def reference(self) -> Global___Reference:
+        """The reference network's proxy accuracy (spec.reference); absent when it is "none"."""
+
     def __init__(
         self,
         *,
@@ -1184,10 +1270,11 @@ class Search(_message.Message):
         error: _builtins.str = ...,
         strategy_status: Global___StrategyStatus | None = ...,
         trials_stopped: _builtins.int = ...,
+        reference: Global___Reference | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec", "strategy_status", b"strategy_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "reference", b"reference", "spec", b"spec", "strategy_status", b"strategy_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_reward", b"best_reward", "best_trial", b"best_trial", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "spec", b"spec", "state", b"state", "strategy_status", b"strategy_status", "trials_completed", b"trials_completed", "trials_failed", b"trials_failed", "trials_running", b"trials_running", "trials_stopped", b"trials_stopped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_reward", b"best_reward", "best_trial", b"best_trial", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "reference", b"reference", "spec", b"spec", "state", b"state", "strategy_status", b"strategy_status", "trials_completed", b"trials_completed", "trials_failed", b"trials_failed", "trials_running", b"trials_running", "trials_stopped", b"trials_stopped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -13,6 +13,12 @@ its training is cancelled, it is scored with the accuracy it had reached, the st
 learns from it, and it ends STOPPED, counted apart from completed and failed trials but,
 like a completed one, towards ``budget.max_trials``. With ``budget.keep_weights`` the
 trained weights of the best that many completed trials are kept in the store.
+
+Beside the trials, the network ``spec.reference`` names is trained once, as a trial would
+be, on a trainer slot of its own, from the search's start: its accuracy is stored with the
+search for comparison and never reaches the strategy, the budget or the best trials. The
+search ends once the reference has ended too; a reference that fails leaves the search
+going. A controller that resumes the search trains it only if no result was stored.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ _logger = logging.getLogger(__name__)
 
 TS = common_pb2.TrialState
 SS = common_pb2.SearchState
+RS = common_pb2.ReferenceState
 FINAL_TRIAL_STATES = (
     TS.TRIAL_STATE_COMPLETED,
     TS.TRIAL_STATE_FAILED,
@@ -53,6 +60,8 @@ SCORED_STATES = (TS.TRIAL_STATE_COMPLETED, TS.TRIAL_STATE_STOPPED)
 # Batches the strategy's background learner may have waiting (besides the one it is
 # learning) before new trials wait for it.
 MAX_BACKLOG = 2
+# The reference's training among the in-flight work to abort (trial numbers are >= 0).
+_REFERENCE = -1
 
 
 def _now() -> Timestamp:
@@ -122,6 +131,8 @@ class SearchRunner:
         self._kept: list[tuple[float, int]] = []
         self._weights: dict[int, bytes] = {}  # trained, not yet recorded
         self._measured: dict[int, tuple[str, common_pb2.LatencyStats]] = {}  # not yet recorded
+        self._reference_thread = self._reference_to_measure()
+        self._reference_running = self._reference_thread is not None
         for trial in trials:
             if trial.state == TS.TRIAL_STATE_COMPLETED:
                 if search.trials_completed and trial.number == search.best_trial:
@@ -207,6 +218,8 @@ class SearchRunner:
     # -- control ---------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._reference_thread is not None:  # first, to be first in the trainers' queue
+            self._reference_thread.start()
         self._thread.start()
 
     def cancel(self) -> None:
@@ -251,7 +264,7 @@ class SearchRunner:
             while True:
                 with self._lock:
                     if self._cancel.is_set():
-                        if not self._running:
+                        if not self._running and not self._reference_running:
                             if not self._stopping:
                                 self._finish(SS.SEARCH_STATE_CANCELLED)
                             return
@@ -262,7 +275,11 @@ class SearchRunner:
                             f"budget.max_failed_trials ({budget.max_failed_trials})"
                         )
                         continue
-                    elif self._done() >= budget.max_trials and not self._running:
+                    elif (
+                        self._done() >= budget.max_trials
+                        and not self._running
+                        and not self._reference_running
+                    ):
                         if self._strategy.learning():  # the last update and its checkpoint
                             self._lock.wait(1.0)
                             continue
@@ -284,7 +301,7 @@ class SearchRunner:
             self.cancel()
             with self._lock:
                 self.search.error = f"controller error: {err}"
-                while self._running:
+                while self._running or self._reference_running:
                     self._lock.wait(1.0)
                 self._finish(SS.SEARCH_STATE_FAILED)
 
@@ -671,6 +688,127 @@ class SearchRunner:
         )
         trial.reward_seconds = time.monotonic() - started
         self._search_metrics.phase("scoring", trial.reward_seconds)
+
+    # -- the reference network -------------------------------------------------------
+
+    def _reference_to_measure(self) -> threading.Thread | None:
+        """The thread that trains the reference network, when the spec names one and the
+        store holds no result for it yet; the search record shows it pending."""
+        network = self.resolved.reference
+        if network is None or self.search.reference.state in (
+            RS.REFERENCE_STATE_MEASURED,
+            RS.REFERENCE_STATE_FAILED,
+        ):
+            return None
+        self.search.reference.CopyFrom(
+            common_pb2.Reference(
+                name=self.spec.reference,
+                architecture=common_pb2.Architecture(canonical=network.canonical, id=network.id),
+                state=RS.REFERENCE_STATE_PENDING,
+            )
+        )
+        return threading.Thread(
+            target=self._run_reference, name=f"reference-{self.search.id}", daemon=True
+        )
+
+    def _run_reference(self) -> None:
+        """Train the reference, record its result with the search, let the search end."""
+        with self._lock:
+            reference = common_pb2.Reference()
+            reference.CopyFrom(self.search.reference)
+        try:
+            self._train_reference(reference)
+        except _Cancelled:
+            reference.state = RS.REFERENCE_STATE_FAILED
+            reference.error = "the search ended before it was measured"
+        except Exception as err:  # a bug must not hang or fail the search
+            _logger.exception("search %s: the reference crashed", self.search.id)
+            reference.state = RS.REFERENCE_STATE_FAILED
+            reference.error = f"controller error: {err}"
+        with self._lock:
+            self._reference_running = False
+            self._lock.notify_all()
+            if self._stopping:  # the controller that resumes the search measures it
+                return
+            self.search.reference.CopyFrom(reference)
+            try:
+                self._store.save(search=self.search, strategy_state=self._take_checkpoint())
+            except Exception:  # kept in memory: the search's next write records it
+                _logger.exception("search %s: recording the reference failed", self.search.id)
+        if reference.state == RS.REFERENCE_STATE_MEASURED:
+            _logger.info(
+                "search %s: reference %s measured: held-out accuracy %.4f (%s, %.1f s)",
+                self.search.id,
+                reference.name,
+                reference.training.accuracy,
+                reference.trainer,
+                reference.train_seconds,
+            )
+        else:
+            _logger.warning(
+                "search %s: reference %s failed: %s",
+                self.search.id,
+                reference.name,
+                reference.error,
+            )
+
+    def _train_reference(self, reference: common_pb2.Reference) -> None:
+        """Train ``reference`` as a trial is trained (the same build and training, retried
+        on another trainer up to ``budget.max_attempts``), without early stopping or
+        weights; ``reference`` ends MEASURED or FAILED."""
+        request = trainer_pb2.TrainRequest(
+            architecture=common_pb2.Architecture(canonical=reference.architecture.canonical),
+            build=self.resolved.build,
+            training=self.spec.training,
+        )
+        request.training.return_weights = False
+        avoid: set[str] = set()
+
+        def register(abort: Callable[[], None]) -> None:
+            with self._lock:
+                self._aborts.setdefault(_REFERENCE, []).append(abort)
+            if self._cancel.is_set():
+                abort()
+
+        while True:
+            self._check_cancel()
+            try:
+                address = self._backends.trainers.acquire(
+                    avoid=avoid, cancelled=self._cancel.is_set
+                )
+            except NoWorkers:
+                raise _Cancelled from None
+            reference.attempts += 1
+            started = time.monotonic()
+            failed = busy = False
+            try:
+                result, _ = self._backends.train(
+                    address, request, on_progress=lambda _: None, register_cancel=register
+                )
+            except WorkerError as err:
+                failed = err.endpoint_failed and not self._cancel.is_set()
+                busy = err.busy
+                avoid.add(address)
+                self._check_cancel()
+                if busy:  # refused at the door: no attempt was made; wait for a slot
+                    reference.attempts -= 1
+                    continue
+                reference.error = str(err)
+                if not err.retryable or reference.attempts >= self.spec.budget.max_attempts:
+                    reference.state = RS.REFERENCE_STATE_FAILED
+                    return
+                _logger.info("search %s: reference retrying after: %s", self.search.id, err)
+                continue
+            finally:
+                with self._lock:
+                    self._aborts.pop(_REFERENCE, None)
+                self._backends.trainers.release(address, failed=failed, busy=busy)
+                reference.trainer = address
+                reference.train_seconds = time.monotonic() - started
+            reference.training.CopyFrom(result)
+            reference.state = RS.REFERENCE_STATE_MEASURED
+            reference.error = ""
+            return
 
     # -- helpers ---------------------------------------------------------------------
 

@@ -14,8 +14,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mnas import recipe
-from mnas.arch import Activation
+from mnas import recipe, references
+from mnas.arch import Activation, Architecture
 from mnas.layers import plan
 from mnas.space import SearchSpace, Stage, preset
 from mnas.v1 import common_pb2
@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 DEFAULT_DATASET = "fashion-mnist"
+# spec.reference: the space's own reference network, or none at all.
+SPACE_REFERENCE = "space"
+NO_REFERENCE = "none"
 
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_TRIALS_LIMIT = 1_000_000
@@ -107,6 +110,8 @@ class ResolvedSpec:
     space: SearchSpace
     objective: Objective
     strategy_config: StrategyConfig
+    # The network spec.reference names, trained once per search; None for "none".
+    reference: Architecture | None = None
 
     @property
     def build(self) -> common_pb2.BuildParams:
@@ -163,7 +168,10 @@ def resolve(
     )
     if out.duplicates == common_pb2.DUPLICATE_POLICY_UNSPECIFIED:
         out.duplicates = common_pb2.DUPLICATE_POLICY_REUSE
-    return ResolvedSpec(spec=out, space=space, objective=objective, strategy_config=config)
+    reference = _reference(out, space)
+    return ResolvedSpec(
+        spec=out, space=space, objective=objective, strategy_config=config, reference=reference
+    )
 
 
 def _with_defaults(
@@ -365,11 +373,18 @@ def _space_path(message: str) -> str:
     return "spec." + message if message.startswith("space.") else "spec.space: " + message
 
 
-def _check_resolution(space: SearchSpace, path: str, resolution: int) -> None:
-    """Every strided layer must receive at least ``stride`` pixels."""
+def _check_resolution(
+    space: SearchSpace,
+    path: str,
+    resolution: int,
+    network: Architecture | None = None,
+    what: str = "the space",
+) -> None:
+    """Every strided layer of ``network`` (the space's reference network when not given)
+    must receive at least ``stride`` pixels."""
     try:
         net = plan(
-            space.to_architecture(space.reference_decisions()),
+            network or space.to_architecture(space.reference_decisions()),
             resolution=resolution,
             num_classes=space.num_classes,
             width=space.width,
@@ -380,9 +395,29 @@ def _check_resolution(space: SearchSpace, path: str, resolution: int) -> None:
     if resolution < 2 or any(layer.in_size < layer.stride for layer in strided):
         count = 1 + len(strided)  # the stem strides too
         raise ValueError(
-            f"{path}: {resolution} is too small for the {count} strided layers of the space "
+            f"{path}: {resolution} is too small for the {count} strided layers of {what} "
             f"(needs at least {2 ** (count - 1) + 1})"
         )
+
+
+def _reference(spec: common_pb2.SearchSpec, space: SearchSpace) -> Architecture | None:
+    """The network ``spec.reference`` names (default: the space's reference), checked to
+    build at the space's resolution; None for "none"."""
+    if not spec.reference:
+        spec.reference = SPACE_REFERENCE
+    if spec.reference == NO_REFERENCE:
+        return None
+    if spec.reference == SPACE_REFERENCE:
+        return space.to_architecture(space.reference_decisions())
+    try:
+        network = references.get(spec.reference)
+    except ValueError:
+        known = ", ".join([SPACE_REFERENCE, *references.names(), NO_REFERENCE])
+        raise ValueError(
+            f"spec.reference: unknown network {spec.reference!r} (known: {known})"
+        ) from None
+    _check_resolution(space, "spec.reference", space.resolution, network, spec.reference)
+    return network
 
 
 def _budget(b: common_pb2.Budget) -> None:

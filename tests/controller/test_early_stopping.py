@@ -42,6 +42,7 @@ training: {steps: 40, evaluate_every_steps: 10}
 early_stopping: {rule: EARLY_STOPPING_RULE_MEDIAN, min_trials: 2}
 latency: {warmup_runs: 1, runs: 2}
 duplicates: DUPLICATE_POLICY_RETRAIN
+reference: none
 """
 
 

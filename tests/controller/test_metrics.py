@@ -48,6 +48,7 @@ objective: {kind: soft, target_latency_seconds: 0.001}
 budget: {max_trials: 3, parallel_trials: 1, max_failed_trials: 2}
 latency: {warmup_runs: 1, runs: 2}
 duplicates: DUPLICATE_POLICY_RETRAIN
+reference: none
 """
 # Train calls, one at a time: the second fails its trial (ABORTED: the trial's fault), the
 # third is refused (RESOURCE_EXHAUSTED: no free slot) and made as the fourth, not counted

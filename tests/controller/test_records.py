@@ -32,6 +32,7 @@ space:
 objective: {kind: soft, target_latency_seconds: 0.001}
 budget: {max_trials: 5, parallel_trials: 1}
 latency: {warmup_runs: 1, runs: 2}
+reference: none
 """
 
 

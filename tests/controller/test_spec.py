@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
+from mnas import references
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2
 from services.controller.spec import (
@@ -185,6 +186,69 @@ def test_examples_are_valid(name: str) -> None:
         parse_spec(text), dataset=FASHION, device_classes=DEVICES, strategies=STRATEGIES | {"ppo"}
     )
     assert resolved.spec.budget.max_trials >= 4
+
+
+# --- the reference network -------------------------------------------------------------
+
+
+def test_the_reference_defaults_to_the_space_s_own_network() -> None:
+    resolved = resolve(spec(), dataset=FASHION, device_classes=DEVICES, strategies=STRATEGIES)
+    space = resolved.space
+    assert resolved.spec.reference == "space"
+    assert resolved.reference == space.to_architecture(space.reference_decisions())
+
+
+def test_a_named_reference_is_the_published_network() -> None:
+    resolved = resolve(
+        spec(reference="mnasnet-a1"),
+        dataset=FASHION,
+        device_classes=DEVICES,
+        strategies=STRATEGIES,
+    )
+    assert resolved.spec.reference == "mnasnet-a1"
+    assert resolved.reference == references.get("mnasnet-a1")
+
+
+def test_no_reference() -> None:
+    resolved = resolve(
+        spec(reference="none"), dataset=FASHION, device_classes=DEVICES, strategies=STRATEGIES
+    )
+    assert resolved.spec.reference == "none"
+    assert resolved.reference is None
+
+
+def test_an_unknown_reference_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(ValueError) as info:
+        resolve(
+            spec(reference="resnet-50"),
+            dataset=FASHION,
+            device_classes=DEVICES,
+            strategies=STRATEGIES,
+        )
+    message = str(info.value)
+    assert message.startswith("spec.reference: unknown network 'resnet-50' (known: "), message
+    for name in ("space", "none", *references.names()):
+        assert name in message
+
+
+def test_a_reference_that_cannot_take_the_space_s_resolution_is_refused() -> None:
+    """One stride-1 stage builds at 8 pixels; MnasNet-A1's five strided layers need 17."""
+    shallow = {
+        "space.stages": [{"expansion": 1, "filters": 16, "layers": 1, "stride": 1}],
+        "space.choices": {**CHOICES, "ops": ["dconv"]},
+        "space.resolution": 8,
+        "latency.resolution": 8,
+    }
+    resolve(spec(**shallow), dataset=FASHION, device_classes=DEVICES, strategies=STRATEGIES)
+    with pytest.raises(ValueError) as info:
+        resolve(
+            spec(**shallow, reference="mnasnet-a1"),
+            dataset=FASHION,
+            device_classes=DEVICES,
+            strategies=STRATEGIES,
+        )
+    assert str(info.value).startswith("spec.reference: 8 is too small"), str(info.value)
+    assert "mnasnet-a1" in str(info.value) and "at least 17" in str(info.value)
 
 
 # --- the data set, as the trainers report it --------------------------------------------

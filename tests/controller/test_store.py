@@ -21,6 +21,8 @@ from mnas.v1.common_pb2 import (
     BuildParams,
     LatencySettings,
     LatencyStats,
+    Reference,
+    ReferenceState,
     Search,
     SearchSpaceSpec,
     SearchSpec,
@@ -476,6 +478,40 @@ def test_a_reopened_store_sees_everything(backend: Backend) -> None:
     third = backend.open()  # two stores at once see each other's commits
     third.save_trial(make_trial(number=1))
     assert numbers(second.list_trials("s1")) == [0, 1]
+
+
+def test_the_reference_is_kept_with_its_search(backend: Backend) -> None:
+    """A search written without a reference (as submitted, or by an older controller)
+    reads back without one; its reference, pending then measured, survives a reopening."""
+    first = backend.open()
+    search = make_search()
+    first.create_search(search)
+    got = first.get_search("s1")
+    assert got is not None and not got.HasField("reference")
+    search.reference.CopyFrom(
+        Reference(
+            name="mnasnet-a1",
+            architecture=Architecture(canonical="stem:32 r1_k3_s11_e1_i32_o16", id="ab12"),
+            state=ReferenceState.REFERENCE_STATE_PENDING,
+        )
+    )
+    first.save(search=search)
+    assert_same(first.get_search("s1"), search)
+    search.reference.state = ReferenceState.REFERENCE_STATE_MEASURED
+    search.reference.training.CopyFrom(
+        TrainResult(accuracy=0.8125, loss=0.5, seconds=3.0, samples_seen=1000)
+    )
+    search.reference.trainer = "127.0.0.1:1"
+    search.reference.attempts = 2
+    search.reference.train_seconds = 3.5
+    first.save(search=search)
+    first.close()
+
+    second = backend.open()
+    got = second.get_search("s1")
+    assert_same(got, search)
+    assert got is not None and got.reference.training.accuracy == 0.8125
+    assert [s.reference for s in second.list_searches()] == [search.reference]
 
 
 # Opening.

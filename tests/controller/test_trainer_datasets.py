@@ -146,8 +146,10 @@ def test_trials_landing_on_a_trainer_without_the_data_set_are_retried_on_one_wit
         assert info.value.retryable and "unknown data set 'tiny-fashion'" in str(info.value)
         backends.close()
 
+        # One job at a time, and no reference network: a second job holding the trainer
+        # with the data set would leave only the other free for a retry.
         spec = SPEC.replace("DATASET", "tiny-fashion").replace(
-            "budget: {max_trials: 1}", "budget: {max_trials: 3, max_attempts: 3}"
+            "budget: {max_trials: 1}", "budget: {max_trials: 3, max_attempts: 3}\nreference: none"
         )
         with Client(server.address) as client:
             final = client.submit(parse_spec(spec)).wait(timeout=180)

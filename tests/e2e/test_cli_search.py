@@ -47,6 +47,10 @@ def test_mnas_search_runs_a_spec_and_prints_results(tmp_path: Path) -> None:
     out = result.stdout
     assert "succeeded: 2 completed, 0 stopped early, 0 failed" in out
     assert "best 2 by reward" in out
+    # The space's reference network, trained once beside the trials on the same proxy.
+    assert (
+        "reference mobilenetv2-like (space reference) at width 0.5, 28x28: held-out accuracy 0."
+    ) in out
     assert "Pareto front: accuracy vs latency" in out
     assert "#0: r" in out or "#1: r" in out
     assert (tmp_path / "mnas.db").exists()

@@ -34,6 +34,7 @@ objective: {kind: soft, target_latency_seconds: 0.0005}
 budget: {max_trials: 8, parallel_trials: 2}
 training: {train_examples: 1500, validation_examples: 300, batch_size: 50}
 latency: {warmup_runs: 1, runs: 3}
+reference: none
 """
 
 

@@ -38,6 +38,7 @@ objective: {kind: soft, target_latency_seconds: 0.002}
 budget: {max_trials: %(trials)d, parallel_trials: %(parallel)d, max_attempts: 3}
 training: {train_examples: %(examples)d, validation_examples: 500, epochs: 1, batch_size: 32}
 latency: {warmup_runs: 2, runs: 5}
+reference: none
 """
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from mnas.cli import main
 from mnas.client import Client
-from mnas.report import render_report
+from mnas.report import reference_summary, render_report
 from mnas.space import SearchSpace
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2
@@ -143,6 +143,46 @@ def test_a_search_without_completed_trials_says_so() -> None:
     assert svgs(page) == []
     assert "No completed trial yet" in page
     assert "0 of 3 done: 2 failed" in page and "none yet" in page
+
+
+RS = common_pb2.ReferenceState
+# (the reference as stored, what the summary says of it)
+REFERENCES = [
+    (
+        common_pb2.Reference(
+            name="space",
+            state=RS.REFERENCE_STATE_MEASURED,
+            training=common_pb2.TrainResult(accuracy=0.81234),
+        ),
+        "mobilenetv2-like (space reference) at width 0.5, 28x28: held-out accuracy 0.8123 on "
+        "the same proxy",
+    ),
+    (
+        common_pb2.Reference(name="mnasnet-a1", state=RS.REFERENCE_STATE_PENDING),
+        "mnasnet-a1 at width 0.5, 28x28: not measured yet",
+    ),
+    (
+        common_pb2.Reference(
+            name="mnasnet-a1", state=RS.REFERENCE_STATE_FAILED, error="trainer t:1: ABORTED: oom"
+        ),
+        "mnasnet-a1 at width 0.5, 28x28: failed (trainer t:1: ABORTED: oom)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("reference", "summary"), REFERENCES)
+def test_the_summary_tells_what_the_reference_scored(
+    reference: common_pb2.Reference, summary: str
+) -> None:
+    search = make_search(trials=3)
+    search.spec.space.width = 0.5
+    search.spec.space.resolution = 28
+    assert reference_summary(search) is None  # a search without one (spec.reference: none)
+    assert "<dt>reference</dt>" not in render_report(search, make_trials(search.id, 3))
+    search.reference.CopyFrom(reference)
+    assert reference_summary(search) == summary
+    page = render_report(search, make_trials(search.id, 3))
+    assert f"<dt>reference</dt><dd>{summary}</dd>" in page
 
 
 # --- the command over a store and over a controller ------------------------------------
