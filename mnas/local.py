@@ -169,7 +169,7 @@ class LocalStack:
                 start_service("reward", log_dir=self.workdir),
                 start_service("latency", log_dir=self.workdir),
             ]
-            # Share the cores among trainers: oversubscribed torch thread pools crawl.
+            # Share the usable cores among trainers: oversubscribed torch thread pools crawl.
             threads = threads_per_slot(self.trainers)
             trainer_args = ["--threads", str(threads), *self.trainer_args]
             workers += [

@@ -30,8 +30,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch intra-op threads of each training (default: the cores this process may "
-        "use, by CPU affinity and cgroup quota, divided among the --max-concurrent slots)",
+        help="most torch intra-op threads of a training, fewer when fewer cores are idle as "
+        "it starts (default: the cores this process may use, by CPU affinity and cgroup "
+        "quota, divided among the --max-concurrent slots)",
     )
     parser.add_argument(
         "--device", default="cpu", help="torch device: cpu, cuda, cuda:N or auto (default cpu)"

@@ -10,6 +10,11 @@ running, so a step gets several times slower instead of faster.
 process's cgroup (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``),
 looking at the process's own cgroup and every cgroup above it. A missing or unreadable
 file means no limit. :func:`threads_per_slot` shares those cores among training slots.
+
+A core busy with another process is as bad: a thread that shares it runs in turns with
+that process, and every parallel region of every step waits for it. :func:`threads_to_use`
+gives a training starting now no more threads than there are idle usable cores, as
+``/proc/stat`` counts them over a short window.
 """
 
 from __future__ import annotations
@@ -17,14 +22,24 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 
-__all__ = ["cgroup_cpu_limit", "threads_per_slot", "usable_cores"]
+__all__ = [
+    "cgroup_cpu_limit",
+    "cpu_idle_ticks",
+    "idle_cores",
+    "idle_share",
+    "threads_per_slot",
+    "threads_to_use",
+    "usable_cores",
+]
 
 _logger = logging.getLogger(__name__)
 
 _CGROUP_MOUNT = PurePosixPath("sys/fs/cgroup")
+IDLE_WINDOW_SECONDS = 0.25
 
 
 def usable_cores(root: str | os.PathLike[str] = "/") -> int:
@@ -47,6 +62,72 @@ def threads_per_slot(slots: int, cores: int | None = None) -> int:
         raise ValueError(f"slots: must be >= 1, got {slots}")
     available = usable_cores() if cores is None else cores
     return max(1, available // slots)
+
+
+def threads_to_use(
+    limit: int, window: float = IDLE_WINDOW_SECONDS, root: str | os.PathLike[str] = "/"
+) -> int:
+    """Threads for a training starting now: ``limit``, or fewer when fewer of this
+    process's CPUs are idle (a core counts when more than half idle), at least 1.
+
+    Watches the CPUs for ``window`` seconds; ``limit`` when their use cannot be read.
+    """
+    idle = idle_cores(window, root)
+    if idle is None:
+        return limit
+    return max(1, min(limit, math.floor(idle + 0.5)))
+
+
+def idle_cores(
+    window: float = IDLE_WINDOW_SECONDS, root: str | os.PathLike[str] = "/"
+) -> float | None:
+    """How many of this process's CPUs (its affinity) sat idle over the next ``window``
+    seconds, from ``root``/proc/stat; None when it cannot be read."""
+    before = cpu_idle_ticks(root)
+    start = time.monotonic()
+    time.sleep(window)
+    after = cpu_idle_ticks(root)
+    seconds = time.monotonic() - start
+    if before is None or after is None:
+        return None
+    return idle_share(before, after, seconds, _affinity(), _ticks_per_second())
+
+
+def cpu_idle_ticks(root: str | os.PathLike[str] = "/") -> dict[int, int] | None:
+    """Idle plus I/O-wait time of each CPU so far, in clock ticks, from /proc/stat's
+    ``cpuN`` lines; None when it cannot be read."""
+    text = _read(Path(root) / "proc/stat")
+    if text is None:
+        return None
+    ticks: dict[int, int] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or not fields[0].startswith("cpu") or fields[0] == "cpu":
+            continue
+        try:
+            ticks[int(fields[0][3:])] = int(fields[4]) + int(fields[5])
+        except ValueError:
+            continue
+    return ticks or None
+
+
+def idle_share(
+    before: Mapping[int, int],
+    after: Mapping[int, int],
+    seconds: float,
+    cpus: set[int],
+    ticks_per_second: float,
+) -> float:
+    """CPUs of ``cpus`` idle between two :func:`cpu_idle_ticks` readings ``seconds``
+    apart: each CPU's idle ticks over the wall-clock ticks (so time a hypervisor
+    withholds counts as busy), at most 1 each."""
+    if seconds <= 0:
+        return 0.0
+    wall = seconds * ticks_per_second
+    total = 0.0
+    for cpu in cpus & before.keys() & after.keys():
+        total += min(1.0, max(0.0, (after[cpu] - before[cpu]) / wall))
+    return total
 
 
 def cgroup_cpu_limit(root: str | os.PathLike[str] = "/") -> int | None:
@@ -72,10 +153,21 @@ def cgroup_cpu_limit(root: str | os.PathLike[str] = "/") -> int | None:
 
 
 def _affinity_size() -> int:
+    return len(_affinity())
+
+
+def _affinity() -> set[int]:
     try:
-        return len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def _ticks_per_second() -> float:
+    try:
+        return float(os.sysconf("SC_CLK_TCK"))
+    except (AttributeError, OSError, ValueError):
+        return 100.0
 
 
 def _own_cgroups(proc_cgroup: Path) -> Iterator[tuple[tuple[str, ...] | None, str]]:

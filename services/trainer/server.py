@@ -32,7 +32,7 @@ from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common.server import RunningServer, build_server
 from services.trainer import data
 from services.trainer.catalog import Catalog, DatasetNotServed
-from services.trainer.cores import threads_per_slot
+from services.trainer.cores import threads_per_slot, threads_to_use
 from services.trainer.datasets import DatasetInfo
 from services.trainer.isolation import ChildJob, TrialFailed, run_isolated, start_fork_server
 from services.trainer.training import (
@@ -144,9 +144,11 @@ class TrainerConfig:
 
     ``device`` is a torch device name or ``"auto"`` (CUDA when present); on CUDA there is
     one slot per visible GPU unless ``device`` names one (``cuda:N``: ``max_concurrent``
-    slots on it). ``threads`` sets each training's torch intra-op threads (default: the
-    cores this process may use, :func:`~services.trainer.cores.usable_cores`, shared
-    among the slots; more threads than free cores makes every step wait for stragglers).
+    slots on it). ``threads`` is the most torch intra-op threads a training gets (default:
+    the cores this process may use, :func:`~services.trainer.cores.usable_cores`, shared
+    among the slots); a CPU training gets fewer when fewer cores are idle as it starts
+    (:func:`~services.trainer.cores.threads_to_use`), since a thread on a busy core makes
+    every step wait for it.
     ``drain_seconds``: on stop, running trainings may go on this long before they are
     ended with ``UNAVAILABLE``; keep it below the server's stop grace.
     ``memory_limit_bytes``: how much more memory a CPU trial's process may map than it
@@ -374,7 +376,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 
     @property
     def threads(self) -> int:
-        """Torch intra-op threads of each training."""
+        """The most torch intra-op threads a training gets."""
         return self._threads
 
     def begin_shutdown(self) -> None:
@@ -542,6 +544,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         on_progress: Callable[[Progress], None],
         cancelled: Callable[[], bool],
     ) -> TrainOutcome:
+        threads = self._threads
+        if device.type == "cpu":
+            threads = threads_to_use(self._threads)
+            _logger.debug("training %s on %d of %d threads", job.arch.id, threads,
+                          self._threads)
         if not self._config.isolate:
             return train(
                 job.arch,
@@ -551,7 +558,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                 config=job.training,
                 on_progress=on_progress,
                 cancelled=cancelled,
-                threads=self._threads,
+                threads=threads,
                 device=device,
                 keep_weights=job.keep_weights,
             )
@@ -562,7 +569,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             width=job.build.width,
             config=job.training,
             device=str(device),
-            threads=self._threads,
+            threads=threads,
             keep_weights=job.keep_weights,
             memory_limit_bytes=self._memory_limit if device.type == "cpu" else None,
         )

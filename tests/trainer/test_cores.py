@@ -1,17 +1,30 @@
-"""The usable cores (affinity, cgroup v1/v2 quotas) and the threads a training gets."""
+"""The usable cores (affinity, cgroup v1/v2 quotas), the idle ones, and the threads a
+training gets."""
 
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mnas.v1 import common_pb2
-from services.trainer import cores
-from services.trainer.cores import cgroup_cpu_limit, threads_per_slot, usable_cores
-from services.trainer.server import TrainerConfig, TrainerMetrics, TrainerServicer
+from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from services.trainer import cores, server
+from services.trainer.cores import (
+    cgroup_cpu_limit,
+    cpu_idle_ticks,
+    idle_cores,
+    idle_share,
+    threads_per_slot,
+    threads_to_use,
+    usable_cores,
+)
+from services.trainer.server import TrainerConfig, TrainerMetrics, TrainerServicer, make_server
+from services.trainer.training import TrainOutcome
 
 
 def fake_root(tmp_path: Path, proc_cgroup: str, files: dict[str, str] | None = None) -> Path:
@@ -206,3 +219,140 @@ def test_trainer_default_threads_come_from_the_usable_cores(
         context=None,  # type: ignore[arg-type]
     )
     assert reply.hardware.startswith("cpu x3 (")
+
+
+# --- idle cores and the threads of a training starting now -----------------------------
+
+STAT = """cpu  900 0 300 2000 40 0 10 0 0 0
+cpu0 400 0 100 1000 20 0 5 0 0 0
+cpu1 500 0 200 1000 20 0 5 0 0 0
+intr 12345 0 0
+ctxt 999
+"""
+
+
+def write_stat(root: Path, idle: dict[int, tuple[int, int]]) -> None:
+    """A fake /proc/stat with the given (idle, iowait) ticks per CPU."""
+    lines = ["cpu  1 2 3 4 5 6 7 8 9 10"]
+    lines += [f"cpu{cpu} 10 0 10 {i} {w} 0 0 0 0 0" for cpu, (i, w) in idle.items()]
+    (root / "proc").mkdir(parents=True, exist_ok=True)
+    (root / "proc/stat").write_text("\n".join([*lines, "ctxt 5", ""]))
+
+
+def test_cpu_idle_ticks_reads_idle_and_iowait_per_cpu(tmp_path: Path) -> None:
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/stat").write_text(STAT)
+    assert cpu_idle_ticks(tmp_path) == {0: 1020, 1: 1020}
+
+
+def test_cpu_idle_ticks_without_proc_stat_is_none(tmp_path: Path) -> None:
+    assert cpu_idle_ticks(tmp_path) is None
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/stat").write_text("cpu  1 2 3 4 5\ncpuX a b c d e f\n")
+    assert cpu_idle_ticks(tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "cpus", "expected"),
+    [
+        ({0: 0, 1: 0}, {0: 100, 1: 100}, {0, 1}, 2.0),  # both idle for the whole second
+        ({0: 0, 1: 0}, {0: 100, 1: 0}, {0, 1}, 1.0),  # one busy
+        ({0: 0, 1: 0}, {0: 50, 1: 50}, {0, 1}, 1.0),  # both half busy
+        ({0: 0, 1: 0}, {0: 100, 1: 100}, {1}, 1.0),  # only CPUs of the affinity count
+        ({0: 0, 1: 0}, {0: 130, 1: 0}, {0, 1}, 1.0),  # tick jitter: at most 1 per CPU
+        ({0: 50}, {0: 40}, {0}, 0.0),  # a counter going back counts as busy
+        ({0: 0}, {0: 100, 1: 100}, {0, 1}, 1.0),  # a CPU missing from a reading is skipped
+    ],
+)
+def test_idle_share(
+    before: dict[int, int], after: dict[int, int], cpus: set[int], expected: float
+) -> None:
+    assert idle_share(before, after, 1.0, cpus, 100.0) == pytest.approx(expected)
+
+
+def test_idle_share_of_no_time_is_zero() -> None:
+    assert idle_share({0: 0}, {0: 100}, 0.0, {0}, 100.0) == 0.0
+
+
+def test_idle_cores_reads_proc_stat_across_the_window(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Over a half-second window, CPU 0 stays idle and CPU 1 is busy."""
+    write_stat(tmp_path, {0: (1000, 0), 1: (1000, 0)})
+    now = [100.0]
+
+    def sleep(seconds: float) -> None:  # the window passes without waiting
+        now[0] += seconds
+        write_stat(tmp_path, {0: (1040, 10), 1: (1000, 1)})
+
+    clock = types.SimpleNamespace(monotonic=lambda: now[0], sleep=sleep)
+    monkeypatch.setattr(cores, "time", clock)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "sysconf", lambda name: 100)
+    assert idle_cores(0.5, tmp_path) == pytest.approx(1.02)
+    assert threads_to_use(2, 0.5, tmp_path) == 1
+    assert threads_to_use(2, 0.5, tmp_path / "nowhere") == 2  # unreadable: the limit
+
+
+@pytest.mark.parametrize(
+    ("limit", "idle", "expected"),
+    [
+        (2, 2.0, 2),  # quiet
+        (2, 1.0, 1),  # one core busy elsewhere
+        (2, 1.6, 2),  # a core more than half idle counts
+        (2, 1.4, 1),
+        (2, 0.0, 1),  # at least one
+        (4, 7.5, 4),  # never more than the limit
+        (3, None, 3),  # unknown: the limit
+    ],
+)
+def test_threads_to_use_fits_the_idle_cores(
+    monkeypatch: pytest.MonkeyPatch, limit: int, idle: float | None, expected: int
+) -> None:
+    monkeypatch.setattr(cores, "idle_cores", lambda window, root: idle)
+    assert threads_to_use(limit) == expected
+
+
+def test_a_training_gets_the_threads_of_the_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer asks for the threads as each CPU training starts, within its share."""
+    asked: list[int] = []
+    trained: list[Any] = []
+
+    def fit(limit: int) -> int:
+        asked.append(limit)
+        return 1
+
+    def fake_train(*args: Any, **kwargs: Any) -> TrainOutcome:
+        trained.append(kwargs["threads"])
+        return TrainOutcome(accuracy=0.5, loss=1.0, seconds=0.1, samples_seen=10)
+
+    monkeypatch.setattr(cores, "usable_cores", lambda root="/": 6)
+    monkeypatch.setattr(server, "threads_to_use", fit)
+    monkeypatch.setattr(server, "train", fake_train)
+    running = make_server(TrainerConfig(max_concurrent=2, isolate=False), CollectorRegistry())
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = trainer_pb2_grpc.TrainerStub(channel)
+            replies = list(stub.Train(TRAIN_REQUEST, timeout=30))
+    finally:
+        running.stop(grace=0)
+    assert replies[-1].HasField("result")
+    assert asked == [3]  # six usable cores, two slots
+    assert trained == [1]
+
+
+TRAIN_REQUEST = trainer_pb2.TrainRequest(
+    architecture=common_pb2.Architecture(
+        canonical="stem:8 r1_k3_s11_e1_i8_o8 head:64 act:relu dropout:0"
+    ),
+    build=common_pb2.BuildParams(resolution=28, num_classes=10, width=1.0),
+    training=common_pb2.Training(
+        dataset="fashion-mnist",
+        epochs=1,
+        batch_size=32,
+        learning_rate=0.05,
+        seed=1,
+        train_examples=1000,
+        validation_examples=500,
+    ),
+)
