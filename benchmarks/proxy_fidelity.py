@@ -17,6 +17,8 @@ out, both Kendall's tau-b between rankings of held-out accuracy: ``kendall_tau``
 proxy under one seed against the proxy under the other (what a search can expect from a
 repetition), and ``kendall_tau_vs_long``, the proxy against the long training (how far
 the proxy's ranking is the ranking of better-trained networks, as NAS papers report it).
+``kendall_tau_seed_mean_vs_long`` ranks by the mean of the two seeds' accuracies instead:
+what a proxy of twice the cost, averaging out its seed noise, would give.
 
 Ties (pairs of equal accuracies, which have no order) are counted in ``ties``. Each
 architecture's three results are logged to stderr, with the taus so far, as soon as they
@@ -246,6 +248,11 @@ class _Results:
             "kendall_tau": _rounded(kendall_tau_b(first, second)),
             "kendall_tau_vs_long": _rounded(kendall_tau_b(first, long)),
             "kendall_tau_vs_long_second_seed": _rounded(kendall_tau_b(second, long)),
+            # The proxy run under both seeds, its accuracies averaged: at twice the cost,
+            # how much of the gap to the long ranking is the proxy's seed noise.
+            "kendall_tau_seed_mean_vs_long": _rounded(
+                kendall_tau_b([(a + b) / 2 for a, b in zip(first, second, strict=True)], long)
+            ),
         }
 
     def row(self, k: int) -> dict[str, object]:

@@ -150,7 +150,12 @@ def test_a_tiny_run_prints_both_taus_and_the_settings(capsys: pytest.CaptureFixt
     result = _last_json(capsys.readouterr().out)
     assert result["complete"] is True
     assert result["archs"] == 3
-    for name in ("kendall_tau", "kendall_tau_vs_long", "kendall_tau_vs_long_second_seed"):
+    for name in (
+        "kendall_tau",
+        "kendall_tau_vs_long",
+        "kendall_tau_vs_long_second_seed",
+        "kendall_tau_seed_mean_vs_long",
+    ):
         tau = result[name]
         assert tau is None or -1.0 <= tau <= 1.0, name
     assert result["ties"]["pairs"] == 3
@@ -191,3 +196,19 @@ def test_an_interrupt_prints_the_architectures_done(
     assert [c.seed for c in calls] == [4, 9, 4] * 2 + [4]
     assert result["kendall_tau"] == result["kendall_tau_vs_long"] == 1.0
     assert result["ties"] == {"pairs": 1, "seed4": 0, "seed9": 0, "long": 0}
+
+
+def test_the_mean_of_the_seeds_ranks_apart_from_either_seed() -> None:
+    """Each seed swaps one pair of the long ranking; their mean keeps it."""
+    results = proxy_fidelity._Results([None] * 3, [0, 1])  # type: ignore[list-item]
+    accuracies: dict[str, list[float]] = {
+        "seed0": [0.70, 0.62, 0.80], "seed1": [0.60, 0.72, 0.64], "long": [1, 2, 3]
+    }
+    for kind, values in accuracies.items():
+        for k, accuracy in enumerate(values):
+            task = proxy_fidelity._Task(k, None, kind, TrainingConfig())  # type: ignore[arg-type]
+            results.add(task, TrainOutcome(accuracy=accuracy, loss=1, seconds=1, samples_seen=1))
+    taus = results.taus()
+    assert taus["kendall_tau_vs_long"] == 0.3333  # rounded to 4 places
+    assert taus["kendall_tau_vs_long_second_seed"] == 0.3333
+    assert taus["kendall_tau_seed_mean_vs_long"] == 1.0  # means 0.65, 0.67, 0.72
