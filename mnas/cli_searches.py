@@ -254,9 +254,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
         for process in stack.processes:
             console.print(
                 f"{process.name:<12} {process.address}  metrics "
-                f"http://127.0.0.1:{process.metrics_port}/metrics"
+                f"http://127.0.0.1:{process.metrics_port}/metrics",
+                soft_wrap=True,
             )
-        console.print(f"store {args.store}; logs in {workdir}; Ctrl-C stops")
+        # Unwrapped, so the paths can be copied whole (and matched in a log).
+        console.print(f"store {args.store}; logs in {workdir}; Ctrl-C stops", soft_wrap=True)
         while True:
             dead = [p.name for p in stack.processes if not p.alive()]
             if dead:

@@ -104,6 +104,7 @@ def test_mnas_up_serves_until_interrupted(tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while "Ctrl-C stops" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)  # pacing the poll of a log file
+        assert "Ctrl-C stops" in log.read_text(), log.read_text()  # on one line: unwrapped
         popen.send_signal(signal.SIGINT)
         assert popen.wait(60) == 0, log.read_text()
     finally:
