@@ -628,17 +628,8 @@ class SearchRunner:
             training=self.spec.training,
         )
         started = time.monotonic()
-        failed = busy = False
-        aborts: list[Callable[[], None]] = []
         del trial.evaluations[:]
         best = -math.inf
-
-        def register(abort: Callable[[], None]) -> None:
-            aborts.append(abort)
-            with self._lock:
-                self._aborts.setdefault(trial.number, []).append(abort)
-            if self._cancel.is_set():
-                abort()
 
         def on_progress(progress: common_pb2.TrainProgress) -> None:
             nonlocal best
@@ -651,24 +642,15 @@ class SearchRunner:
                 raise _Stopped(progress)
 
         try:
-            result, weights = self._backends.train(
-                address, request, on_progress=on_progress, register_cancel=register
-            )
+            result, weights = self._training(trial.number, address, request, on_progress)
         except _Stopped:
-            for abort in aborts:
-                abort()
             self._metrics.trial_attempts.labels("trainer", "stopped").inc()
             raise
         except WorkerError as err:
-            failed = err.endpoint_failed and not self._cancel.is_set()
-            busy = err.busy
             avoid.add(address)
-            self._metrics.trial_attempts.labels("trainer", "busy" if busy else "failed").inc()
+            self._metrics.trial_attempts.labels("trainer", "busy" if err.busy else "failed").inc()
             raise
         finally:
-            with self._lock:
-                self._aborts.pop(trial.number, None)
-            self._backends.trainers.release(address, failed=failed, busy=busy)
             trial.trainer = address
             trial.train_seconds = time.monotonic() - started
             self._search_metrics.phase("training", trial.train_seconds)
@@ -676,6 +658,44 @@ class SearchRunner:
         trial.training.CopyFrom(result)
         if weights is not None:
             self._weights[trial.number] = weights
+
+    def _training(
+        self,
+        key: int,
+        address: str,
+        request: trainer_pb2.TrainRequest,
+        on_progress: Callable[[common_pb2.TrainProgress], None],
+    ) -> tuple[common_pb2.TrainResult, bytes | None]:
+        """Run one training on ``address``, whose slot the caller took: a cancel of the
+        search aborts it (as ``key`` among the aborts), and ``_Stopped`` from
+        ``on_progress`` ends it. The slot is given back; the endpoint is benched when it
+        failed, and paused when it refused the job for want of a free slot."""
+        failed = busy = False
+        aborts: list[Callable[[], None]] = []
+
+        def register(abort: Callable[[], None]) -> None:
+            aborts.append(abort)
+            with self._lock:
+                self._aborts.setdefault(key, []).append(abort)
+            if self._cancel.is_set():
+                abort()
+
+        try:
+            return self._backends.train(
+                address, request, on_progress=on_progress, register_cancel=register
+            )
+        except _Stopped:
+            for abort in aborts:
+                abort()
+            raise
+        except WorkerError as err:
+            failed = err.endpoint_failed and not self._cancel.is_set()
+            busy = err.busy
+            raise
+        finally:
+            with self._lock:
+                self._aborts.pop(key, None)
+            self._backends.trainers.release(address, failed=failed, busy=busy)
 
     def _score(self, trial: common_pb2.Trial) -> None:
         started = time.monotonic()
@@ -763,13 +783,6 @@ class SearchRunner:
         )
         request.training.return_weights = False
         avoid: set[str] = set()
-
-        def register(abort: Callable[[], None]) -> None:
-            with self._lock:
-                self._aborts.setdefault(_REFERENCE, []).append(abort)
-            if self._cancel.is_set():
-                abort()
-
         while True:
             self._check_cancel()
             try:
@@ -780,17 +793,12 @@ class SearchRunner:
                 raise _Cancelled from None
             reference.attempts += 1
             started = time.monotonic()
-            failed = busy = False
             try:
-                result, _ = self._backends.train(
-                    address, request, on_progress=lambda _: None, register_cancel=register
-                )
+                result, _ = self._training(_REFERENCE, address, request, lambda _: None)
             except WorkerError as err:
-                failed = err.endpoint_failed and not self._cancel.is_set()
-                busy = err.busy
                 avoid.add(address)
                 self._check_cancel()
-                if busy:  # refused at the door: no attempt was made; wait for a slot
+                if err.busy:  # refused at the door: no attempt was made; wait for a slot
                     reference.attempts -= 1
                     continue
                 reference.error = str(err)
@@ -800,9 +808,6 @@ class SearchRunner:
                 _logger.info("search %s: reference retrying after: %s", self.search.id, err)
                 continue
             finally:
-                with self._lock:
-                    self._aborts.pop(_REFERENCE, None)
-                self._backends.trainers.release(address, failed=failed, busy=busy)
                 reference.trainer = address
                 reference.train_seconds = time.monotonic() - started
             reference.training.CopyFrom(result)
