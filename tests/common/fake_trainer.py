@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from services.common.server import RunningServer, build_server
 
 FASHION_MNIST = trainer_pb2.Dataset(
     name="fashion-mnist", format="idx", classes=10, resolution=28, examples=60000, channels=1
@@ -31,3 +33,12 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServicer):
         self, request: trainer_pb2.ListDatasetsRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.ListDatasetsResponse:
         return trainer_pb2.ListDatasetsResponse(datasets=self.datasets)
+
+
+def serve(trainer: trainer_pb2_grpc.TrainerServicer) -> RunningServer:
+    """``trainer`` served as mnas.v1.Trainer on a loopback port (health included)."""
+    return build_server(
+        service_names=["mnas.v1.Trainer"],
+        add_servicers=lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(trainer, s),
+        registry=CollectorRegistry(),
+    )

@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry
 
 from mnas.latency import reported_seconds
 from mnas.specfile import parse_spec
-from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
-from services.common.server import RunningServer, build_server
+from mnas.v1 import common_pb2, trainer_pb2
+from services.common.server import RunningServer
 from services.controller.clients import Backends
 from services.controller.core import Controller
 from services.controller.metrics import (
@@ -34,7 +34,7 @@ from services.controller.metrics import (
 from services.controller.store import Store
 from services.latency.server import make_server as make_latency_server
 from services.reward.server import make_server as make_reward_server
-from tests.common.fake_trainer import FakeTrainer
+from tests.common.fake_trainer import FakeTrainer, serve
 
 SPEC = """
 strategy: random
@@ -118,11 +118,7 @@ class Running:
 
 def start(tmp_path: Path, trainer: ScriptedTrainer) -> Iterator[Running]:
     servers: list[RunningServer] = [
-        build_server(
-            service_names=["mnas.v1.Trainer"],
-            add_servicers=lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(trainer, s),
-            registry=CollectorRegistry(),
-        ),
+        serve(trainer),
         make_latency_server(registry=CollectorRegistry()),
         make_reward_server(registry=CollectorRegistry()),
     ]

@@ -22,8 +22,8 @@ from mnas import references
 from mnas.cli import main
 from mnas.client import Client
 from mnas.specfile import parse_spec
-from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
-from services.common.server import RunningServer, build_server
+from mnas.v1 import common_pb2, trainer_pb2
+from services.common.server import RunningServer
 from services.controller.clients import Backends
 from services.controller.core import Controller
 from services.controller.metrics import ControllerMetrics
@@ -31,7 +31,7 @@ from services.controller.server import make_server
 from services.controller.store import Store
 from services.latency.server import make_server as make_latency_server
 from services.reward.server import make_server as make_reward_server
-from tests.common.fake_trainer import FakeTrainer
+from tests.common.fake_trainer import FakeTrainer, serve
 
 RS = common_pb2.ReferenceState
 REFERENCE_ACCURACY = 0.8125
@@ -112,11 +112,7 @@ class Workers:
     def __init__(self, tmp_path: Path, trainer: ReferenceTrainer) -> None:
         self.store_path = tmp_path / "mnas.db"
         self.servers: list[RunningServer] = [
-            build_server(
-                service_names=["mnas.v1.Trainer"],
-                add_servicers=lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(trainer, s),
-                registry=CollectorRegistry(),
-            ),
+            serve(trainer),
             make_latency_server(registry=CollectorRegistry()),
             make_reward_server(registry=CollectorRegistry()),
         ]
@@ -131,6 +127,14 @@ class Workers:
         core = Controller(store, backends, ControllerMetrics(CollectorRegistry()))
         core.resume()
         return make_server(core, registry=CollectorRegistry()), core
+
+    def stored(self, search_id: str) -> common_pb2.Search | None:
+        """The search as the store file holds it now."""
+        store = Store.open(str(self.store_path))
+        try:
+            return store.get_search(search_id)
+        finally:
+            store.close()
 
     def close(self) -> None:
         for server in self.servers:
@@ -197,9 +201,7 @@ def test_the_space_reference_is_trained_once_beside_the_trials(
     assert final.strategy_status.observed == 3
     assert final.best_trial in {0, 1, 2}
     assert listed.reference == final.reference  # ListSearches shows it too
-    store = Store.open(str(workers.store_path))
-    stored = store.get_search(search.id)
-    store.close()
+    stored = workers.stored(search.id)
     assert stored is not None and stored.reference == final.reference
     line = (
         "reference mobilenetv2-like (space reference) at width 0.5, 28x28: held-out accuracy "
@@ -255,9 +257,7 @@ def test_a_resumed_search_keeps_its_measured_reference(
             assert search.info.trials_completed == 0
     finally:
         server.stop(0)  # the controller shuts down; the search stays running in the store
-    store = Store.open(str(workers.store_path))
-    stored = store.get_search(search.id)
-    store.close()
+    stored = workers.stored(search.id)
     assert stored is not None and stored.state == common_pb2.SEARCH_STATE_RUNNING
     assert stored.reference == before
 
@@ -300,9 +300,7 @@ def test_a_search_waits_for_its_reference_and_a_restart_measures_a_pending_one(
             assert info.reference.state == RS.REFERENCE_STATE_PENDING
     finally:
         server.stop(0)
-    store = Store.open(str(workers.store_path))
-    stored = store.get_search(search.id)
-    store.close()
+    stored = workers.stored(search.id)
     assert stored is not None and stored.state == common_pb2.SEARCH_STATE_RUNNING
     assert stored.reference.state == RS.REFERENCE_STATE_PENDING
 

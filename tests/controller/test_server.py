@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from mnas.cli import main
 from mnas.client import Client, InvalidSpec, SearchNotFound
-from mnas.v1 import controller_pb2, controller_pb2_grpc, trainer_pb2_grpc
-from services.common.server import RunningServer, build_server
+from mnas.v1 import controller_pb2, controller_pb2_grpc
+from services.common.server import RunningServer
 from services.controller.clients import Backends
 from services.controller.core import Controller
 from services.controller.metrics import ControllerMetrics
@@ -25,7 +25,7 @@ from services.controller.server import make_server
 from services.controller.store import Store
 from services.latency.server import make_server as make_latency_server
 from services.reward.server import make_server as make_reward_server
-from tests.common.fake_trainer import FakeTrainer
+from tests.common.fake_trainer import FakeTrainer, serve
 
 GOOD = """
 objective: {kind: soft, target_latency_seconds: 0.01}
@@ -78,11 +78,7 @@ BAD_SPECS = [
 def controller(tmp_path: Path) -> Iterator[tuple[RunningServer, Store]]:
     latency = make_latency_server(registry=CollectorRegistry())
     reward = make_reward_server(registry=CollectorRegistry())
-    trainer = build_server(
-        service_names=["mnas.v1.Trainer"],
-        add_servicers=lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(FakeTrainer(), s),
-        registry=CollectorRegistry(),
-    )
+    trainer = serve(FakeTrainer())
     store = Store.open(str(tmp_path / "mnas.db"))
     backends = Backends(
         trainers=[trainer.address], latency=[latency.address], reward=reward.address
