@@ -50,11 +50,22 @@ def trainer_rate(steps: int, batch: int, device: torch.device) -> float:
     runs it) between its first and last progress reports."""
     reports: list[Progress] = []
     config = TrainingConfig(
-        steps=steps, batch_size=batch, learning_rate=LEARNING_RATE, seed=SEED,
-        train_examples=steps * batch, validation_examples=VALIDATION_EXAMPLES,
+        steps=steps,
+        batch_size=batch,
+        learning_rate=LEARNING_RATE,
+        seed=SEED,
+        train_examples=steps * batch,
+        validation_examples=VALIDATION_EXAMPLES,
     )
-    job = ChildJob(arch=ARCH, num_classes=None, resolution=RESOLUTION, width=WIDTH, config=config,
-                   device=str(device), threads=torch.get_num_threads())
+    job = ChildJob(
+        arch=ARCH,
+        num_classes=None,
+        resolution=RESOLUTION,
+        width=WIDTH,
+        config=config,
+        device=str(device),
+        threads=torch.get_num_threads(),
+    )
     run_isolated(job, on_progress=reports.append)
     if len(reports) < 2:
         raise SystemExit(f"only {len(reports)} progress report(s); raise --steps")
@@ -65,14 +76,16 @@ def trainer_rate(steps: int, batch: int, device: torch.device) -> float:
 def bare_rate(steps: int, batch: int, warmup: int, device: torch.device) -> float:
     """Images per second of a plain forward/backward/SGD loop on pre-converted batches."""
     split = data.held_out_split(
-        data.FASHION_MNIST, seed=SEED, validation_examples=VALIDATION_EXAMPLES,
+        data.FASHION_MNIST,
+        seed=SEED,
+        validation_examples=VALIDATION_EXAMPLES,
         train_examples=steps * batch,
     )
     train_set = split.train
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(SEED))
     batches = []
     for b in range(min(BARE_BATCHES, len(train_set) // batch)):
-        index = order[b * batch:(b + 1) * batch].numpy()
+        index = order[b * batch : (b + 1) * batch].numpy()
         x = train_set.batch(index, RESOLUTION, device=device)
         y = torch.from_numpy(train_set.labels[index]).to(device)
         batches.append((x, y))
@@ -82,9 +95,12 @@ def bare_rate(steps: int, batch: int, warmup: int, device: torch.device) -> floa
     decayed = [p for p in model.parameters() if p.ndim > 1]
     plain = [p for p in model.parameters() if p.ndim <= 1]
     optimizer = torch.optim.SGD(
-        [{"params": decayed, "weight_decay": TrainingConfig().decay},
-         {"params": plain, "weight_decay": 0.0}],
-        lr=LEARNING_RATE, momentum=DEFAULT_MOMENTUM,
+        [
+            {"params": decayed, "weight_decay": TrainingConfig().decay},
+            {"params": plain, "weight_decay": 0.0},
+        ],
+        lr=LEARNING_RATE,
+        momentum=DEFAULT_MOMENTUM,
     )
     model.train()
 
@@ -116,9 +132,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="torch device for both loops")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (0: torch's default); more than the idle cores "
-                        "slows torch badly")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0: torch's default); more than the idle cores slows torch badly",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     if args.threads:
@@ -132,25 +151,33 @@ def main() -> None:
     for repeat in range(args.repeats):
         trainer_runs.append(trainer_rate(args.steps, args.batch, device))
         bare_runs.append(bare_rate(args.steps, args.batch, warmup, device))
-        _logger.info("repeat %d: trainer %.0f img/s, bare %.0f img/s", repeat + 1,
-                     trainer_runs[-1], bare_runs[-1])
+        _logger.info(
+            "repeat %d: trainer %.0f img/s, bare %.0f img/s",
+            repeat + 1,
+            trainer_runs[-1],
+            bare_runs[-1],
+        )
     trainer_median = statistics.median(trainer_runs)
     bare_median = statistics.median(bare_runs)
-    print(json.dumps({
-        "ratio": round(trainer_median / bare_median, 4),
-        "trainer_images_per_s": round(trainer_median, 1),
-        "bare_images_per_s": round(bare_median, 1),
-        "trainer_runs": [round(r, 1) for r in trainer_runs],
-        "bare_runs": [round(r, 1) for r in bare_runs],
-        "arch": ARCH.id,
-        "resolution": RESOLUTION,
-        "batch": args.batch,
-        "steps": args.steps,
-        "repeats": args.repeats,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }))
+    print(
+        json.dumps(
+            {
+                "ratio": round(trainer_median / bare_median, 4),
+                "trainer_images_per_s": round(trainer_median, 1),
+                "bare_images_per_s": round(bare_median, 1),
+                "trainer_runs": [round(r, 1) for r in trainer_runs],
+                "bare_runs": [round(r, 1) for r in bare_runs],
+                "arch": ARCH.id,
+                "resolution": RESOLUTION,
+                "batch": args.batch,
+                "steps": args.steps,
+                "repeats": args.repeats,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

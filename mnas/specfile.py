@@ -63,4 +63,3 @@ def spec_from_document(document: object, *, source: str = "spec") -> common_pb2.
         return json_format.ParseDict(document, common_pb2.SearchSpec())
     except json_format.ParseError as err:
         raise ValueError(f"{source}: {err}") from None
-

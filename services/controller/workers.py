@@ -188,9 +188,7 @@ class WorkerPool:
                 if self._closed:
                     raise NoWorkers(f"{self.kind} pool closed")
                 now = time.monotonic()
-                free = [
-                    e for e in self._endpoints.values() if e.free > 0 and e.busy_until <= now
-                ]
+                free = [e for e in self._endpoints.values() if e.free > 0 and e.busy_until <= now]
                 preferred = [e for e in free if e.address not in avoid] or free
                 if preferred:
                     endpoint = max(preferred, key=lambda e: (e.free, -e.in_use))

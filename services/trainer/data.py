@@ -133,8 +133,9 @@ class ImageSet:
             return to_input(raw, resolution, self.mean, self.std)
         files = self.images[index]
         random = generator if self.augment else None
-        views = [_view(torch.from_numpy(files.read(i)), resolution, random)
-                 for i in range(len(files))]
+        views = [
+            _view(torch.from_numpy(files.read(i)), resolution, random) for i in range(len(files))
+        ]
         x = torch.stack(views).to(device)
         return _normalize(x, self.mean, self.std).contiguous()
 
@@ -159,8 +160,13 @@ def _load(directory: Path) -> ImageSet:
     else:
         mean, std = _file_stats(images)
     labels.setflags(write=False)
-    _logger.info("loaded %d training images (%s, %d classes) from %s",
-                 labels.shape[0], raw.format, raw.classes, directory)
+    _logger.info(
+        "loaded %d training images (%s, %d classes) from %s",
+        labels.shape[0],
+        raw.format,
+        raw.classes,
+        directory,
+    )
     return ImageSet(
         images=images,
         labels=labels,
@@ -212,7 +218,7 @@ def held_out_split(
         )
     order = _permutation(n, seed)
     held = np.sort(order[:validation_examples])
-    used = order[validation_examples:validation_examples + (train_examples or available)]
+    used = order[validation_examples : validation_examples + (train_examples or available)]
     return HeldOutSplit(
         train=full.subset(used),
         validation=full.subset(held),
@@ -252,8 +258,9 @@ def _normalize(
         return x.mul_(1.0 / (scale * stds[0])).sub_(means[0] / stds[0])
     shape = (1, -1, 1, 1)
     factor = torch.tensor([1.0 / (scale * s) for s in stds], dtype=x.dtype, device=x.device)
-    shift = torch.tensor([m / s for m, s in zip(means, stds, strict=True)], dtype=x.dtype,
-                         device=x.device)
+    shift = torch.tensor(
+        [m / s for m, s in zip(means, stds, strict=True)], dtype=x.dtype, device=x.device
+    )
     if x.shape[1] != factor.shape[0]:
         x = x.expand(-1, factor.shape[0], -1, -1).clone()
     return x.mul_(factor.view(shape)).sub_(shift.view(shape))
@@ -268,10 +275,15 @@ def _view(image: torch.Tensor, resolution: int, generator: torch.Generator | Non
         top, left, h, w = (height - side) // 2, (width - side) // 2, side, side
     else:
         top, left, h, w = _random_box(height, width, generator)
-    crop = image[:, top:top + h, left:left + w].to(torch.float32).div_(255.0).unsqueeze(0)
+    crop = image[:, top : top + h, left : left + w].to(torch.float32).div_(255.0).unsqueeze(0)
     if (h, w) != (resolution, resolution):
-        crop = F.interpolate(crop, size=(resolution, resolution), mode="bilinear",
-                             align_corners=False, antialias=True)
+        crop = F.interpolate(
+            crop,
+            size=(resolution, resolution),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
     if generator is not None and float(torch.rand((), generator=generator)) < 0.5:
         crop = crop.flip(-1)
     view = crop[0]

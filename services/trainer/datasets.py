@@ -367,8 +367,9 @@ def _load_idx(directory: Path) -> RawSet:
     labels_path = _find_idx(directory, TRAIN_LABELS)
     images = read_idx(images_path)
     labels = read_idx(labels_path)
-    _check_idx_pair(images_path, (images.dtype, images.shape),
-                    labels_path, (labels.dtype, labels.shape))
+    _check_idx_pair(
+        images_path, (images.dtype, images.shape), labels_path, (labels.dtype, labels.shape)
+    )
     return RawSet(
         format=IDX,
         images=images,
@@ -382,17 +383,19 @@ def _load_idx(directory: Path) -> RawSet:
 
 # The only globals a CIFAR pickle may name: how numpy arrays and scalars and Python 2
 # strings are rebuilt.
-_PICKLE_GLOBALS = frozenset({
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("_codecs", "encode"),
-})
+_PICKLE_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
+)
 _NUMPY_CORE = "numpy._core." if importlib.util.find_spec("numpy._core") else "numpy.core."
 
 
@@ -434,11 +437,17 @@ def _cifar_batch(path: Path, labels_key: bytes, classes: int) -> tuple[np.ndarra
     """One batch: uint8 ``(N, 3072)`` rows and int64 labels in ``[0, classes)``."""
     batch = _read_pickle(path)
     rows = batch.get(b"data")
-    if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8 or rows.ndim != 2 or (
-        rows.shape[1] != _CIFAR_ROW
+    if (
+        not isinstance(rows, np.ndarray)
+        or rows.dtype != np.uint8
+        or rows.ndim != 2
+        or (rows.shape[1] != _CIFAR_ROW)
     ):
-        got = f"{rows.dtype} {rows.shape}" if isinstance(rows, np.ndarray) else repr(
-            type(rows).__name__)
+        got = (
+            f"{rows.dtype} {rows.shape}"
+            if isinstance(rows, np.ndarray)
+            else repr(type(rows).__name__)
+        )
         raise DatasetError(f"{path}: 'data' must be a uint8 N x {_CIFAR_ROW} array, got {got}")
     raw_labels = batch.get(labels_key)
     if raw_labels is None:
@@ -487,8 +496,9 @@ def _describe_cifar(directory: Path, kind: str) -> tuple[int, int, int, int]:
 def _load_cifar(directory: Path, kind: str) -> RawSet:
     rows, labels, classes = _read_cifar(directory, kind)
     images = np.concatenate(rows).reshape(-1, 3, _CIFAR_SIDE, _CIFAR_SIDE)
-    return RawSet(format=kind, images=images, labels=labels, classes=classes,
-                  native_resolution=_CIFAR_SIDE)
+    return RawSet(
+        format=kind, images=images, labels=labels, classes=classes, native_resolution=_CIFAR_SIDE
+    )
 
 
 # --- ImageFolder ---------------------------------------------------------------------------
@@ -575,8 +585,10 @@ def image_shape(path: Path) -> tuple[int, int, int]:
 def read_image(path: Path) -> np.ndarray:
     """Decode one image file (see the module doc for the kinds) to uint8 ``(C, H, W)``."""
     if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise DatasetError(f"{path}: cannot decode {path.suffix or 'this'} files; "
-                           f"supported: {', '.join(IMAGE_SUFFIXES)}")
+        raise DatasetError(
+            f"{path}: cannot decode {path.suffix or 'this'} files; "
+            f"supported: {', '.join(IMAGE_SUFFIXES)}"
+        )
     try:
         raw = path.read_bytes()
     except FileNotFoundError:

@@ -190,12 +190,16 @@ class TrainerMetrics:
             "mnas_trainer_jobs_in_flight", "Trainings running now.", registry=registry
         )
         self.jobs = Counter(
-            "mnas_trainer_jobs_total", "Trainings ended, by outcome.", ("outcome",),
+            "mnas_trainer_jobs_total",
+            "Trainings ended, by outcome.",
+            ("outcome",),
             registry=registry,
         )
         self.seconds = Histogram(
-            "mnas_trainer_job_seconds", "Wall time of a training, whatever its outcome.",
-            buckets=_JOB_BUCKETS, registry=registry,
+            "mnas_trainer_job_seconds",
+            "Wall time of a training, whatever its outcome.",
+            buckets=_JOB_BUCKETS,
+            registry=registry,
         )
         self.samples = Counter(
             "mnas_trainer_samples_total", "Training examples processed.", registry=registry
@@ -276,10 +280,16 @@ def training_config_from_proto(message: common_pb2.Training) -> TrainingConfig:
             optimizer=optimizer,
             momentum=message.momentum if message.HasField("momentum") else recipe.MOMENTUM,
             weight_decay=message.weight_decay if message.HasField("weight_decay") else None,
-            label_smoothing=(message.label_smoothing if message.HasField("label_smoothing")
-                             else recipe.LABEL_SMOOTHING),
-            warmup_fraction=(message.warmup_fraction if message.HasField("warmup_fraction")
-                             else defaults["warmup_fraction"]),
+            label_smoothing=(
+                message.label_smoothing
+                if message.HasField("label_smoothing")
+                else recipe.LABEL_SMOOTHING
+            ),
+            warmup_fraction=(
+                message.warmup_fraction
+                if message.HasField("warmup_fraction")
+                else defaults["warmup_fraction"]
+            ),
             schedule=_SCHEDULES[message.schedule],
             evaluate_every_steps=message.evaluate_every_steps,
             evaluation_examples=message.evaluation_examples or recipe.EVALUATION_EXAMPLES,
@@ -381,8 +391,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 
     def begin_shutdown(self) -> None:
         """Refuse new trainings; end running ones after ``drain_seconds``."""
-        _logger.info("shutting down: %d training(s) running, drain %.1fs",
-                     self.in_flight, self._config.drain_seconds)
+        _logger.info(
+            "shutting down: %d training(s) running, drain %.1fs",
+            self.in_flight,
+            self._config.drain_seconds,
+        )
         self._stopping.set()
         if self._config.drain_seconds > 0:
             timer = threading.Timer(self._config.drain_seconds, self._cancel_all.set)
@@ -464,8 +477,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             return client_gone.is_set() or self._cancel_all.is_set()
 
         worker = threading.Thread(
-            target=self._work, args=(job, slot, events, cancelled),
-            name=f"train-{job.arch.id}", daemon=True,
+            target=self._work,
+            args=(job, slot, events, cancelled),
+            name=f"train-{job.arch.id}",
+            daemon=True,
         )
         try:
             worker.start()
@@ -519,8 +534,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             label, done = "completed", _Done(outcome=outcome)
         except TrainingCancelled as err:
             if self._cancel_all.is_set():
-                label, done = "cancelled", _Done(error=ShuttingDown(
-                    "trainer shut down during the training; train elsewhere"))
+                label, done = (
+                    "cancelled",
+                    _Done(
+                        error=ShuttingDown("trainer shut down during the training; train elsewhere")
+                    ),
+                )
             else:
                 label, done = "cancelled", _Done(error=err)
             _logger.info("training of %s cancelled", job.arch.id)
@@ -547,8 +566,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         threads = self._threads
         if device.type == "cpu":
             threads = threads_to_use(self._threads)
-            _logger.debug("training %s on %d of %d threads", job.arch.id, threads,
-                          self._threads)
+            _logger.debug("training %s on %d of %d threads", job.arch.id, threads, self._threads)
         if not self._config.isolate:
             return train(
                 job.arch,
@@ -573,8 +591,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             keep_weights=job.keep_weights,
             memory_limit_bytes=self._memory_limit if device.type == "cpu" else None,
         )
-        return run_isolated(child, on_progress=on_progress, cancelled=cancelled,
-                            timeout_seconds=job.timeout_seconds)
+        return run_isolated(
+            child, on_progress=on_progress, cancelled=cancelled, timeout_seconds=job.timeout_seconds
+        )
 
 
 def _preload_directory(catalog: Catalog, name: str) -> str:
@@ -589,9 +608,13 @@ def _preload_directory(catalog: Catalog, name: str) -> str:
 def _weights_chunks(weights: bytes) -> Iterator[trainer_pb2.TrainResponse]:
     total = len(weights)
     for offset in range(0, total, WEIGHTS_CHUNK_BYTES):
-        yield trainer_pb2.TrainResponse(weights=common_pb2.WeightsChunk(
-            data=weights[offset:offset + WEIGHTS_CHUNK_BYTES], offset=offset, total_bytes=total
-        ))
+        yield trainer_pb2.TrainResponse(
+            weights=common_pb2.WeightsChunk(
+                data=weights[offset : offset + WEIGHTS_CHUNK_BYTES],
+                offset=offset,
+                total_bytes=total,
+            )
+        )
 
 
 def _slot_devices(device: torch.device, max_concurrent: int) -> list[torch.device]:
@@ -621,8 +644,9 @@ def _resolve_device(name: str) -> torch.device:
 def _hardware(devices: list[torch.device], threads: int) -> str:
     version = f"torch {torch.__version__}"
     if devices[0].type == "cuda":
-        names = sorted({f"cuda:{d.index or 0} {torch.cuda.get_device_name(d.index or 0)}"
-                        for d in devices})
+        names = sorted(
+            {f"cuda:{d.index or 0} {torch.cuda.get_device_name(d.index or 0)}" for d in devices}
+        )
         return f"{', '.join(names)} ({version})"
     return f"cpu x{threads} ({version})"
 

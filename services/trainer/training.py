@@ -108,11 +108,13 @@ class TrainingConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: must be one of {', '.join(OPTIMIZERS)}, "
-                             f"got {self.optimizer!r}")
+            raise ValueError(
+                f"optimizer: must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule: must be one of {', '.join(SCHEDULES)}, "
-                             f"got {self.schedule!r}")
+            raise ValueError(
+                f"schedule: must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
         if self.weight_decay is not None and not (
@@ -159,8 +161,7 @@ class TrainOutcome:
     weights: bytes | None = None
 
 
-def learning_rate_at(step: int, total: int, steps_per_epoch: int,
-                     config: TrainingConfig) -> float:
+def learning_rate_at(step: int, total: int, steps_per_epoch: int, config: TrainingConfig) -> float:
     """The learning rate of (0-based) ``step`` of ``total``: linear warm-up to the peak,
     then the schedule."""
     peak = config.learning_rate
@@ -227,32 +228,53 @@ def train(
     model.to(run.device)
     if run.memory_format is not torch.contiguous_format:
         model.to(memory_format=run.memory_format)  # type: ignore[call-overload]
-    hooks = [m.register_forward_pre_hook(lambda _m, _x: _check_cancelled(is_cancelled))
-             for m in (model.stem, *model.blocks, model.head)]
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, _x: _check_cancelled(is_cancelled))
+        for m in (model.stem, *model.blocks, model.head)
+    ]
 
     def evaluate_now() -> float:
         count = min(config.evaluation_examples, len(split.validation))
         with _batch_statistics(model):
-            accuracy, _ = _evaluate(model, split.validation, config.batch_size * 2, size, run,
-                                    is_cancelled, limit=count)
+            accuracy, _ = _evaluate(
+                model, split.validation, config.batch_size * 2, size, run, is_cancelled, limit=count
+            )
         return accuracy
 
     try:
-        samples = _fit(model, split.train, config, size, run, is_cancelled, on_progress,
-                       progress_interval, start, evaluate_now)
+        samples = _fit(
+            model,
+            split.train,
+            config,
+            size,
+            run,
+            is_cancelled,
+            on_progress,
+            progress_interval,
+            start,
+            evaluate_now,
+        )
         _recalibrate_batch_norm(model, split.train, config.batch_size, size, run, is_cancelled)
         model.eval()
-        accuracy, loss = _evaluate(model, split.validation, config.batch_size * 2, size, run,
-                                   is_cancelled)
+        accuracy, loss = _evaluate(
+            model, split.validation, config.batch_size * 2, size, run, is_cancelled
+        )
     finally:
         for hook in hooks:
             hook.remove()
     weights = _serialize(model) if keep_weights else None
     seconds = time.perf_counter() - start
-    _logger.info("trained %s: accuracy %.4f, loss %.4f, %d samples, %.1fs",
-                 arch.id, accuracy, loss, samples, seconds)
-    return TrainOutcome(accuracy=accuracy, loss=loss, seconds=seconds, samples_seen=samples,
-                        weights=weights)
+    _logger.info(
+        "trained %s: accuracy %.4f, loss %.4f, %d samples, %.1fs",
+        arch.id,
+        accuracy,
+        loss,
+        samples,
+        seconds,
+    )
+    return TrainOutcome(
+        accuracy=accuracy, loss=loss, seconds=seconds, samples_seen=samples, weights=weights
+    )
 
 
 @dataclass(frozen=True)
@@ -278,8 +300,7 @@ class _Run:
         asynchronously on CUDA."""
         if self.device.type != "cuda":
             return x.to(self.device, memory_format=self.memory_format)
-        return x.pin_memory().to(self.device, non_blocking=True,
-                                 memory_format=self.memory_format)
+        return x.pin_memory().to(self.device, non_blocking=True, memory_format=self.memory_format)
 
     def autocasting(self) -> contextlib.AbstractContextManager[object]:
         if self.autocast is None:
@@ -312,8 +333,16 @@ def _fit(
     window_loss = 0.0
     window_steps = 0
     last_report = time.perf_counter()
-    batches = _batches(train_set, labels, batch, steps_per_epoch, total, resolution, config.seed,
-                       prefetch=run.device.type == "cuda")
+    batches = _batches(
+        train_set,
+        labels,
+        batch,
+        steps_per_epoch,
+        total,
+        resolution,
+        config.seed,
+        prefetch=run.device.type == "cuda",
+    )
     try:
         for step, (x_cpu, y_cpu) in enumerate(batches):
             _check_cancelled(cancelled)
@@ -324,8 +353,7 @@ def _fit(
                 group["lr"] = lr
             with run.autocasting():
                 logits = model(x)
-                loss = F.cross_entropy(logits.float(), y,
-                                       label_smoothing=config.label_smoothing)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.step(optimizer)
@@ -338,18 +366,21 @@ def _fit(
             if every and (step + 1) % every == 0 and step + 1 < total:
                 accuracy = evaluate()
             now = time.perf_counter()
-            due = (step + 1 == total or accuracy is not None
-                   or now - last_report >= progress_interval)
+            due = (
+                step + 1 == total or accuracy is not None or now - last_report >= progress_interval
+            )
             if on_progress is not None and due:
-                on_progress(Progress(
-                    step=step + 1,
-                    total_steps=total,
-                    epoch=step // steps_per_epoch + 1,
-                    loss=window_loss / window_steps,
-                    samples_seen=samples,
-                    seconds=now - start,
-                    accuracy=accuracy,
-                ))
+                on_progress(
+                    Progress(
+                        step=step + 1,
+                        total_steps=total,
+                        epoch=step // steps_per_epoch + 1,
+                        loss=window_loss / window_steps,
+                        samples_seen=samples,
+                        seconds=now - start,
+                        accuracy=accuracy,
+                    )
+                )
                 last_report = now
                 window_loss = 0.0
                 window_steps = 0
@@ -371,6 +402,7 @@ def _batches(
 ) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
     """The ``total`` training batches (on the CPU) in a seeded order; with ``prefetch`` a
     background thread assembles the next ones while the device computes."""
+
     def produce() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(seed)
         augmentation = torch.Generator().manual_seed(seed + 1)  # crops and flips
@@ -379,7 +411,7 @@ def _batches(
             position = step % steps_per_epoch
             if position == 0:
                 order = torch.randperm(len(train_set), generator=generator)
-            index = order[position * batch:(position + 1) * batch]
+            index = order[position * batch : (position + 1) * batch]
             x = train_set.batch(index.numpy(), resolution, generator=augmentation)
             yield x, labels[index]
 
@@ -415,8 +447,13 @@ def _batches(
 def _optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
     groups = _param_groups(model, config.decay)
     if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=config.learning_rate, alpha=RMSPROP_DECAY,
-                                   eps=RMSPROP_EPSILON, momentum=config.momentum)
+        return torch.optim.RMSprop(
+            groups,
+            lr=config.learning_rate,
+            alpha=RMSPROP_DECAY,
+            eps=RMSPROP_EPSILON,
+            momentum=config.momentum,
+        )
     return torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum)
 
 
@@ -425,10 +462,13 @@ def _batch_statistics(model: nn.Module) -> Iterator[None]:
     """Evaluate with batch statistics (a short run's running averages are stale), leaving
     the running statistics as they were and dropout off."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-             for m in norms
-             if m.running_mean is not None and m.running_var is not None
-             and m.num_batches_tracked is not None]
+    saved = [
+        (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+        for m in norms
+        if m.running_mean is not None
+        and m.running_var is not None
+        and m.num_batches_tracked is not None
+    ]
     model.eval()
     for m in norms:
         m.train()

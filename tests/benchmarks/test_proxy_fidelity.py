@@ -202,7 +202,9 @@ def test_the_mean_of_the_seeds_ranks_apart_from_either_seed() -> None:
     """Each seed swaps one pair of the long ranking; their mean keeps it."""
     results = proxy_fidelity._Results([None] * 3, [0, 1])  # type: ignore[list-item]
     accuracies: dict[str, list[float]] = {
-        "seed0": [0.70, 0.62, 0.80], "seed1": [0.60, 0.72, 0.64], "long": [1, 2, 3]
+        "seed0": [0.70, 0.62, 0.80],
+        "seed1": [0.60, 0.72, 0.64],
+        "long": [1, 2, 3],
     }
     for kind, values in accuracies.items():
         for k, accuracy in enumerate(values):

@@ -39,8 +39,9 @@ def numbered_rows(start: int, n: int, classes: int) -> tuple[np.ndarray, list[in
 
 
 def ids_of(images: np.ndarray) -> set[int]:
-    return {int(a) * 256 + int(b) for a, b in zip(images[:, 0, 0, 0], images[:, 0, 0, 1],
-                                                   strict=True)}
+    return {
+        int(a) * 256 + int(b) for a, b in zip(images[:, 0, 0, 0], images[:, 0, 0, 1], strict=True)
+    }
 
 
 def pixels(images: data.ImageSet) -> np.ndarray:
@@ -61,18 +62,28 @@ def write_cifar10(directory: Path, per_batch: int = 20) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for b in range(5):
         rows, labels = numbered_rows(b * per_batch, per_batch, 10)
-        dump(directory / f"data_batch_{b + 1}", {b"batch_label": b"x", b"data": rows,
-                                                 b"labels": labels})
-    dump(directory / "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)],
-                                      b"num_vis": 3072})
+        dump(
+            directory / f"data_batch_{b + 1}",
+            {b"batch_label": b"x", b"data": rows, b"labels": labels},
+        )
+    dump(
+        directory / "batches.meta",
+        {b"label_names": [f"c{i}".encode() for i in range(10)], b"num_vis": 3072},
+    )
     return directory
 
 
 def write_cifar100(directory: Path, n: int = 60) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     rows, labels = numbered_rows(0, n, 7)  # only 7 of the 100 classes occur; numpy labels
-    dump(directory / "train", {"data": rows, "fine_labels": [np.int64(x) for x in labels],
-                               "coarse_labels": [x // 5 for x in labels]})
+    dump(
+        directory / "train",
+        {
+            "data": rows,
+            "fine_labels": [np.int64(x) for x in labels],
+            "coarse_labels": [x // 5 for x in labels],
+        },
+    )
     dump(directory / "meta", {"fine_label_names": [f"f{i}" for i in range(100)]})
     return directory
 
@@ -101,8 +112,7 @@ def write_image_folder(directory: Path) -> Path:
             elif i % 3 == 1:
                 (folder / f"{i}.pgm").write_bytes(ppm(rng.integers(0, 256, (h, w))))
             else:
-                (folder / "nested" / f"{i}.ppm").write_bytes(
-                    ppm(rng.integers(0, 256, (h, w, 3))))
+                (folder / "nested" / f"{i}.ppm").write_bytes(ppm(rng.integers(0, 256, (h, w, 3))))
         (folder / "README.txt").write_text("ignored")
     return directory
 
@@ -155,8 +165,10 @@ def test_image_folder_loads_files_lazily_with_sorted_class_labels(tmp_path: Path
     assert len(full) == 18 and full.num_classes == 3
     np.testing.assert_array_equal(full.labels, np.repeat([0, 1, 2], 6))
     paths = paths_of(full)
-    assert all(p.startswith(str(tmp_path / "tree" / ("ant", "bee", "cat")[label]))
-               for p, label in zip(paths, full.labels, strict=True))
+    assert all(
+        p.startswith(str(tmp_path / "tree" / ("ant", "bee", "cat")[label]))
+        for p, label in zip(paths, full.labels, strict=True)
+    )
     assert full.augment
     assert full.native_resolution == 20  # the median shorter side of each class's first
     gray = datasets.read_image(Path(next(p for p in paths if p.endswith(".pgm"))))
@@ -174,8 +186,10 @@ def test_image_folder_batches_train_and_eval_views(tmp_path: Path) -> None:
     assert eval_a.shape == (18, 3, 16, 16) and eval_a.dtype == torch.float32
     torch.testing.assert_close(eval_a, eval_b)
     gray_row = int(np.flatnonzero([p.endswith(".pgm") for p in paths_of(full)])[0])
-    torch.testing.assert_close(eval_a[gray_row, 0] * full.std[0] + full.mean[0],
-                               eval_a[gray_row, 2] * full.std[2] + full.mean[2])
+    torch.testing.assert_close(
+        eval_a[gray_row, 0] * full.std[0] + full.mean[0],
+        eval_a[gray_row, 2] * full.std[2] + full.mean[2],
+    )
     train_a = full.batch(index, 16, generator=torch.Generator().manual_seed(3))
     train_b = full.batch(index, 16, generator=torch.Generator().manual_seed(3))
     train_c = full.batch(index, 16, generator=torch.Generator().manual_seed(4))
@@ -224,8 +238,9 @@ def test_cifar_split_is_deterministic_and_disjoint(tmp_path: Path) -> None:
     small = data.held_out_split(name, seed=5, validation_examples=30, train_examples=20)
     assert ids_of(pixels(small.validation)) == held
     assert ids_of(pixels(small.train)) <= trained
-    assert ids_of(pixels(data.held_out_split(name, seed=6, validation_examples=30)
-                             .validation)) != held
+    assert (
+        ids_of(pixels(data.held_out_split(name, seed=6, validation_examples=30).validation)) != held
+    )
 
 
 def test_image_folder_split_is_deterministic_and_disjoint(tmp_path: Path) -> None:
@@ -247,10 +262,10 @@ def test_training_on_cifar_never_sees_held_out_images(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name = str(write_cifar10(tmp_path / "c10", per_batch=40))
-    config = TrainingConfig(dataset=name, validation_examples=50, batch_size=25, epochs=2,
-                            learning_rate=0.1)
-    held = ids_of(pixels(data.held_out_split(name, seed=0, validation_examples=50)
-                             .validation))
+    config = TrainingConfig(
+        dataset=name, validation_examples=50, batch_size=25, epochs=2, learning_rate=0.1
+    )
+    held = ids_of(pixels(data.held_out_split(name, seed=0, validation_examples=50).validation))
     seen: set[int] = set()
     shapes: set[tuple[int, ...]] = set()
     batch = data.ImageSet.batch
@@ -291,8 +306,12 @@ def test_describe_each_format(tmp_path: Path) -> None:
     ]
     for name, kind, classes, examples, resolution, channels in cases:
         assert datasets.describe_dataset(name) == datasets.DatasetInfo(
-            name=name, format=kind, classes=classes, examples=examples,
-            native_resolution=resolution, channels=channels,
+            name=name,
+            format=kind,
+            classes=classes,
+            examples=examples,
+            native_resolution=resolution,
+            channels=channels,
         )
 
 
@@ -314,8 +333,13 @@ def _malformed(tmp_path: Path, case: str) -> tuple[Path, Path]:
         root.mkdir()
         dump(root / "test_batch", {b"data": numbered_rows(0, 2, 10)[0], b"labels": [0, 1]})
         return root, root
-    if case in ("cifar-missing-batch", "cifar-bad-shape", "cifar-bad-labels", "cifar-evil",
-                "cifar-bad-meta"):
+    if case in (
+        "cifar-missing-batch",
+        "cifar-bad-shape",
+        "cifar-bad-labels",
+        "cifar-evil",
+        "cifar-bad-meta",
+    ):
         write_cifar10(root)
         target = root / "data_batch_3"
         if case == "cifar-missing-batch":
@@ -398,6 +422,8 @@ def test_describe_dataset_imports_no_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, services.trainer.datasets as d; "
-            "d.describe_dataset('fashion-mnist'); assert 'torch' not in sys.modules")
+    code = (
+        "import sys, services.trainer.datasets as d; "
+        "d.describe_dataset('fashion-mnist'); assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

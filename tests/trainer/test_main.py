@@ -11,8 +11,14 @@ from services.trainer.__main__ import _bytes
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("4GiB", 4 * 2**30), ("512MiB", 512 * 2**20), ("512M", 512 * 2**20), ("1000", 1000),
-     ("2.5GiB", int(2.5 * 2**30)), ("8kib", 8192)],
+    [
+        ("4GiB", 4 * 2**30),
+        ("512MiB", 512 * 2**20),
+        ("512M", 512 * 2**20),
+        ("1000", 1000),
+        ("2.5GiB", int(2.5 * 2**30)),
+        ("8kib", 8192),
+    ],
 )
 def test_sizes(text: str, expected: int) -> None:
     assert _bytes(text) == expected

@@ -67,15 +67,24 @@ def trainer() -> Iterator[Trainer]:
 
 
 def request(
-    canonical: str = TINY, *, steps: int = 0, dataset: str = "fashion-mnist",
+    canonical: str = TINY,
+    *,
+    steps: int = 0,
+    dataset: str = "fashion-mnist",
     num_classes: int = 10,
 ) -> trainer_pb2.TrainRequest:
     return trainer_pb2.TrainRequest(
         architecture=common_pb2.Architecture(canonical=canonical),
         build=common_pb2.BuildParams(resolution=28, num_classes=num_classes, width=1.0),
         training=common_pb2.Training(
-            dataset=dataset, epochs=1, steps=steps, batch_size=32, learning_rate=0.05, seed=1,
-            train_examples=1000, validation_examples=500,
+            dataset=dataset,
+            epochs=1,
+            steps=steps,
+            batch_size=32,
+            learning_rate=0.05,
+            seed=1,
+            train_examples=1000,
+            validation_examples=500,
         ),
     )
 
@@ -133,10 +142,16 @@ def test_train_streams_progress_then_one_result(trainer: Trainer) -> None:
     assert trainer.sample("mnas_trainer_samples_total") == result.samples_seen
     assert trainer.sample("mnas_trainer_job_seconds_count") == 1
     assert trainer.sample("mnas_trainer_jobs_in_flight") == 0
-    assert trainer.sample(
-        "grpc_server_handled_total", grpc_type="server_stream", grpc_service=SERVICE_NAME,
-        grpc_method="Train", grpc_code="OK",
-    ) == 1
+    assert (
+        trainer.sample(
+            "grpc_server_handled_total",
+            grpc_type="server_stream",
+            grpc_service=SERVICE_NAME,
+            grpc_method="Train",
+            grpc_code="OK",
+        )
+        == 1
+    )
 
 
 def test_back_to_back_trainings_fit_one_slot(trainer: Trainer) -> None:
@@ -290,7 +305,8 @@ def test_capacity_reports_the_configured_maximum() -> None:
 
 def test_status_table() -> None:
     assert status_for(ValueError("dataset: directory not found: /x")) == (
-        grpc.StatusCode.INVALID_ARGUMENT, "training.dataset: directory not found: /x"
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "training.dataset: directory not found: /x",
     )
     assert status_for(ValueError("resolution: bad"))[1] == "build.resolution: bad"
     assert status_for(TrainingCancelled("stop"))[0] is grpc.StatusCode.CANCELLED
@@ -303,10 +319,15 @@ def test_status_table() -> None:
 def test_zero_proto_fields_take_the_defaults() -> None:
     config = training_config_from_proto(common_pb2.Training())
     assert (config.dataset, config.epochs, config.steps, config.batch_size) == (
-        "fashion-mnist", 1, 0, 128
+        "fashion-mnist",
+        1,
+        0,
+        128,
     )
     assert (config.learning_rate, config.validation_examples, config.train_examples) == (
-        0.05, 10000, 0
+        0.05,
+        10000,
+        0,
     )
     build = build_params_from_proto(common_pb2.BuildParams())
     assert (build.num_classes, build.resolution, build.width) == (None, None, 1.0)
@@ -316,9 +337,20 @@ def test_zero_proto_fields_take_the_defaults() -> None:
 
 def test_main_serves_until_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-X", "faulthandler", "-m", "services.trainer", "--port", "0",
-         "--grace", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            "-m",
+            "services.trainer",
+            "--port",
+            "0",
+            "--grace",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     lines: queue.Queue[str] = queue.Queue()

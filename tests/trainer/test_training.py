@@ -29,9 +29,9 @@ SMALL_SUBSET = TrainingConfig(train_examples=1000, validation_examples=500, batc
 STOP_WITHIN_SECONDS = 10.0
 
 
-def run(arch: Architecture = TINY, config: TrainingConfig = SMALL_SUBSET, **kwargs: object) -> (
-    tuple[TrainOutcome, list[Progress]]
-):
+def run(
+    arch: Architecture = TINY, config: TrainingConfig = SMALL_SUBSET, **kwargs: object
+) -> tuple[TrainOutcome, list[Progress]]:
     events: list[Progress] = []
     outcome = train(arch, config=config, on_progress=events.append, **kwargs)  # type: ignore[arg-type]
     return outcome, events
@@ -57,7 +57,9 @@ def test_the_same_seed_gives_the_same_result() -> None:
     first, _ = run(config=config)
     second, _ = run(config=config)
     assert (first.accuracy, first.loss, first.samples_seen) == (
-        second.accuracy, second.loss, second.samples_seen
+        second.accuracy,
+        second.loss,
+        second.samples_seen,
     )
 
 
@@ -122,8 +124,13 @@ def test_cancellation_stops_a_long_training_promptly() -> None:
 
     def target() -> None:
         try:
-            train(TINY, config=config, on_progress=lambda _p: started.set(),
-                  cancelled=cancel.is_set, progress_interval=0.0)
+            train(
+                TINY,
+                config=config,
+                on_progress=lambda _p: started.set(),
+                cancelled=cancel.is_set,
+                progress_interval=0.0,
+            )
         except BaseException as err:
             errors.append(err)
 

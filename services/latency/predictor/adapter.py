@@ -18,7 +18,6 @@ from services.latency.oracle import DeviceInfo, LatencyResult
 __all__ = ["PREDICTED_SUFFIX", "PredictedLatency", "Predictor"]
 
 
-
 class Predictor(Protocol):
     """Anything that predicts seconds per inference (batch 1) from an architecture."""
 
