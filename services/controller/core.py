@@ -208,9 +208,20 @@ class Controller:
             while active is None or active.is_set():
                 event = subscription.get(timeout=0.5)
                 if event is None:
-                    if self.get(search_id).state != SS.SEARCH_STATE_RUNNING:
-                        return
-                    continue
+                    final = self.get(search_id)
+                    if final.state == SS.SEARCH_STATE_RUNNING:
+                        continue
+                    # It ended between two polls. The runner saves the final record
+                    # before it publishes the finish, so the finish may not be queued
+                    # yet: send what is, then the finish made from the record.
+                    while (event := subscription.get(timeout=0)) is not None:
+                        yield event
+                        if event.kind == controller_pb2.EVENT_KIND_SEARCH_FINISHED:
+                            return
+                    yield controller_pb2.WatchSearchResponse(
+                        kind=controller_pb2.EVENT_KIND_SEARCH_FINISHED, search=final
+                    )
+                    return
                 yield event
                 if event.kind == controller_pb2.EVENT_KIND_SEARCH_FINISHED:
                     return

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from mnas.latency import reported_seconds
 from mnas.specfile import parse_spec
-from mnas.v1 import common_pb2, trainer_pb2
+from mnas.v1 import common_pb2, controller_pb2, trainer_pb2
 from services.common.server import RunningServer
 from services.controller.clients import Backends
 from services.controller.core import Controller
@@ -31,6 +31,7 @@ from services.controller.metrics import (
     SAMPLES_WINDOW_SECONDS,
     ControllerMetrics,
 )
+from services.controller.runner import SearchRunner
 from services.controller.store import Store
 from services.latency.server import make_server as make_latency_server
 from services.reward.server import make_server as make_reward_server
@@ -301,3 +302,22 @@ def test_only_the_newest_ended_searches_keep_their_series() -> None:
     assert registry.get_sample_value("mnas_search_accuracy_count", {"search": "s0"}) is None
     samples = [s for m in registry.collect() for s in m.samples if s.labels.get("search") == "s0"]
     assert samples == []
+
+
+def test_a_watch_ends_with_the_finish_even_when_it_is_published_late(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner saves the final record before it publishes the finish: a watcher that
+    polls in between still gets SEARCH_FINISHED (here the publish never comes at all)."""
+    publish = SearchRunner._publish
+
+    def without_finish(self: SearchRunner, kind: int, trial: object = None) -> None:
+        if kind != controller_pb2.EVENT_KIND_SEARCH_FINISHED:
+            publish(self, kind, trial)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SearchRunner, "_publish", without_finish)
+    search = running.controller.submit(parse_spec(SPEC), "late-finish")
+    events = list(running.controller.watch(search.id))
+    assert events[-1].kind == controller_pb2.EVENT_KIND_SEARCH_FINISHED
+    assert events[-1].search.state == common_pb2.SEARCH_STATE_SUCCEEDED
+    assert [e.kind for e in events].count(controller_pb2.EVENT_KIND_SEARCH_FINISHED) == 1
