@@ -1,14 +1,25 @@
-"""Arguments several ``mnas`` commands share: which architecture, and how it is built."""
+"""Arguments several ``mnas`` commands share: which architecture, and how it is built;
+how to reach a service (token, TLS)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from mnas import references
 from mnas.arch import Architecture, decode
 from mnas.errors import UsageError
+from mnas.tls import ClientTLS, add_client_tls_arguments, client_tls_from_args
 
-__all__ = ["add_arch_selector", "arch_from_args"]
+__all__ = [
+    "TOKEN_ENV",
+    "add_arch_selector",
+    "add_connection_arguments",
+    "arch_from_args",
+    "connection_from_args",
+]
+
+TOKEN_ENV = "MNAS_TOKEN"
 
 
 def add_arch_selector(p: argparse.ArgumentParser) -> None:
@@ -31,3 +42,25 @@ def arch_from_args(args: argparse.Namespace) -> tuple[str | None, Architecture]:
     raise UsageError(
         f"give an architecture NAME ({', '.join(references.names())}) or --blocks 'S1 S2 ...'"
     )
+
+
+def add_connection_arguments(p: argparse.ArgumentParser, *, token: bool = True) -> None:
+    """``--token`` (a controller's bearer token) and the ``--tls-*`` flags, each defaulting
+    to its ``MNAS_*`` environment variable."""
+    if token:
+        p.add_argument(
+            "--token",
+            default=os.environ.get(TOKEN_ENV) or None,
+            help=f"bearer token for a controller that checks tokens (env {TOKEN_ENV}, which "
+            "keeps it out of the process list)",
+        )
+    add_client_tls_arguments(p, env=True)
+
+
+def connection_from_args(args: argparse.Namespace) -> tuple[ClientTLS | None, str | None]:
+    """The TLS settings and token of :func:`add_connection_arguments`' flags."""
+    try:
+        tls = client_tls_from_args(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return tls, getattr(args, "token", None) or None

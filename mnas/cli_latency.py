@@ -16,10 +16,16 @@ from google.protobuf import json_format
 from rich.console import Console
 from rich.table import Table
 
-from mnas.cli_args import add_arch_selector, arch_from_args
+from mnas.cli_args import (
+    add_arch_selector,
+    add_connection_arguments,
+    arch_from_args,
+    connection_from_args,
+)
 from mnas.errors import UsageError
 from mnas.latency import reported_seconds
 from mnas.rpc import channel
+from mnas.tls import ClientTLS
 from mnas.v1 import common_pb2, latency_pb2, latency_pb2_grpc
 
 __all__ = ["add_commands"]
@@ -28,13 +34,17 @@ DEFAULT_LATENCY_TARGET = "127.0.0.1:50052"
 TIMEOUT_SECONDS = 600.0  # a measurement may wait for a busy or hot phone
 
 
-def _stub(target: str) -> tuple[grpc.Channel, latency_pb2_grpc.LatencyStub]:
-    ch = channel(target)
+def _stub(target: str, tls: ClientTLS | None) -> tuple[grpc.Channel, latency_pb2_grpc.LatencyStub]:
+    ch = channel(target, tls=tls)
     return ch, latency_pb2_grpc.LatencyStub(ch)
 
 
-def _rpc(target: str, call: Callable[[latency_pb2_grpc.LatencyStub], Any]) -> Any:
-    ch, stub = _stub(target)
+def _rpc(
+    target: str,
+    call: Callable[[latency_pb2_grpc.LatencyStub], Any],
+    tls: ClientTLS | None = None,
+) -> Any:
+    ch, stub = _stub(target, tls)
     try:
         return call(stub)
     except grpc.RpcError as err:
@@ -52,6 +62,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     response: latency_pb2.ListDevicesResponse = _rpc(
         args.target,
         lambda stub: stub.ListDevices(latency_pb2.ListDevicesRequest(), timeout=30),
+        connection_from_args(args)[0],
     )
     if args.json:
         print(json.dumps([_as_dict(d) for d in response.devices]))
@@ -107,7 +118,9 @@ def _cmd_measure(args: argparse.Namespace) -> int:
             ),
         )
         response: latency_pb2.MeasureResponse = _rpc(
-            args.target, lambda stub: stub.Measure(request, timeout=TIMEOUT_SECONDS)
+            args.target,
+            lambda stub: stub.Measure(request, timeout=TIMEOUT_SECONDS),
+            connection_from_args(args)[0],
         )
         stats, export_seconds = response.stats, response.export_seconds
     if args.json:
@@ -224,6 +237,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
             help="latency service address (env MNAS_LATENCY_TARGET, default "
             f"{DEFAULT_LATENCY_TARGET}; `mnas up` prints it)",
         )
+        add_connection_arguments(p, token=False)
 
     devices = commands.add_parser(
         "devices", help="the devices a latency service measures on, with their state"

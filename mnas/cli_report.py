@@ -11,11 +11,13 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from mnas.cli_args import add_connection_arguments, connection_from_args
 from mnas.cli_searches import DEFAULT_TARGET
 from mnas.client import Client, SearchNotFound
 from mnas.errors import UsageError
 from mnas.report import render_report
 from mnas.report_plots import require_matplotlib
+from mnas.tls import ClientTLS
 from mnas.v1 import common_pb2
 
 __all__ = [
@@ -31,10 +33,10 @@ _PAGE = 500
 
 
 def read_from_controller(
-    target: str, search_id: str
+    target: str, search_id: str, *, tls: ClientTLS | None = None, token: str | None = None
 ) -> tuple[common_pb2.Search, list[common_pb2.Trial]]:
     """The search and all its trials, from the controller at ``target``."""
-    with Client(target) as client:
+    with Client(target, tls=tls, token=token) as client:
         search = client.search(search_id)
         return search.info, list(search.trials(page_size=_PAGE))
 
@@ -154,7 +156,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         search, trials = read_from_store(args.store, args.search_id)
     else:
         target = args.target or os.environ.get("MNAS_TARGET", DEFAULT_TARGET)
-        search, trials = read_from_controller(target, args.search_id)
+        tls, token = connection_from_args(args)
+        search, trials = read_from_controller(target, args.search_id, tls=tls, token=token)
     line = write_report(search, trials, output, top=args.top)
     if line:
         print(line)
@@ -187,4 +190,5 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         default=None,
         help=f"controller address (env MNAS_TARGET, default {DEFAULT_TARGET})",
     )
+    add_connection_arguments(report)
     report.set_defaults(run=_cmd_report)

@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.table import Table
 
 from mnas.arch import decode
+from mnas.cli_args import add_connection_arguments, connection_from_args
 from mnas.client import Client, Search
 from mnas.cost import count
 from mnas.errors import UsageError
@@ -136,7 +137,8 @@ def _follow(console: Console, search: Search) -> common_pb2.Search:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.target)
+    tls, token = connection_from_args(args)
+    return Client(args.target, tls=tls, token=token)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -159,14 +161,18 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         searches = client.searches()
+    owners = any(s.owner for s in searches)  # a controller that checks tokens
     table = Table()
     table.add_column("id", no_wrap=True, min_width=16)  # ids are typed back: never cut
-    for column in ("name", "state", "completed", "stopped", "failed", "budget", "best reward"):
+    for column in ("name", *(["owner"] if owners else [])):
+        table.add_column(column)
+    for column in ("state", "completed", "stopped", "failed", "budget", "best reward"):
         table.add_column(column)
     for s in searches:
         table.add_row(
             s.id,
             s.spec.name,
+            *([s.owner] if owners else []),
             _state(s.state),
             str(s.trials_completed),
             str(s.trials_stopped),
@@ -318,12 +324,14 @@ def add_commands(
 ) -> None:
     """Add the search commands to the ``mnas`` parser."""
 
-    def target(p: argparse.ArgumentParser) -> None:
+    def target(p: argparse.ArgumentParser, *, connect: bool = True) -> None:
         p.add_argument(
             "--target",
             default=os.environ.get("MNAS_TARGET", DEFAULT_TARGET),
             help=f"controller address (env MNAS_TARGET, default {DEFAULT_TARGET})",
         )
+        if connect:
+            add_connection_arguments(p)
 
     def local(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -344,7 +352,7 @@ def add_commands(
     search.set_defaults(run=_cmd_search)
 
     up = commands.add_parser("up", help="start the four services on loopback and wait")
-    target(up)
+    target(up, connect=False)
     local(up)
     up.set_defaults(run=_cmd_up)
 

@@ -7,8 +7,12 @@
             ...
         print(search.best(3), search.pareto())
 
+A controller that checks tokens takes one per client, ``Client(target, token=...)``; over
+TLS, ``tls=ClientTLS.from_files(ca="ca.pem")`` (with ``cert=`` and ``key=`` for mutual TLS).
+
 gRPC errors become :class:`MnasError` subclasses: :class:`InvalidSpec` (the message names
-the field), :class:`SearchNotFound`, :class:`ControllerUnavailable`.
+the field), :class:`SearchNotFound`, :class:`ControllerUnavailable`,
+:class:`Unauthenticated`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from mnas.latency import reported_seconds
 from mnas.pareto import pareto_front
 from mnas.rpc import channel
 from mnas.specfile import load_spec
+from mnas.tls import ClientTLS
 from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc
 
 __all__ = [
@@ -33,6 +38,7 @@ __all__ = [
     "Search",
     "SearchExists",
     "SearchNotFound",
+    "Unauthenticated",
 ]
 
 T = TypeVar("T")
@@ -59,12 +65,17 @@ class ControllerUnavailable(MnasError, ConnectionError):
     """The controller could not be reached (after retries)."""
 
 
+class Unauthenticated(MnasError, PermissionError):
+    """The controller checks tokens and this client's was missing or not known."""
+
+
 _ERRORS: dict[grpc.StatusCode, type[MnasError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidSpec,
     grpc.StatusCode.NOT_FOUND: SearchNotFound,
     grpc.StatusCode.ALREADY_EXISTS: SearchExists,
     grpc.StatusCode.UNAVAILABLE: ControllerUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: ControllerUnavailable,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
 }
 
 
@@ -85,12 +96,20 @@ Done = (
 
 
 class Client:
-    """A connection to one controller."""
+    """A connection to one controller: over TLS when ``tls`` is given, sending ``token``
+    as a bearer token with every call when it is given."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        timeout: float = 30.0,
+        token: str | None = None,
+        tls: ClientTLS | None = None,
+    ) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = channel(target)
+        self._channel = channel(target, tls=tls, token=token)
         self._stub = controller_pb2_grpc.ControllerStub(self._channel)
 
     def _call(self, fn: Callable[[], T]) -> T:

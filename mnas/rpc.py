@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
+from mnas.tls import ClientTLS
 from mnas.v1 import controller_pb2, latency_pb2, reward_pb2, trainer_pb2
 
-__all__ = ["channel", "unary_methods"]
+__all__ = ["BearerToken", "channel", "unary_methods"]
 
 
 @functools.cache
@@ -51,13 +54,83 @@ def _service_config(max_attempts: int, initial_backoff: float, max_backoff: floa
     )
 
 
+class BearerToken(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+):
+    """Sends ``authorization: Bearer TOKEN`` with every call. As metadata, not call
+    credentials: gRPC sends those over TLS only, and a controller on loopback may take
+    tokens in plaintext (off loopback, use TLS so the token is not readable on the wire)."""
+
+    def __init__(self, token: str) -> None:
+        if not token or any(c.isspace() for c in token):
+            raise ValueError("token: must be non-empty and hold no whitespace")
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def __repr__(self) -> str:  # never shows the token
+        return "BearerToken(***)"
+
+    def _with_token(self, details: Any) -> Any:
+        metadata = (*(details.metadata or ()), self._metadata)
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(
+        self, continuation: Callable[[Any, Any], Any], details: Any, request: Any
+    ) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(
+        self, continuation: Callable[[Any, Any], Any], details: Any, request: Any
+    ) -> Any:
+        return continuation(self._with_token(details), request)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(
+        self,
+        method: str,
+        timeout: float | None,
+        metadata: tuple[tuple[str, str | bytes], ...],
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+    ) -> None:
+        self.method = method
+        self.timeout = timeout
+        self.metadata = metadata
+        self.credentials = credentials
+        self.wait_for_ready = wait_for_ready
+        self.compression = compression
+
+
 def channel(
-    target: str, *, max_attempts: int = 5, initial_backoff: float = 0.2, max_backoff: float = 5.0
+    target: str,
+    *,
+    tls: ClientTLS | None = None,
+    token: str | None = None,
+    max_attempts: int = 5,
+    initial_backoff: float = 0.2,
+    max_backoff: float = 5.0,
 ) -> grpc.Channel:
-    """An insecure channel to ``target`` that retries UNAVAILABLE up to ``max_attempts``."""
-    options = [
+    """A channel to ``target`` that retries UNAVAILABLE up to ``max_attempts``: over TLS
+    when ``tls`` is given (plaintext otherwise), sending ``token`` as a bearer token with
+    every call when it is given."""
+    options: list[tuple[str, Any]] = [
         ("grpc.enable_retries", 1),
         ("grpc.service_config", _service_config(max_attempts, initial_backoff, max_backoff)),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ]
-    return grpc.insecure_channel(target, options=options)
+    if tls is None:
+        made = grpc.insecure_channel(target, options=options)
+    else:
+        made = grpc.secure_channel(target, tls.credentials(), options=options + tls.options())
+    if token is not None:
+        return grpc.intercept_channel(made, BearerToken(token))
+    return made

@@ -1233,6 +1233,7 @@ class Search(_message.Message):
     STRATEGY_STATUS_FIELD_NUMBER: _builtins.int
     TRIALS_STOPPED_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___SearchState.ValueType
     trials_completed: _builtins.int
@@ -1242,6 +1243,10 @@ class Search(_message.Message):
     best_trial: _builtins.int
     error: _builtins.str
     trials_stopped: _builtins.int
+    owner: _builtins.str
+    """The user who submitted it, when the controller checks tokens (--auth-tokens); a
+    user sees only their own searches, an admin every one. Empty without auth.
+    """
     @_builtins.property
     def spec(self) -> Global___SearchSpec: ...
     @_builtins.property
@@ -1271,10 +1276,11 @@ class Search(_message.Message):
         strategy_status: Global___StrategyStatus | None = ...,
         trials_stopped: _builtins.int = ...,
         reference: Global___Reference | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "reference", b"reference", "spec", b"spec", "strategy_status", b"strategy_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_reward", b"best_reward", "best_trial", b"best_trial", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "reference", b"reference", "spec", b"spec", "state", b"state", "strategy_status", b"strategy_status", "trials_completed", b"trials_completed", "trials_failed", b"trials_failed", "trials_running", b"trials_running", "trials_stopped", b"trials_stopped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_reward", b"best_reward", "best_trial", b"best_trial", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "owner", b"owner", "reference", b"reference", "spec", b"spec", "state", b"state", "strategy_status", b"strategy_status", "trials_completed", b"trials_completed", "trials_failed", b"trials_failed", "trials_running", b"trials_running", "trials_stopped", b"trials_stopped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from mnas.tls import ServerTLS
 from services.common.build_info import register_build_info
 from services.common.rpc_metrics import RpcMetrics, RpcMetricsInterceptor
 
@@ -53,13 +54,16 @@ def catch_stop_signals() -> None:
 
 @dataclass
 class RunningServer:
-    """A started server, the port it bound and its health servicer."""
+    """A started server, the port it bound and its health servicer; ``health_server``
+    and ``health_port``: the plaintext health-only server, when one was asked for."""
 
     server: grpc.Server
     port: int
     health: health.HealthServicer
     service_names: tuple[str, ...]
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    health_server: grpc.Server | None = None
+    health_port: int | None = None
 
     @property
     def address(self) -> str:
@@ -71,6 +75,8 @@ class RunningServer:
         for callback in self.on_stop:
             callback()
         self.server.stop(grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
 
 
 def build_server(
@@ -81,11 +87,20 @@ def build_server(
     port: int = 0,
     host: str = "127.0.0.1",
     max_workers: int = 32,
+    tls: ServerTLS | None = None,
+    health_port: int | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),  # type: ignore[type-arg]
 ) -> RunningServer:
-    """Create, bind and start a server; ``port=0`` picks a free port."""
+    """Create, bind and start a server; ``port=0`` picks a free port.
+
+    ``tls``: serve TLS (mutual when it names a client CA) instead of plaintext.
+    ``health_port``: also serve the health service alone, in plaintext, on that port (0:
+    any free one), for probes that cannot speak TLS (the kubelet's gRPC probe).
+    ``interceptors`` run after the RPC metrics', so refused calls are counted.
+    """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=[RpcMetricsInterceptor(RpcMetrics(registry))],
+        interceptors=[RpcMetricsInterceptor(RpcMetrics(registry)), *interceptors],
         options=[("grpc.so_reuseport", 0)],
     )
     add_servicers(server)
@@ -95,19 +110,44 @@ def build_server(
     reflection.enable_server_reflection(
         (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, tls.credentials())
     if bound == 0:
-        raise OSError(f"could not bind {host}:{port}")
+        raise OSError(f"could not bind {address}")
+    health_server, health_bound = None, None
+    if health_port is not None:
+        health_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health"),
+            options=[("grpc.so_reuseport", 0)],
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_bound = health_server.add_insecure_port(f"{host}:{health_port}")
+        if health_bound == 0:
+            raise OSError(f"could not bind the health port {host}:{health_port}")
     server.start()
+    if health_server is not None:
+        health_server.start()
     for name in ("", *names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server=server, port=bound, health=health_servicer, service_names=names)
+    return RunningServer(
+        server=server,
+        port=bound,
+        health=health_servicer,
+        service_names=names,
+        health_server=health_server,
+        health_port=health_bound,
+    )
 
 
 def serve(running: RunningServer, *, grace: float = 10.0) -> None:
     """Block until SIGTERM or SIGINT, then stop gracefully within ``grace`` seconds."""
     catch_stop_signals()
     _logger.info("serving %s on port %d", ", ".join(running.service_names), running.port)
+    if running.health_port is not None:
+        _logger.info("health (plaintext) on port %d", running.health_port)
     _stop_requested.wait()
     _logger.info("stopping (grace %.0fs)", grace)
     running.stop(grace)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
-from services.common.cli import base_parser, configure_logging
+from services.common.cli import (
+    add_client_tls_arguments,
+    base_parser,
+    client_tls,
+    configure_logging,
+    server_tls,
+)
 from services.common.server import catch_stop_signals, serve_from_args, service_registry
 from services.controller.clients import Backends
 from services.controller.core import Controller
@@ -13,8 +20,11 @@ from services.controller.learner import warm_up
 from services.controller.metrics import ControllerMetrics
 from services.controller.server import make_server
 from services.controller.store import Store
+from services.controller.users import Users
 
 STORE_ENV = "MNAS_STORE_URL"
+
+_logger = logging.getLogger("services.controller")
 
 
 def _targets(values: list[str]) -> list[str]:
@@ -54,20 +64,49 @@ def main() -> None:
         help="latency endpoint host:port or dns:///name:port (repeatable)",
     )
     parser.add_argument("--reward", required=True, help="reward service host:port")
+    parser.add_argument(
+        "--auth-tokens",
+        metavar="FILE",
+        default=None,
+        help="YAML mapping each bearer token to a user (token: NAME, or token: {user: NAME, "
+        "admin: true}): every Controller call then needs one, and a user sees only their "
+        "own searches (default: no tokens, every caller sees every search)",
+    )
+    add_client_tls_arguments(parser)
     args = parser.parse_args()
     configure_logging(args.log_level)
     catch_stop_signals()  # a signal during start-up is not lost
+    tls, outgoing_tls = server_tls(parser, args), client_tls(parser, args)
+    users = None
+    if args.auth_tokens is not None:
+        try:
+            users = Users.from_file(args.auth_tokens)
+        except ValueError as err:
+            parser.error(f"--auth-tokens: {err}")
     _one_torch_thread()
     # PPO's learner process imports torch for seconds: start it now, not at the first update.
     threading.Thread(target=warm_up, name="learner-warm-up", daemon=True).start()
     registry = service_registry(args, "controller")
     store = Store.open(args.store)
     backends = Backends(
-        trainers=_targets(args.trainer), latency=_targets(args.latency), reward=args.reward
+        trainers=_targets(args.trainer),
+        latency=_targets(args.latency),
+        reward=args.reward,
+        tls=outgoing_tls,
     )
     controller = Controller(store, backends, ControllerMetrics(registry))
     controller.resume()  # before serving, so the first answers already see resumed searches
-    running = make_server(controller, registry=registry, port=args.port, host=args.host)
+    running = make_server(
+        controller,
+        registry=registry,
+        port=args.port,
+        host=args.host,
+        tls=tls,
+        health_port=args.health_port,
+        users=users,
+    )
+    if users is not None:
+        _logger.info("checking bearer tokens: %d users", len(users))
     try:
         serve_from_args(running, args)
     finally:

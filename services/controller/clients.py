@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 
 from mnas.rpc import channel
+from mnas.tls import ClientTLS
 from mnas.v1 import (
     common_pb2,
     latency_pb2,
@@ -88,7 +89,8 @@ class Deadlines:
 
 
 class Backends:
-    """Channels to every worker endpoint, the pools that schedule them, and the reward."""
+    """Channels to every worker endpoint, the pools that schedule them, and the reward;
+    ``tls``: call them all over TLS (plaintext when None)."""
 
     def __init__(
         self,
@@ -97,8 +99,10 @@ class Backends:
         latency: Sequence[str],
         reward: str,
         deadlines: Deadlines | None = None,
+        tls: ClientTLS | None = None,
     ) -> None:
         self.deadlines = deadlines or Deadlines()
+        self._tls = tls
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[tuple[str, Callable[[grpc.Channel], Any]], Any] = {}
         self._lock = threading.Lock()
@@ -114,7 +118,7 @@ class Backends:
             stub = self._stubs.get(key)
             if stub is None:
                 if address not in self._channels:
-                    self._channels[address] = channel(address, max_attempts=3)
+                    self._channels[address] = channel(address, tls=self._tls, max_attempts=3)
                 stub = self._stubs[key] = kind(self._channels[address])
             return stub
 

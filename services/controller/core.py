@@ -2,6 +2,10 @@
 
 It is the only writer of search state. On start it resumes every search the store says
 is running: finished trials stay, unfinished ones are dispatched again.
+
+Every query and command takes the ``user`` who asks (None when the controller checks no
+tokens): a search submitted by a user is theirs, and one the user may not see answers as
+if it did not exist (:class:`NotFound`), so its id tells nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from services.controller.spec import (
 )
 from services.controller.store import AlreadyExistsError, Store
 from services.controller.strategies import STRATEGIES
+from services.controller.users import User, may_see
 
 __all__ = ["AlreadyExists", "Controller", "NotFound", "WorkersUnavailable"]
 
@@ -98,11 +103,15 @@ class Controller:
 
     # -- commands --------------------------------------------------------------------
 
-    def submit(self, spec: common_pb2.SearchSpec, search_id: str = "") -> common_pb2.Search:
-        """Validate ``spec`` (``ValueError`` names the field), store it, start it.
+    def submit(
+        self, spec: common_pb2.SearchSpec, search_id: str = "", *, user: User | None = None
+    ) -> common_pb2.Search:
+        """Validate ``spec`` (``ValueError`` names the field), store it, start it, as
+        ``user``'s.
 
         ``search_id``: the id to give it (empty: a new random one); :class:`AlreadyExists`
-        when a search has it, so a client retrying with the same id submits once.
+        when a search has it, so a client retrying with the same id submits once. Ids are
+        one namespace for all users: an id another user took is refused the same way.
         """
         if search_id and not _SEARCH_ID.match(search_id):
             raise ValueError(
@@ -116,6 +125,7 @@ class Controller:
             id=search_id or uuid.uuid4().hex[:12],
             spec=resolved.spec,
             state=SS.SEARCH_STATE_RUNNING,
+            owner=user.name if user is not None else "",
         )
         search.created_at.CopyFrom(_now())
         try:
@@ -132,7 +142,8 @@ class Controller:
         )
         return search
 
-    def cancel(self, search_id: str) -> common_pb2.Search:
+    def cancel(self, search_id: str, *, user: User | None = None) -> common_pb2.Search:
+        self.get(search_id, user=user)
         with self._lock:
             runner = self._runners.get(search_id)
         if runner is not None:
@@ -150,29 +161,30 @@ class Controller:
 
     # -- queries ---------------------------------------------------------------------
 
-    def get(self, search_id: str) -> common_pb2.Search:
+    def get(self, search_id: str, *, user: User | None = None) -> common_pb2.Search:
         with self._lock:
             runner = self._runners.get(search_id)
-        if runner is not None:
-            return runner.snapshot()
-        stored = self._store.get_search(search_id)
-        if stored is None:
+        search = runner.snapshot() if runner is not None else self._store.get_search(search_id)
+        if search is None or not may_see(user, search.owner):
             raise NotFound(search_id)
-        return stored
+        return search
 
-    def list_searches(self) -> list[common_pb2.Search]:
-        """Every search, newest first; running ones as they stand in memory."""
+    def list_searches(self, *, user: User | None = None) -> list[common_pb2.Search]:
+        """Every search ``user`` may see, newest first; running ones as they stand in
+        memory."""
         with self._lock:
             runners = dict(self._runners)
         return [
-            runners[s.id].snapshot() if s.id in runners else s for s in self._store.list_searches()
+            runners[s.id].snapshot() if s.id in runners else s
+            for s in self._store.list_searches()
+            if may_see(user, s.owner)
         ]
 
     def trials(
-        self, search_id: str, *, page_size: int = 0, page_token: str = ""
+        self, search_id: str, *, page_size: int = 0, page_token: str = "", user: User | None = None
     ) -> tuple[list[common_pb2.Trial], str]:
         """A page of trials by number, and the token of the next page ("" at the end)."""
-        self.get(search_id)
+        self.get(search_id, user=user)
         size = DEFAULT_PAGE if page_size <= 0 else min(page_size, MAX_PAGE)
         if page_token and not page_token.lstrip("-").isdigit():
             raise ValueError(f"page_token: malformed {page_token!r}")
@@ -182,9 +194,9 @@ class Controller:
         page = page[:size]
         return page, (str(page[-1].number) if more and page else "")
 
-    def weights(self, search_id: str, number: int) -> bytes:
+    def weights(self, search_id: str, number: int, *, user: User | None = None) -> bytes:
         """The trained weights kept for trial ``number`` (``torch.save`` bytes)."""
-        search = self.get(search_id)
+        search = self.get(search_id, user=user)
         data = self._store.load_weights(search_id, number)
         if data is None:
             kept = search.spec.budget.keep_weights
@@ -195,11 +207,11 @@ class Controller:
         return data
 
     def watch(
-        self, search_id: str, *, active: threading.Event | None = None
+        self, search_id: str, *, active: threading.Event | None = None, user: User | None = None
     ) -> Iterator[controller_pb2.WatchSearchResponse]:
         """A snapshot, then events until the search finishes (or ``active`` is cleared)."""
         with self._hub.subscribe(search_id) as subscription:
-            snapshot = self.get(search_id)
+            snapshot = self.get(search_id, user=user)
             yield controller_pb2.WatchSearchResponse(
                 kind=controller_pb2.EVENT_KIND_SNAPSHOT, search=snapshot
             )

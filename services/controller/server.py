@@ -9,8 +9,10 @@ from typing import NoReturn, TypeVar
 import grpc
 from prometheus_client import CollectorRegistry
 
+from mnas.tls import ServerTLS
 from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc
 from services.common.server import RunningServer, build_server
+from services.controller.auth import UNAUTHENTICATED_MESSAGE, TokenAuthInterceptor
 from services.controller.core import (
     AlreadyExists,
     Controller,
@@ -18,6 +20,7 @@ from services.controller.core import (
     NoWeights,
     WorkersUnavailable,
 )
+from services.controller.users import User, Users
 
 __all__ = ["SERVICE_NAME", "ControllerServicer", "make_server"]
 
@@ -57,26 +60,41 @@ def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
 
 
 class ControllerServicer(controller_pb2_grpc.ControllerServicer):
-    def __init__(self, controller: Controller) -> None:
+    """``users``: the token file's users, when calls must carry a token (the interceptor
+    refuses those without one; here a call's token tells whose searches it may touch)."""
+
+    def __init__(self, controller: Controller, users: Users | None = None) -> None:
         self._c = controller
+        self._users = users
+
+    def _user(self, context: grpc.ServicerContext) -> User | None:
+        if self._users is None:
+            return None
+        user = self._users.from_metadata(context.invocation_metadata())
+        if user is None:  # the interceptor lets no such call through
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+        return user
 
     def SubmitSearch(
         self, request: controller_pb2.SubmitSearchRequest, context: grpc.ServicerContext
     ) -> controller_pb2.SubmitSearchResponse:
-        search = _call(context, lambda: self._c.submit(request.spec, request.search_id))
+        user = self._user(context)
+        search = _call(context, lambda: self._c.submit(request.spec, request.search_id, user=user))
         return controller_pb2.SubmitSearchResponse(search=search)
 
     def GetSearch(
         self, request: controller_pb2.GetSearchRequest, context: grpc.ServicerContext
     ) -> controller_pb2.GetSearchResponse:
+        user = self._user(context)
         return controller_pb2.GetSearchResponse(
-            search=_call(context, lambda: self._c.get(request.search_id))
+            search=_call(context, lambda: self._c.get(request.search_id, user=user))
         )
 
     def ListSearches(
         self, request: controller_pb2.ListSearchesRequest, context: grpc.ServicerContext
     ) -> controller_pb2.ListSearchesResponse:
-        return controller_pb2.ListSearchesResponse(searches=self._c.list_searches())
+        user = self._user(context)
+        return controller_pb2.ListSearchesResponse(searches=self._c.list_searches(user=user))
 
     def WatchSearch(
         self, request: controller_pb2.WatchSearchRequest, context: grpc.ServicerContext
@@ -84,16 +102,21 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
         active = threading.Event()
         active.set()
         context.add_callback(active.clear)
-        _call(context, lambda: self._c.get(request.search_id))
-        yield from self._c.watch(request.search_id, active=active)
+        user = self._user(context)
+        _call(context, lambda: self._c.get(request.search_id, user=user))
+        yield from self._c.watch(request.search_id, active=active, user=user)
 
     def ListTrials(
         self, request: controller_pb2.ListTrialsRequest, context: grpc.ServicerContext
     ) -> controller_pb2.ListTrialsResponse:
+        user = self._user(context)
         trials, token = _call(
             context,
             lambda: self._c.trials(
-                request.search_id, page_size=request.page_size, page_token=request.page_token
+                request.search_id,
+                page_size=request.page_size,
+                page_token=request.page_token,
+                user=user,
             ),
         )
         return controller_pb2.ListTrialsResponse(trials=trials, next_page_token=token)
@@ -101,14 +124,16 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
     def CancelSearch(
         self, request: controller_pb2.CancelSearchRequest, context: grpc.ServicerContext
     ) -> controller_pb2.CancelSearchResponse:
+        user = self._user(context)
         return controller_pb2.CancelSearchResponse(
-            search=_call(context, lambda: self._c.cancel(request.search_id))
+            search=_call(context, lambda: self._c.cancel(request.search_id, user=user))
         )
 
     def GetWeights(
         self, request: controller_pb2.GetWeightsRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.WeightsChunk]:
-        data = _call(context, lambda: self._c.weights(request.search_id, request.trial))
+        user = self._user(context)
+        data = _call(context, lambda: self._c.weights(request.search_id, request.trial, user=user))
         for offset in range(0, len(data), WEIGHTS_CHUNK_BYTES):
             yield common_pb2.WeightsChunk(
                 data=data[offset : offset + WEIGHTS_CHUNK_BYTES],
@@ -123,14 +148,21 @@ def make_server(
     registry: CollectorRegistry,
     port: int = 0,
     host: str = "127.0.0.1",
+    tls: ServerTLS | None = None,
+    health_port: int | None = None,
+    users: Users | None = None,
 ) -> RunningServer:
-    servicer = ControllerServicer(controller)
+    """Serve ``controller``; with ``users``, every Controller call needs one's token."""
+    servicer = ControllerServicer(controller, users)
     running = build_server(
         service_names=[SERVICE_NAME],
         add_servicers=lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(servicer, s),
         registry=registry,
         port=port,
         host=host,
+        tls=tls,
+        health_port=health_port,
+        interceptors=[] if users is None else [TokenAuthInterceptor(users, [SERVICE_NAME])],
     )
     running.on_stop.append(controller.shutdown)
     return running

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 from mnas import references
-from services.common.cli import base_parser, configure_logging
+from services.common.cli import base_parser, configure_logging, server_tls
 from services.common.server import catch_stop_signals, serve_from_args, service_registry
 from services.latency.oracle import HostOracle, LatencyOracle
 from services.latency.phones.adb import PhoneConnectionError
@@ -110,6 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging(args.log_level)
     catch_stop_signals()  # a signal during start-up is not lost
+    tls = server_tls(parser, args)
     reference = None
     if not args.no_reference:
         from services.latency.export import export_arch
@@ -154,6 +155,8 @@ def main() -> None:
         cache_size=args.cache_size,
         oracles=oracles,
         predictors=predictors,
+        tls=tls,
+        health_port=args.health_port,
     )
     threading.Thread(target=_preload, name="preload-tensorflow", daemon=True).start()
     serve_from_args(running, args)

@@ -15,6 +15,7 @@ from typing import NoReturn
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from mnas.tls import ServerTLS
 from mnas.v1 import common_pb2, latency_pb2, latency_pb2_grpc
 from services.common.server import RunningServer, build_server
 from services.latency.oracle import HOST_CPU, HostOracle, LatencyOracle, MeasureSettings
@@ -281,6 +282,8 @@ def make_server(
     exporter: Exporter | None = None,
     cache_size: int = DEFAULT_CACHE_SIZE,
     predictors: Sequence[PredictedLatency] = (),
+    tls: ServerTLS | None = None,
+    health_port: int | None = None,
 ) -> RunningServer:
     """Start a latency server; by default on this machine's CPU (:class:`HostOracle`)."""
     service = LatencyService(
@@ -296,6 +299,8 @@ def make_server(
         registry=registry,
         port=port,
         host=host,
+        tls=tls,
+        health_port=health_port,
     )
 
 

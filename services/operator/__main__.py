@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
-from services.common.cli import base_parser, configure_logging
+from services.common.cli import (
+    add_client_tls_arguments,
+    base_parser,
+    client_tls,
+    configure_logging,
+    server_tls,
+)
 from services.common.server import (
     build_server,
     catch_stop_signals,
@@ -45,9 +52,23 @@ def main() -> None:
         default=5.0,
         help="how often running searches are read from the controller (default 5)",
     )
+    parser.add_argument(
+        "--token-file",
+        default=os.environ.get("MNAS_TOKEN_FILE") or None,
+        help="file holding the bearer token for a controller that checks tokens, an admin's "
+        "(default $MNAS_TOKEN_FILE; $MNAS_TOKEN holds the token itself)",
+    )
+    add_client_tls_arguments(parser)
     args = parser.parse_args()
     configure_logging(args.log_level)
     catch_stop_signals()  # a signal during start-up is not lost
+    tls, controller_tls = server_tls(parser, args), client_tls(parser, args)
+    token = os.environ.get("MNAS_TOKEN") or None
+    if args.token_file is not None:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as err:
+            parser.error(f"--token-file: cannot read {args.token_file!r}: {err.strerror}")
     registry = service_registry(args, "operator")
     running = build_server(
         service_names=[],
@@ -55,8 +76,10 @@ def main() -> None:
         registry=registry,
         port=args.port,
         host=args.host,
+        tls=tls,
+        health_port=args.health_port,
     )
-    controller = GrpcController(args.controller)
+    controller = GrpcController(args.controller, token=token, tls=controller_tls)
     objects = KubeApi(load_api_client(args.kubeconfig), args.namespace)
     operator = Operator(
         objects,

@@ -15,7 +15,9 @@ from mnas.client import (
     Search,
     SearchExists,
     SearchNotFound,
+    Unauthenticated,
 )
+from mnas.tls import ClientTLS
 from mnas.v1 import common_pb2
 from services.operator import reconcile
 
@@ -27,6 +29,8 @@ _ERRORS: tuple[tuple[type[MnasError], type[Exception]], ...] = (
     (InvalidSpec, reconcile.Rejected),  # the message starts with the field path
     (SearchNotFound, reconcile.SearchGone),
     (ControllerUnavailable, reconcile.ControllerUnavailable),
+    # A wrong or missing --token: retried like an outage, the message says why.
+    (Unauthenticated, reconcile.ControllerUnavailable),
 )
 
 
@@ -42,11 +46,20 @@ def _translated() -> Iterator[None]:
 
 
 class GrpcController:
-    """Calls to one controller, each with a deadline of ``timeout`` seconds."""
+    """Calls to one controller, each with a deadline of ``timeout`` seconds; ``token``
+    and ``tls`` as :class:`mnas.Client` takes them (the operator's token is an admin's:
+    it manages every MnasSearch's search)."""
 
-    def __init__(self, target: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 30.0,
+        token: str | None = None,
+        tls: ClientTLS | None = None,
+    ) -> None:
         self.target = target
-        self._client = Client(target, timeout=timeout)
+        self._client = Client(target, timeout=timeout, token=token, tls=tls)
 
     def _search(self, search_id: str) -> Search:
         return Search(self._client, search_id, common_pb2.Search(id=search_id))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from mnas.tls import ServerTLS
 from mnas.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 from services.common.server import RunningServer, build_server
 from services.reward.rewards import Kind, Objective, reward
@@ -67,7 +68,12 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
 
 
 def make_server(
-    *, registry: CollectorRegistry, port: int = 0, host: str = "127.0.0.1"
+    *,
+    registry: CollectorRegistry,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    tls: ServerTLS | None = None,
+    health_port: int | None = None,
 ) -> RunningServer:
     servicer = RewardServicer(registry)
     return build_server(
@@ -76,4 +82,6 @@ def make_server(
         registry=registry,
         port=port,
         host=host,
+        tls=tls,
+        health_port=health_port,
     )

@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.common.cli import base_parser, configure_logging
+from services.common.cli import base_parser, configure_logging, server_tls
 from services.common.server import catch_stop_signals, serve_from_args, service_registry
 from services.trainer.catalog import parse_dataset_flag
 from services.trainer.server import TrainerConfig, make_server
@@ -91,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             isolate=not args.no_isolation,
             preload_datasets=tuple(args.preload_dataset or ("fashion-mnist",)),
             datasets=tuple(args.dataset),
+            tls=server_tls(parser, args),
+            health_port=args.health_port,
         )
         running = make_server(config, registry)
     except ValueError as err:

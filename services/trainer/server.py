@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mnas import recipe
 from mnas.arch import Architecture, decode
+from mnas.tls import ServerTLS
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common.server import RunningServer, build_server
 from services.trainer import data
@@ -156,7 +157,8 @@ class TrainerConfig:
     trains on threads of this process instead (no limits; for debugging).
     ``datasets`` names data set directories (``--dataset NAME=DIR``) beside the built-in
     ``fashion-mnist``; ``preload_datasets`` (names or directories) are decoded once in the
-    fork server, so trials start faster.
+    fork server, so trials start faster. ``tls`` and ``health_port``: as
+    :func:`~services.common.server.build_server` takes them.
     """
 
     port: int = 0
@@ -170,6 +172,8 @@ class TrainerConfig:
     isolate: bool = True
     preload_datasets: tuple[str, ...] = ()
     datasets: tuple[tuple[str, Path], ...] = ()
+    tls: ServerTLS | None = None
+    health_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 1:
@@ -667,6 +671,8 @@ def make_server(config: TrainerConfig, registry: CollectorRegistry) -> RunningSe
         port=config.port,
         host=config.host,
         max_workers=config.max_workers,
+        tls=config.tls,
+        health_port=config.health_port,
     )
     running.on_stop.append(servicer.begin_shutdown)
     return running

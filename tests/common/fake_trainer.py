@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import grpc
 from prometheus_client import CollectorRegistry
 
+from mnas.tls import ServerTLS
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common.server import RunningServer, build_server
 
@@ -35,10 +36,13 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServicer):
         return trainer_pb2.ListDatasetsResponse(datasets=self.datasets)
 
 
-def serve(trainer: trainer_pb2_grpc.TrainerServicer) -> RunningServer:
+def serve(
+    trainer: trainer_pb2_grpc.TrainerServicer, *, tls: ServerTLS | None = None
+) -> RunningServer:
     """``trainer`` served as mnas.v1.Trainer on a loopback port (health included)."""
     return build_server(
         service_names=["mnas.v1.Trainer"],
         add_servicers=lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(trainer, s),
         registry=CollectorRegistry(),
+        tls=tls,
     )

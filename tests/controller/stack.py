@@ -1,5 +1,6 @@
 """A controller on loopback with the real latency and reward services and a given trainer
-servicer (for tests whose subject is what the controller does with a trainer's answers)."""
+servicer (for tests whose subject is what the controller does with a trainer's answers);
+optionally with every service on mutual TLS, and the controller checking tokens."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from services.controller.core import Controller
 from services.controller.metrics import ControllerMetrics
 from services.controller.server import make_server
 from services.controller.store import Store
+from services.controller.users import Users
 from services.latency.server import make_server as make_latency_server
 from services.reward.server import make_server as make_reward_server
+from tests.common.certs import Pki
 
 
 @dataclass(frozen=True)
@@ -30,26 +33,42 @@ class Stack:
 
 @contextlib.contextmanager
 def controller_stack(
-    tmp_path: Path, trainer: trainer_pb2_grpc.TrainerServicer, *, latency: str | None = None
+    tmp_path: Path,
+    trainer: trainer_pb2_grpc.TrainerServicer,
+    *,
+    latency: str | None = None,
+    pki: Pki | None = None,
+    users: Users | None = None,
 ) -> Iterator[Stack]:
-    """``latency``: the address of a latency service to use instead of a new one."""
+    """``latency``: the address of a latency service to use instead of a new one; ``pki``:
+    every server asks for mutual TLS with its certificates, and the controller calls the
+    workers with its client certificate; ``users``: the controller checks their tokens."""
+    tls = pki.server(mutual=True) if pki is not None else None
     latency_registry = CollectorRegistry()
     servers: list[RunningServer] = [
         build_server(
             service_names=["mnas.v1.Trainer"],
             add_servicers=lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(trainer, s),
             registry=CollectorRegistry(),
+            tls=tls,
         ),
-        make_reward_server(registry=CollectorRegistry()),
+        make_reward_server(registry=CollectorRegistry(), tls=tls),
     ]
     if latency is None:
-        servers.append(make_latency_server(registry=latency_registry))
+        servers.append(make_latency_server(registry=latency_registry, tls=tls))
         latency = servers[-1].address
     store = Store.open(str(tmp_path / "mnas.db"))
-    backends = Backends(trainers=[servers[0].address], latency=[latency], reward=servers[1].address)
+    backends = Backends(
+        trainers=[servers[0].address],
+        latency=[latency],
+        reward=servers[1].address,
+        tls=pki.client() if pki is not None else None,
+    )
     controller = make_server(
         Controller(store, backends, ControllerMetrics(CollectorRegistry())),
         registry=CollectorRegistry(),
+        tls=tls,
+        users=users,
     )
     try:
         yield Stack(controller.address, store, latency_registry)
