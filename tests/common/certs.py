@@ -1,5 +1,6 @@
 """A throwaway certificate authority for the TLS tests: a CA, a server certificate for
-localhost and 127.0.0.1, and a client certificate, made with ``cryptography`` (P-256)."""
+localhost and 127.0.0.1 (valid for client auth too), and a client certificate, made with
+``cryptography`` (P-256)."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def make_pki(name: str = "mnas test CA") -> Pki:
         .sign(ca_key, hashes.SHA256())
     )
 
-    def issue(common_name: str, usage: x509.ObjectIdentifier) -> tuple[bytes, bytes]:
+    def issue(common_name: str, *usages: x509.ObjectIdentifier) -> tuple[bytes, bytes]:
         key = _key()
         builder = (
             x509.CertificateBuilder()
@@ -87,9 +88,9 @@ def make_pki(name: str = "mnas test CA") -> Pki:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
         )
-        if usage == ExtendedKeyUsageOID.SERVER_AUTH:
+        if ExtendedKeyUsageOID.SERVER_AUTH in usages:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName(
                     [
@@ -102,7 +103,11 @@ def make_pki(name: str = "mnas test CA") -> Pki:
         cert = builder.sign(ca_key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM), _pem(key)
 
-    server_cert, server_key = issue("localhost", ExtendedKeyUsageOID.SERVER_AUTH)
+    # The server's certificate serves client auth too, as one certificate per service
+    # does when it also calls others (the controller, the operator).
+    server_cert, server_key = issue(
+        "localhost", ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
+    )
     client_cert, client_key = issue("mnas test client", ExtendedKeyUsageOID.CLIENT_AUTH)
     return Pki(
         ca=ca_cert.public_bytes(serialization.Encoding.PEM),

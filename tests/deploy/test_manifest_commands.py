@@ -51,6 +51,7 @@ from typing import Any
 import pytest
 
 from mnas.local import Process, free_port, wait_serving
+from tests.common.certs import make_pki
 from tests.deploy import (
     REPO,
     SERVICE_REF,
@@ -70,8 +71,18 @@ from tests.deploy import (
 POSTGRES_URL = os.environ.get(
     "MNAS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-# Stand-ins for the Secrets an operator of the cluster creates (docs/kubernetes.md).
-SECRETS = {("mnas-postgres", "password"): "unused-under-trust-auth"}
+# Stand-ins for the Secrets an operator of the cluster creates (docs/kubernetes.md): for
+# the secure install, a certificate made for the test by its own CA, and tokens.
+_PKI = make_pki()
+_ADMIN_TOKEN = secrets.token_hex(16)
+SECRETS = {
+    ("mnas-postgres", "password"): "unused-under-trust-auth",
+    ("mnas-tls", "tls.crt"): _PKI.server_cert.decode(),  # for server and client auth
+    ("mnas-tls", "tls.key"): _PKI.server_key.decode(),
+    ("mnas-tls", "ca.crt"): _PKI.ca.decode(),
+    ("mnas-auth-tokens", "tokens.yaml"): f"{_ADMIN_TOKEN}: {{user: ops, admin: true}}\n",
+    ("mnas-operator-token", "token"): _ADMIN_TOKEN,
+}
 FIELDS = {"metadata.name": "pod-0", "spec.nodeName": "node-0"}
 STARTUP_TIMEOUT = 120.0
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")

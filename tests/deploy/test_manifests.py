@@ -48,7 +48,7 @@ from tests.deploy import (
 )
 
 INSTALLS = installs()
-EXPECTED_INSTALLS = {"default", "standalone", "postgres", "gpu", "phones"}
+EXPECTED_INSTALLS = {"default", "standalone", "postgres", "gpu", "phones", "secure"}
 NEWEST_KUBERNETES = kv_utils.latest_version()
 NAMESPACE = "mnas"
 PHONES_NAMESPACE = "mnas-phones"
@@ -57,7 +57,7 @@ PHONES_NAMESPACE = "mnas-phones"
 NAMESPACES = {name: {NAMESPACE} for name in EXPECTED_INSTALLS}
 NAMESPACES["phones"] = {NAMESPACE, PHONES_NAMESPACE}
 SELECTOR_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component")
-GRPC_PORT, METRICS_PORT = 50051, 9090
+GRPC_PORT, METRICS_PORT, HEALTH_PORT = 50051, 9090, 50052
 
 # The one container allowed to be privileged, and why (docs/kubernetes.md has the table).
 PRIVILEGED = {
@@ -281,7 +281,9 @@ def test_every_service_container_has_grpc_probes(name: str) -> None:
     """Every Deployment and DaemonSet container serves gRPC on the port named grpc
     (50051), metrics on the port named metrics (9090), and its readiness and liveness
     probes are native gRPC probes on that port, as are the trainer's and controller's
-    startup probes (both load before they serve)."""
+    startup probes (both load before they serve). A container serving TLS (the kubelet's
+    probes speak plaintext) is probed on its plaintext health-only port, named health
+    (50052), instead."""
     for workload, container in each_container(name):
         if workload["kind"] == "StatefulSet" or container.get("command"):
             continue  # PostgreSQL and helpers (adb, the wait for the database)
@@ -296,9 +298,14 @@ def test_every_service_container_has_grpc_probes(name: str) -> None:
         component = workload["metadata"]["labels"]["app.kubernetes.io/component"]
         if component in ("trainer", "controller"):
             probes.append("startupProbe")
+        probed = GRPC_PORT
+        if flag(container, "tls-cert") is not None:
+            assert flag(container, "health-port") == str(HEALTH_PORT), at
+            assert container_port(container, "health") == HEALTH_PORT, at
+            probed = HEALTH_PORT
         for probe in probes:
             assert probe in container, f"{at}: no {probe}"
-            assert container[probe].get("grpc", {}).get("port") == GRPC_PORT, f"{at}: {probe}"
+            assert container[probe].get("grpc", {}).get("port") == probed, f"{at}: {probe}"
 
 
 @every_install
@@ -891,3 +898,80 @@ def test_namespaces_enforce_pod_security(name: str) -> None:
         assert labels["pod-security.kubernetes.io/enforce"] == enforce, namespace
         assert labels["pod-security.kubernetes.io/warn"] == "restricted", namespace
         assert labels["pod-security.kubernetes.io/audit"] == "restricted", namespace
+
+
+# --- the secure install ------------------------------------------------------------------
+
+# The Secret key each TLS and token flag's file comes from (docs/kubernetes.md).
+SECURE_FILES = {
+    "tls-cert": ("mnas-tls", "tls.crt"),
+    "tls-key": ("mnas-tls", "tls.key"),
+    "tls-client-ca": ("mnas-tls", "ca.crt"),
+    "tls-ca": ("mnas-tls", "ca.crt"),
+    "tls-client-cert": ("mnas-tls", "tls.crt"),
+    "tls-client-key": ("mnas-tls", "tls.key"),
+    "auth-tokens": ("mnas-auth-tokens", "tokens.yaml"),
+}
+# Which flags each component's container takes in the secure install.
+SERVER_TLS = ("tls-cert", "tls-key", "tls-client-ca")
+CLIENT_TLS = ("tls-ca", "tls-client-cert", "tls-client-key")
+SECURE_FLAGS = {
+    "controller": (*SERVER_TLS, *CLIENT_TLS, "auth-tokens"),
+    "operator": (*SERVER_TLS, *CLIENT_TLS),
+    "trainer": SERVER_TLS,
+    "latency": SERVER_TLS,
+    "reward": SERVER_TLS,
+}
+
+
+def _secret_file(workload: Resource, container: Resource, path: str) -> tuple[str, str] | None:
+    """The (Secret, key) a file path of the container reads, through its mounts."""
+    volumes = {v["name"]: v for v in pod_spec(workload).get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        volume = volumes[mount["name"]]
+        if path.startswith(prefix) and "secret" in volume:
+            return volume["secret"]["secretName"], path.removeprefix(prefix)
+    return None
+
+
+def test_secure_install_serves_mutual_tls_everywhere_and_checks_tokens() -> None:
+    """Every service serves TLS and asks for client certificates; the controller and the
+    operator call with the same certificate; the controller checks tokens and the
+    operator sends an admin's; every file comes from the Secret key the docs name."""
+    for workload, container in each_container("secure"):
+        component = workload["metadata"]["labels"]["app.kubernetes.io/component"]
+        at = where("secure", workload, container)
+        for name in SECURE_FLAGS[component]:
+            path = flag(container, name)
+            assert path is not None, f"{at}: no --{name}"
+            assert _secret_file(workload, container, path) == SECURE_FILES[name], f"{at}: {name}"
+        for name in set(SECURE_FILES) - set(SECURE_FLAGS[component]):
+            assert flag(container, name) is None, f"{at}: --{name} is not its to take"
+        token = [e for e in container.get("env", []) if e["name"] == "MNAS_TOKEN"]
+        if component == "operator":
+            assert token == [
+                {
+                    "name": "MNAS_TOKEN",
+                    "valueFrom": {"secretKeyRef": {"name": "mnas-operator-token", "key": "token"}},
+                }
+            ], at
+        else:
+            assert token == [], at
+
+
+def test_secure_install_is_the_standalone_install_plus_tls_and_tokens() -> None:
+    """Nothing but the secure component's changes: the same resources, and each
+    container's arguments are the standalone's followed by the TLS and token flags."""
+    standalone, secure = resources_of("standalone"), resources_of("secure")
+    assert sorted(map(ref, standalone)) == sorted(map(ref, secure))
+    for workload in workloads(standalone):
+        twin = find(secure, workload["kind"], workload["metadata"]["name"])
+        assert twin is not None
+        before, after = pod_spec(workload)["containers"][0], pod_spec(twin)["containers"][0]
+        assert after["args"][: len(before["args"])] == before["args"], ref(workload)
+        added = [
+            a.split("=", 1)[0].removeprefix("--") for a in after["args"][len(before["args"]) :]
+        ]
+        component = workload["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert sorted(added) == sorted([*SECURE_FLAGS[component], "health-port"]), ref(workload)
