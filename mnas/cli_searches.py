@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -28,7 +29,7 @@ from mnas.client import Client, Search
 from mnas.cost import count
 from mnas.errors import UsageError
 from mnas.latency import reported_seconds
-from mnas.local import LocalStack
+from mnas.local import LocalStack, port_is_free
 from mnas.report import reference_summary
 from mnas.specfile import load_spec
 from mnas.v1 import common_pb2, controller_pb2
@@ -244,15 +245,39 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 def _stack(args: argparse.Namespace, workdir: Path, controller_port: int | None) -> LocalStack:
     return LocalStack(
-        workdir=workdir, store=args.store, trainers=args.trainers, controller_port=controller_port
+        workdir=workdir,
+        store=args.store,
+        trainers=args.trainers,
+        controller_port=controller_port,
+        die_with_parent=True,  # a killed `mnas` leaves no services behind
     )
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM stops this command as Ctrl-C does (its services are stopped with it)."""
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
-    """Start the services and serve until Ctrl-C (at any point, also while starting)."""
+    """Start the services and serve until Ctrl-C or SIGTERM (at any point, also while
+    starting); refuse a port that something listens on already."""
     console = Console(stderr=True)
+    port_text = args.target.rpartition(":")[2]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UsageError(f"--target: expected HOST:PORT, got {args.target!r}") from None
+    if not port_is_free(port):
+        raise UsageError(
+            f"--target: port {port} is taken (another `mnas up` or service listens on it); "
+            "stop it or choose another port"
+        )
+    _interrupt_on_sigterm()
     workdir = Path(args.logs or tempfile.mkdtemp(prefix="mnas-"))
-    port = int(args.target.rpartition(":")[2])
     stack = _stack(args, workdir, port)
     try:
         with console.status("starting controller, trainer, latency and reward services"):

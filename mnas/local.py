@@ -6,6 +6,7 @@ This is the embedded default: a SQLite store, host-CPU latency, Fashion-MNIST. I
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.trainer.cores import threads_per_slot
 
-__all__ = ["LocalStack", "Process", "free_port", "start_service", "wait_serving"]
+__all__ = [
+    "LocalStack",
+    "Process",
+    "free_port",
+    "port_is_free",
+    "start_service",
+    "wait_serving",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -83,6 +91,31 @@ class Process:
             return ""
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on ``host:port`` now (a bind succeeds)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A function for the child to run before exec, so that it gets SIGTERM when its
+    parent dies, even by SIGKILL: Linux's prctl, looked up here in the parent so that the
+    child only calls it (None where there is no prctl: the parent's handlers still stop
+    it)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start_service(
     kind: str,
     *,
@@ -91,8 +124,13 @@ def start_service(
     name: str | None = None,
     env: dict[str, str] | None = None,
     port: int | None = None,
+    die_with_parent: bool = False,
 ) -> Process:
-    """Start ``python -m services.<kind>`` on free ports, logging to ``log_dir``."""
+    """Start ``python -m services.<kind>`` on free ports, logging to ``log_dir``.
+
+    ``die_with_parent``: the service gets SIGTERM when the process that started it dies,
+    however it dies (start it from a thread that lives as long as that process: Linux
+    ties the signal to the starting thread)."""
     port, metrics_port = port or free_port(), free_port()
     name = name or kind
     log_path = log_dir / f"{name}.log"
@@ -109,7 +147,12 @@ def start_service(
     log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
     process_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     popen = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env=process_env, stdin=subprocess.DEVNULL
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=process_env,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_parent_death_signal() if die_with_parent else None,
     )
     log.close()
     return Process(
@@ -153,7 +196,8 @@ def wait_serving(process: Process, service: str, timeout: float = 120.0) -> None
 
 @dataclass
 class LocalStack:
-    """The four services as processes: ``trainers`` trainers, one latency, one reward."""
+    """The four services as processes: ``trainers`` trainers, one latency, one reward;
+    ``die_with_parent``: as :func:`start_service` takes it, for every service."""
 
     workdir: Path
     store: str
@@ -161,20 +205,26 @@ class LocalStack:
     trainer_args: Sequence[str] = ()
     controller_port: int | None = None
     processes: list[Process] = field(default_factory=list)
+    die_with_parent: bool = False
 
     def start(self, timeout: float = 180.0) -> LocalStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        linked = self.die_with_parent
         try:
             workers = [
-                start_service("reward", log_dir=self.workdir),
-                start_service("latency", log_dir=self.workdir),
+                start_service("reward", log_dir=self.workdir, die_with_parent=linked),
+                start_service("latency", log_dir=self.workdir, die_with_parent=linked),
             ]
             # Share the usable cores among trainers: oversubscribed torch thread pools crawl.
             threads = threads_per_slot(self.trainers)
             trainer_args = ["--threads", str(threads), *self.trainer_args]
             workers += [
                 start_service(
-                    "trainer", log_dir=self.workdir, name=f"trainer-{i}", args=trainer_args
+                    "trainer",
+                    log_dir=self.workdir,
+                    name=f"trainer-{i}",
+                    args=trainer_args,
+                    die_with_parent=linked,
                 )
                 for i in range(self.trainers)
             ]
@@ -192,7 +242,11 @@ class LocalStack:
             for trainer in workers[2:]:
                 args += ["--trainer", trainer.address]
             controller = start_service(
-                "controller", log_dir=self.workdir, args=args, port=self.controller_port
+                "controller",
+                log_dir=self.workdir,
+                args=args,
+                port=self.controller_port,
+                die_with_parent=linked,
             )
             self.processes.append(controller)
             wait_serving(controller, SERVICE_NAMES["controller"], timeout)
@@ -206,7 +260,12 @@ class LocalStack:
         old = self.process(name)
         old.kill()
         new = start_service(
-            old.kind, log_dir=self.workdir, args=old.args, name=old.name, port=old.port
+            old.kind,
+            log_dir=self.workdir,
+            args=old.args,
+            name=old.name,
+            port=old.port,
+            die_with_parent=self.die_with_parent,
         )
         self.processes[self.processes.index(old)] = new
         wait_serving(new, SERVICE_NAMES[old.kind], timeout)

@@ -184,13 +184,24 @@ class Backends:
         return DatasetOffers(offers, problems)
 
     def measure(
-        self, address: str, request: latency_pb2.MeasureRequest
+        self,
+        address: str,
+        request: latency_pb2.MeasureRequest,
+        *,
+        register_cancel: Callable[[Callable[[], None]], None] | None = None,
     ) -> latency_pb2.MeasureResponse:
+        """One measurement; ``register_cancel`` receives a function that aborts it (a
+        phone's measurement may take minutes: a cancelled search must not wait for it)."""
         stub = self._stub(address, latency_pb2_grpc.LatencyStub)
+        call = stub.Measure.future(request, timeout=self.deadlines.measure_seconds)
+        if register_cancel is not None:
+            register_cancel(call.cancel)
         try:
-            response: latency_pb2.MeasureResponse = stub.Measure(
-                request, timeout=self.deadlines.measure_seconds
-            )
+            response: latency_pb2.MeasureResponse = call.result()
+        except grpc.FutureCancelledError:
+            raise WorkerError(
+                f"latency {address}: measurement cancelled", retryable=False, endpoint_failed=False
+            ) from None
         except grpc.RpcError as err:
             raise _error("latency", address, err) from None
         return response

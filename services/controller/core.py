@@ -32,7 +32,7 @@ from services.controller.store import AlreadyExistsError, Store
 from services.controller.strategies import STRATEGIES
 from services.controller.users import User, may_see
 
-__all__ = ["AlreadyExists", "Controller", "NotFound", "WorkersUnavailable"]
+__all__ = ["AlreadyExists", "Controller", "NotFound", "ShuttingDown", "WorkersUnavailable"]
 
 _logger = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ class NoWeights(LookupError):
     """The store keeps no trained weights for that trial."""
 
 
+class ShuttingDown(Exception):
+    """The controller is stopping and takes no new search (another instance may)."""
+
+
 class Controller:
     def __init__(self, store: Store, backends: Backends, metrics: ControllerMetrics) -> None:
         self._store = store
@@ -61,8 +65,10 @@ class Controller:
         self._metrics = metrics
         metrics.track_workers([backends.trainers, backends.latency])
         self._hub = EventHub()
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._runners: dict[str, SearchRunner] = {}
+        self._closing = False  # shutdown began: submissions are refused
+        self._submitting = 0  # submissions past that check, not yet started
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -92,8 +98,12 @@ class Controller:
         return resumed
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop scheduling; the store keeps running searches running, to resume later."""
+        """Refuse new searches, stop scheduling; the store keeps running searches
+        running, to resume later. A submission that got in first is started (and so
+        stopped with the rest): none is stored without being started."""
         with self._lock:
+            self._closing = True
+            self._lock.wait_for(lambda: self._submitting == 0)
             runners = list(self._runners.values())
         for runner in runners:
             runner.stop()
@@ -118,6 +128,20 @@ class Controller:
                 f"search_id: {search_id!r} must be 1-63 lowercase letters, digits or '-', "
                 "starting and ending with a letter or digit"
             )
+        with self._lock:
+            if self._closing:
+                raise ShuttingDown("the controller is shutting down: submit again")
+            self._submitting += 1
+        try:
+            return self._submit(spec, search_id, user)
+        finally:
+            with self._lock:
+                self._submitting -= 1
+                self._lock.notify_all()
+
+    def _submit(
+        self, spec: common_pb2.SearchSpec, search_id: str, user: User | None
+    ) -> common_pb2.Search:
         if search_id and self._store.get_search(search_id) is not None:
             raise AlreadyExists(search_id)
         resolved = self._resolve(spec)

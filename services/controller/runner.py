@@ -599,14 +599,19 @@ class SearchRunner:
         started = time.monotonic()
         failed = busy = False
         try:
-            response = self._backends.measure(address, request)
+            response = self._backends.measure(
+                address, request, register_cancel=self._abort_on_cancel(trial.number)
+            )
         except WorkerError as err:
+            self._check_cancel()  # aborted by a cancel: not the endpoint's failure
             failed = err.endpoint_failed
             busy = err.busy
             avoid.add(address)
             self._metrics.trial_attempts.labels("latency", "busy" if busy else "failed").inc()
             raise
         finally:
+            with self._lock:
+                self._aborts.pop(trial.number, None)
             self._backends.latency.release(address, failed=failed, busy=busy)
             self._search_metrics.phase("measuring", time.monotonic() - started)
         self._metrics.trial_attempts.labels("latency", "ok").inc()
@@ -672,13 +677,11 @@ class SearchRunner:
         failed, and paused when it refused the job for want of a free slot."""
         failed = busy = False
         aborts: list[Callable[[], None]] = []
+        on_cancel = self._abort_on_cancel(key)
 
         def register(abort: Callable[[], None]) -> None:
             aborts.append(abort)
-            with self._lock:
-                self._aborts.setdefault(key, []).append(abort)
-            if self._cancel.is_set():
-                abort()
+            on_cancel(abort)
 
         try:
             return self._backends.train(
@@ -696,6 +699,19 @@ class SearchRunner:
             with self._lock:
                 self._aborts.pop(key, None)
             self._backends.trainers.release(address, failed=failed, busy=busy)
+
+    def _abort_on_cancel(self, key: int) -> Callable[[Callable[[], None]], None]:
+        """A function that files an abort of in-flight work under ``key``, for a cancel
+        of the search to call (at once when the search is cancelled already). The caller
+        pops ``key`` from the aborts when the work is over."""
+
+        def register(abort: Callable[[], None]) -> None:
+            with self._lock:
+                self._aborts.setdefault(key, []).append(abort)
+            if self._cancel.is_set():
+                abort()
+
+        return register
 
     def _score(self, trial: common_pb2.Trial) -> None:
         started = time.monotonic()

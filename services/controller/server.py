@@ -18,6 +18,7 @@ from services.controller.core import (
     Controller,
     NotFound,
     NoWeights,
+    ShuttingDown,
     WorkersUnavailable,
 )
 from services.controller.users import User, Users
@@ -33,6 +34,7 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NoWeights, grpc.StatusCode.NOT_FOUND),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (WorkersUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 
@@ -55,7 +57,14 @@ def _abort(context: grpc.ServicerContext, err: Exception) -> NoReturn:
 def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
     try:
         return fn()
-    except (NotFound, NoWeights, AlreadyExists, WorkersUnavailable, ValueError) as err:
+    except (
+        NotFound,
+        NoWeights,
+        AlreadyExists,
+        WorkersUnavailable,
+        ShuttingDown,
+        ValueError,
+    ) as err:
         _abort(context, err)
 
 

@@ -29,6 +29,7 @@ class Stack:
     address: str  # the controller's
     store: Store
     latency_registry: CollectorRegistry
+    controller: Controller
 
 
 @contextlib.contextmanager
@@ -64,14 +65,15 @@ def controller_stack(
         reward=servers[1].address,
         tls=pki.client() if pki is not None else None,
     )
+    core = Controller(store, backends, ControllerMetrics(CollectorRegistry()))
     controller = make_server(
-        Controller(store, backends, ControllerMetrics(CollectorRegistry())),
+        core,
         registry=CollectorRegistry(),
         tls=tls,
         users=users,
     )
     try:
-        yield Stack(controller.address, store, latency_registry)
+        yield Stack(controller.address, store, latency_registry, core)
     finally:
         controller.stop(0)
         for server in servers:

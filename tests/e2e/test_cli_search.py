@@ -3,9 +3,13 @@ prints the best trials and the Pareto front, and exits 0."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,12 +78,8 @@ def test_mnas_search_refuses_a_bad_spec_before_starting_anything(tmp_path: Path)
     assert not (tmp_path / "mnas.db").exists()
 
 
-def test_mnas_up_serves_until_interrupted(tmp_path: Path) -> None:
-    import signal
-
-    from mnas.local import Process, free_port, wait_serving
-
-    port = free_port()
+def _start_up(tmp_path: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+    """``mnas up`` on ``port``, its output in a log file."""
     mnas = Path(sys.executable).parent / "mnas"
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
@@ -97,6 +97,16 @@ def test_mnas_up_serves_until_interrupted(tmp_path: Path) -> None:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    return popen, log
+
+
+@contextlib.contextmanager
+def _mnas_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, list[int]]]:
+    """A running ``mnas up`` whose banner is out, its log, and its services' process ids."""
+    from mnas.local import Process, free_port, wait_serving
+
+    port = free_port()
+    popen, log = _start_up(tmp_path, port)
     up = Process(name="up", popen=popen, port=port, metrics_port=0, log_path=log)
     try:
         wait_serving(up, "mnas.v1.Controller", timeout=180)
@@ -105,10 +115,63 @@ def test_mnas_up_serves_until_interrupted(tmp_path: Path) -> None:
         while "Ctrl-C stops" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)  # pacing the poll of a log file
         assert "Ctrl-C stops" in log.read_text(), log.read_text()  # on one line: unwrapped
-        popen.send_signal(signal.SIGINT)
-        assert popen.wait(60) == 0, log.read_text()
+        children = Path(f"/proc/{popen.pid}/task/{popen.pid}/children").read_text().split()
+        yield popen, log, [int(pid) for pid in children]
     finally:
         up.kill()
+
+
+def _gone(pid: int, timeout: float = 60.0) -> bool:
+    """Whether process ``pid`` has exited (reaped or a zombie) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.1)  # polling another process's exit
+    return False
+
+
+def test_mnas_up_serves_until_interrupted(tmp_path: Path) -> None:
+    with _mnas_up(tmp_path) as (popen, log, children):
+        assert len(children) == 4  # controller, trainer, latency, reward
+        popen.send_signal(signal.SIGINT)
+        assert popen.wait(60) == 0, log.read_text()
     text = log.read_text()
     for name in ("controller", "trainer-0", "latency", "reward"):
         assert name in text
+    assert all(_gone(pid) for pid in children)
+
+
+def test_mnas_up_stops_its_services_on_sigterm_as_on_ctrl_c(tmp_path: Path) -> None:
+    with _mnas_up(tmp_path) as (popen, log, children):
+        popen.send_signal(signal.SIGTERM)
+        assert popen.wait(60) == 0, log.read_text()
+    assert [pid for pid in children if not _gone(pid)] == []
+
+
+def test_the_services_of_a_killed_mnas_up_end_with_it(tmp_path: Path) -> None:
+    """SIGKILL leaves `mnas up` no chance to stop its services: they get SIGTERM from the
+    kernel when it dies (Linux's parent-death signal) and stop on their own."""
+    with _mnas_up(tmp_path) as (popen, _log, children):
+        popen.kill()
+        popen.wait(60)
+    assert [pid for pid in children if not _gone(pid)] == []
+
+
+def test_mnas_up_refuses_a_taken_port_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        popen, log = _start_up(tmp_path, port)
+        assert popen.wait(60) == 2
+    lines = log.read_text().strip().splitlines()
+    assert lines == [
+        f"mnas: error: --target: port {port} is taken (another `mnas up` or service "
+        "listens on it); stop it or choose another port"
+    ]
+    assert not (tmp_path / "logs").exists()  # nothing was started

@@ -1,0 +1,104 @@
+"""A controller's promises at the edges of work: a cancel does not wait for an in-flight
+measurement, and a submission during shutdown is refused, never stored and left unstarted.
+
+Real controller, latency and reward services on loopback; the trainer is scripted and the
+latency service's oracle one that blocks until the test lets it go.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from mnas.client import Client, ControllerUnavailable
+from mnas.rpc import channel
+from mnas.specfile import parse_spec
+from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc
+from services.common.server import RunningServer
+from services.latency.oracle import HostOracle, LatencyResult, MeasureSettings
+from services.latency.server import make_server as make_latency_server
+from tests.common.fake_trainer import FakeTrainer
+from tests.controller.stack import controller_stack
+
+SPEC = """
+strategy: random
+space:
+  resolution: 28
+  stages: [{expansion: 1, filters: 16, layers: 1, stride: 1}]
+  choices: {ops: [dconv], kernels: [3, 5], se_ratios: [0], skips: [identity],
+            filter_ratios: [1], layer_deltas: [0]}
+objective: {kind: soft, target_latency_seconds: 0.001}
+budget: {max_trials: 2, parallel_trials: 1}
+latency: {warmup_runs: 1, runs: 2}
+reference: none
+"""
+
+
+class BlockedOracle(HostOracle):
+    """Measures only once ``release`` is set; ``entered`` tells that a call is waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def measure(self, model_bytes: bytes, settings: MeasureSettings) -> LatencyResult:
+        self.entered.set()
+        self.release.wait(timeout=120)
+        return super().measure(model_bytes, settings)
+
+
+@pytest.fixture
+def oracle() -> Iterator[BlockedOracle]:
+    blocked = BlockedOracle()
+    yield blocked
+    blocked.release.set()
+
+
+@pytest.fixture
+def latency(oracle: BlockedOracle) -> Iterator[RunningServer]:
+    running = make_latency_server(registry=CollectorRegistry(), oracles=[oracle])
+    yield running
+    oracle.release.set()
+    running.stop(0)
+
+
+def test_a_cancel_does_not_wait_for_an_in_flight_measurement(
+    tmp_path: Path, oracle: BlockedOracle, latency: RunningServer
+) -> None:
+    """The measurement is still blocked when the cancel has returned: the controller
+    aborted its call instead of waiting out the measurement's deadline (900 s)."""
+    with (
+        controller_stack(tmp_path, FakeTrainer(), latency=latency.address) as stack,
+        Client(stack.address) as client,
+    ):
+        search = client.submit(parse_spec(SPEC))
+        assert oracle.entered.wait(timeout=60)
+        cancelled = search.cancel()
+        assert not oracle.release.is_set()  # the measurement has not finished
+        assert cancelled.state == common_pb2.SEARCH_STATE_CANCELLED
+        (trial,) = search.trials()
+        assert trial.state == common_pb2.TRIAL_STATE_CANCELLED
+        assert trial.attempts == 1  # the abort was not counted as a failed attempt
+
+
+def test_a_submission_during_shutdown_is_unavailable_and_not_stored(tmp_path: Path) -> None:
+    with controller_stack(tmp_path, FakeTrainer()) as stack:
+        stack.controller.shutdown()
+        with channel(stack.address, max_attempts=2, initial_backoff=0.01) as ch:
+            stub = controller_pb2_grpc.ControllerStub(ch)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.SubmitSearch(
+                    controller_pb2.SubmitSearchRequest(spec=parse_spec(SPEC), search_id="late"),
+                    timeout=10,
+                )
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in str(caught.value.details())
+        assert stack.store.list_searches() == []
+        with Client(stack.address) as client, pytest.raises(ControllerUnavailable):
+            client.submit(parse_spec(SPEC))
