@@ -1,8 +1,18 @@
-"""Errors the command line reports on one line with exit status 2."""
+"""Errors the command line reports on one line with exit status 2, and the one error of
+bad input that every service answers with INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
-__all__ = ["UsageError"]
+__all__ = ["InvalidInput", "UsageError"]
+
+
+class InvalidInput(ValueError):
+    """A request or spec failed validation; the message starts with the field's path.
+
+    Services answer it, and only it, with INVALID_ARGUMENT, which callers do not retry:
+    any other exception, a bare ``ValueError`` from deep inside a training included, is
+    an INTERNAL error, which they retry like any failure of a worker.
+    """
 
 
 class UsageError(Exception):

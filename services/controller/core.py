@@ -16,6 +16,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 
+from mnas.errors import InvalidInput
 from mnas.v1 import common_pb2, controller_pb2
 from services.controller.clients import Backends
 from services.controller.events import EventHub
@@ -116,7 +117,7 @@ class Controller:
     def submit(
         self, spec: common_pb2.SearchSpec, search_id: str = "", *, user: User | None = None
     ) -> common_pb2.Search:
-        """Validate ``spec`` (``ValueError`` names the field), store it, start it, as
+        """Validate ``spec`` (:class:`InvalidInput` names the field), store it, start it, as
         ``user``'s.
 
         ``search_id``: the id to give it (empty: a new random one); :class:`AlreadyExists`
@@ -124,7 +125,7 @@ class Controller:
         one namespace for all users: an id another user took is refused the same way.
         """
         if search_id and not _SEARCH_ID.match(search_id):
-            raise ValueError(
+            raise InvalidInput(
                 f"search_id: {search_id!r} must be 1-63 lowercase letters, digits or '-', "
                 "starting and ending with a letter or digit"
             )
@@ -211,7 +212,7 @@ class Controller:
         self.get(search_id, user=user)
         size = DEFAULT_PAGE if page_size <= 0 else min(page_size, MAX_PAGE)
         if page_token and not page_token.lstrip("-").isdigit():
-            raise ValueError(f"page_token: malformed {page_token!r}")
+            raise InvalidInput(f"page_token: malformed {page_token!r}")
         after = int(page_token) if page_token else -1
         page = self._store.list_trials(search_id, after=after, limit=size + 1)
         more = len(page) > size
@@ -267,14 +268,17 @@ class Controller:
     def _resolve(self, spec: common_pb2.SearchSpec) -> ResolvedSpec:
         """``spec`` checked against what the trainers and latency services report now."""
         offers = self._backends.datasets(spec.training.dataset)
-        dataset = choose_dataset(spec.training.dataset, offers.by_endpoint, offers.problems)
         classes = self._backends.device_classes()
-        if not classes:
-            raise WorkersUnavailable(
-                "spec.latency.device_class: no latency service answered, so the device class "
-                "cannot be checked; submit again when latency services are up"
-            )
-        return resolve(spec, dataset=dataset, device_classes=classes, strategies=STRATEGIES)
+        try:
+            dataset = choose_dataset(spec.training.dataset, offers.by_endpoint, offers.problems)
+            if not classes:
+                raise WorkersUnavailable(
+                    "spec.latency.device_class: no latency service answered, so the device "
+                    "class cannot be checked; submit again when latency services are up"
+                )
+            return resolve(spec, dataset=dataset, device_classes=classes, strategies=STRATEGIES)
+        except ValueError as err:  # the spec's fault: the rest are the workers'
+            raise InvalidInput(str(err)) from None
 
     def _start(
         self, resolved: ResolvedSpec, search: common_pb2.Search, trials: list[common_pb2.Trial]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import NoReturn, TypeVar
@@ -9,6 +10,7 @@ from typing import NoReturn, TypeVar
 import grpc
 from prometheus_client import CollectorRegistry
 
+from mnas.errors import InvalidInput
 from mnas.tls import ServerTLS
 from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc
 from services.common.server import RunningServer, build_server
@@ -26,17 +28,19 @@ from services.controller.users import User, Users
 __all__ = ["SERVICE_NAME", "ControllerServicer", "make_server"]
 
 SERVICE_NAME = "mnas.v1.Controller"
+_logger = logging.getLogger(__name__)
 WEIGHTS_CHUNK_BYTES = 1 << 20
 
-# Domain errors and the status codes they become.
+# Domain errors and the status codes they become; anything else is INTERNAL.
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (NoWeights, grpc.StatusCode.NOT_FOUND),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (WorkersUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
 )
+_MAX_DETAILS = 300
 
 T = TypeVar("T")
 
@@ -51,20 +55,16 @@ def _abort(context: grpc.ServicerContext, err: Exception) -> NoReturn:
             else:
                 message = str(err)
             context.abort(code, message)
-    raise err
+    _logger.error("controller call failed", exc_info=err)
+    context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}: {err}"[:_MAX_DETAILS]
+    )
 
 
 def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
     try:
         return fn()
-    except (
-        NotFound,
-        NoWeights,
-        AlreadyExists,
-        WorkersUnavailable,
-        ShuttingDown,
-        ValueError,
-    ) as err:
+    except Exception as err:
         _abort(context, err)
 
 

@@ -15,6 +15,7 @@ from typing import NoReturn
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from mnas.errors import InvalidInput
 from mnas.tls import ServerTLS
 from mnas.v1 import common_pb2, latency_pb2, latency_pb2_grpc
 from services.common.server import RunningServer, build_server
@@ -54,7 +55,7 @@ DEFAULT_THREADS = 1
 
 # Domain errors to status codes, first match wins; anything else is INTERNAL.
 _STATUS_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     # The phone's benchmark tool refused the model: another phone of the class would too.
     (BenchmarkFailed, grpc.StatusCode.FAILED_PRECONDITION),
     # No healthy phone left, or one fell off the bus: another latency service may have one.
@@ -235,10 +236,14 @@ class LatencyServicer(latency_pb2_grpc.LatencyServicer):
         self, request: latency_pb2.MeasureRequest, context: grpc.ServicerContext
     ) -> latency_pb2.MeasureResponse:
         try:
-            device_class, settings = settings_from_proto(request.settings)
+            try:
+                device_class, settings = settings_from_proto(request.settings)
+                build = build_from_proto(request.build, request.settings)
+            except ValueError as err:
+                raise InvalidInput(str(err)) from None
             measurement = self._service.measure(
                 request.architecture.canonical,
-                build=build_from_proto(request.build, request.settings),
+                build=build,
                 settings=settings,
                 device_class=device_class,
             )

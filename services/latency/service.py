@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from mnas.arch import Architecture, decode
+from mnas.errors import InvalidInput
 from mnas.validation import check_int
 from services.latency.oracle import (
     HOST_CPU,
@@ -217,20 +218,24 @@ class LatencyService:
     ) -> Measurement:
         """The latency of ``architecture`` on ``device_class``; from the cache when known.
 
-        Raises ``ValueError`` naming the field for bad input (``architecture.canonical``,
-        ``build.*``, ``settings.*``, ``settings.device_class``).
+        Raises :class:`~mnas.errors.InvalidInput` naming the field for bad input
+        (``architecture.canonical``, ``build.*``, ``settings.*``, ``settings.device_class``);
+        anything else a measurement raises is the oracle's or exporter's failure.
         """
         build = build or BuildParams()
         settings = settings or MeasureSettings()
-        arch = _decode(architecture)
         slots = self._slots.get(device_class)
-        if slots is None and device_class not in self._predictors:
-            known = ", ".join(self.device_classes)
-            raise ValueError(
-                f"settings.device_class: unknown device class {device_class!r} (known: {known})"
-            )
-        build.validate()
-        settings.validate()
+        try:
+            arch = _decode(architecture)
+            if slots is None and device_class not in self._predictors:
+                known = ", ".join(self.device_classes)
+                raise ValueError(
+                    f"settings.device_class: unknown device class {device_class!r} (known: {known})"
+                )
+            build.validate()
+            settings.validate()
+        except ValueError as err:
+            raise InvalidInput(str(err)) from None
         key = CacheKey(
             arch.id,
             device_class,

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mnas.errors import InvalidInput
 from services.trainer.datasets import (
     FASHION_MNIST,
     FASHION_MNIST_DIR,
@@ -200,19 +201,19 @@ def held_out_split(
     how many of the remaining images are trained on.
     """
     if validation_examples < 1:
-        raise ValueError(f"validation_examples: must be >= 1, got {validation_examples}")
+        raise InvalidInput(f"validation_examples: must be >= 1, got {validation_examples}")
     if train_examples < 0:
-        raise ValueError(f"train_examples: must be >= 0, got {train_examples}")
+        raise InvalidInput(f"train_examples: must be >= 0, got {train_examples}")
     full = load_training_set(dataset)
     n = len(full)
     if validation_examples >= n:
-        raise ValueError(
+        raise InvalidInput(
             f"validation_examples: {validation_examples} leaves nothing to train on "
             f"({n} training images in {dataset})"
         )
     available = n - validation_examples
     if train_examples > available:
-        raise ValueError(
+        raise InvalidInput(
             f"train_examples: {train_examples} exceeds the {available} images not held out "
             f"({n} in {dataset}, validation_examples {validation_examples})"
         )

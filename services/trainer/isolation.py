@@ -11,8 +11,9 @@ child trains and reports through a pipe; the parent relays progress, and:
 - reports a child that dies without a result (a crash, the kernel's OOM killer) as
   :class:`TrialCrashed`, naming the signal or exit status.
 
-A ``ValueError`` raised by the training (bad input) comes back as a ``ValueError``; any
-other exception as :class:`TrialFailed` with its type and message.
+An :class:`~mnas.errors.InvalidInput` raised by the training (its input found wrong only
+once the data was read) comes back as itself; any other exception as
+:class:`TrainingError` with its type and message.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mnas.arch import Architecture
+from mnas.errors import InvalidInput
 from services.trainer.training import (
     Progress,
     TrainingCancelled,
@@ -61,6 +63,11 @@ _MEMORY_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate me
 
 class TrialFailed(Exception):
     """The training failed by itself (not because of its input or the trainer)."""
+
+
+class TrainingError(Exception):
+    """The training raised an unexpected exception: reported as an internal error, which
+    another attempt may not meet."""
 
 
 class TrialTimedOut(TrialFailed):
@@ -181,8 +188,8 @@ def _child_main(sender: multiprocessing.connection.Connection, job: ChildJob) ->
         sender.send(("result", outcome))
     except BaseException as err:  # everything goes back to the parent
         kind = _kind(err)
-        # A ValueError names the bad field ("dataset: ..."); keep its message as it is.
-        text = str(err) if kind == "value" else f"{type(err).__name__}: {err}"
+        # Invalid input names the bad field ("train_examples: ..."); keep it as it is.
+        text = str(err) if kind == "invalid" else f"{type(err).__name__}: {err}"
         sender.send(("error", kind, text))
     finally:
         sender.close()
@@ -212,8 +219,8 @@ def _kind(err: BaseException) -> str:
     text = str(err).lower()
     if isinstance(err, RuntimeError) and any(marker in text for marker in _MEMORY_MARKERS):
         return "memory"
-    if isinstance(err, ValueError):
-        return "value"
+    if isinstance(err, InvalidInput):
+        return "invalid"
     return "other"
 
 
@@ -224,9 +231,9 @@ def _error(kind: str, text: str, job: ChildJob) -> Exception:
         return TrialOutOfMemory(
             f"training ran out of memory (trial memory limit{where}): {_first_line(text)}"
         )
-    if kind == "value":
-        return ValueError(text)
-    return TrialFailed(f"training failed: {_first_line(text)}")
+    if kind == "invalid":
+        return InvalidInput(text)
+    return TrainingError(f"training failed: {_first_line(text)}")
 
 
 def _death(exitcode: int | None) -> str:

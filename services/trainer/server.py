@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mnas import recipe
 from mnas.arch import Architecture, decode
+from mnas.errors import InvalidInput
 from mnas.tls import ServerTLS
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common.server import RunningServer, build_server
@@ -93,7 +94,7 @@ _STATUS_TABLE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (TrainingCancelled, grpc.StatusCode.CANCELLED),
     (TrialFailed, grpc.StatusCode.ABORTED),
     (DatasetNotServed, grpc.StatusCode.NOT_FOUND),  # another trainer may serve it
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
 )
 _MAX_DETAILS = 300
 
@@ -435,14 +436,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
     ) -> Iterator[trainer_pb2.TrainResponse]:
         try:
-            training = training_config_from_proto(request.training)
-            job = _Job(
-                arch=architecture_from_proto(request.architecture),
-                build=build_params_from_proto(request.build),
-                training=replace(training, dataset=self._catalog.directory(training.dataset)),
-                timeout_seconds=timeout_from_proto(request.training),
-                keep_weights=request.training.return_weights,
-            )
+            job = self._job(request)
             slot = self._acquire()
             yield from self._stream(job, slot, context)
         except Exception as err:
@@ -450,6 +444,22 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             if code is grpc.StatusCode.INTERNAL:
                 _logger.error("Train failed", exc_info=err)
             context.abort(code, details)
+
+    def _job(self, request: trainer_pb2.TrainRequest) -> _Job:
+        """The request, validated: :class:`InvalidInput` names the bad field."""
+        try:
+            training = training_config_from_proto(request.training)
+            return _Job(
+                arch=architecture_from_proto(request.architecture),
+                build=build_params_from_proto(request.build),
+                training=replace(training, dataset=self._catalog.directory(training.dataset)),
+                timeout_seconds=timeout_from_proto(request.training),
+                keep_weights=request.training.return_weights,
+            )
+        except DatasetNotServed:
+            raise
+        except ValueError as err:
+            raise InvalidInput(str(err)) from None
 
     def _acquire(self) -> int:
         if self._stopping.is_set():
@@ -552,7 +562,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             _logger.warning("training of %s failed: %s", job.arch.id, err)
         except Exception as err:
             label, done = "failed", _Done(error=err)
-            if not isinstance(err, ValueError):
+            if not isinstance(err, InvalidInput):
                 _logger.error("training of %s failed", job.arch.id, exc_info=err)
         finally:
             self._metrics.seconds.observe(time.perf_counter() - start)

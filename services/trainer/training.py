@@ -37,6 +37,7 @@ from torch import nn
 
 from mnas import recipe
 from mnas.arch import Architecture
+from mnas.errors import InvalidInput
 from services.trainer import data
 from services.trainer.builder import build_torch
 
@@ -214,7 +215,7 @@ def train(
     )
     classes = split.num_classes if num_classes is None else num_classes
     if classes < split.num_classes:
-        raise ValueError(
+        raise InvalidInput(
             f"num_classes: {classes} is fewer than the {split.num_classes} classes of "
             f"{config.dataset}"
         )

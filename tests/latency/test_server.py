@@ -36,8 +36,12 @@ class CountingHostOracle(HostOracle):
 
 
 class BrokenOracle(HostOracle):
+    def __init__(self, error: Exception | None = None) -> None:
+        super().__init__()
+        self.error = error or RuntimeError("interpreter crashed")
+
     def measure(self, model_bytes: bytes, settings: MeasureSettings) -> LatencyResult:
-        raise RuntimeError("interpreter crashed")
+        raise self.error
 
 
 @pytest.fixture
@@ -195,11 +199,17 @@ def test_invalid_requests_are_invalid_argument_naming_the_field(
     assert registry.get_sample_value("grpc_server_handled_total", labels) == 1
 
 
-def test_oracle_failures_are_internal(registry: CollectorRegistry) -> None:
+@pytest.mark.parametrize(
+    "error",
+    # A ValueError from inside the measurement is the oracle's failure, not bad input.
+    [RuntimeError("interpreter crashed"), ValueError("interpreter crashed: bad tensor")],
+    ids=["runtime-error", "value-error"],
+)
+def test_oracle_failures_are_internal(registry: CollectorRegistry, error: Exception) -> None:
     def export(arch: Architecture, build: BuildParams) -> bytes:
         return b"model"
 
-    running = make_server(registry=registry, oracles=[BrokenOracle()], exporter=export)
+    running = make_server(registry=registry, oracles=[BrokenOracle(error)], exporter=export)
     try:
         stub = latency_pb2_grpc.LatencyStub(channel(running.address))
         with pytest.raises(grpc.RpcError) as info:

@@ -65,6 +65,22 @@ def test_a_trial_that_raises_fails_alone_naming_the_field(trainer: Trainer) -> N
     assert_next_trial_completes(trainer)
 
 
+def test_an_unexpected_error_in_a_trial_is_internal_and_not_bad_input(
+    trainer: Trainer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A data set that is broken on this trainer's disk (a truncated IDX file) raises a
+    ValueError deep in the loader: the request was fine, so the answer is INTERNAL, which
+    the controller retries (on another trainer), not INVALID_ARGUMENT, which it does not."""
+    broken = tmp_path_factory.mktemp("broken")
+    (broken / "train-images-idx3-ubyte").write_bytes(b"\x00\x00")
+    (broken / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00")
+    with pytest.raises(grpc.RpcError) as info:
+        train(trainer, request(steps=2, dataset=str(broken)))
+    assert info.value.code() is grpc.StatusCode.INTERNAL, details(info.value)
+    assert "too short for an IDX header" in details(info.value)
+    assert_next_trial_completes(trainer)
+
+
 def test_a_trial_past_its_timeout_fails_alone(trainer: Trainer) -> None:
     slow = request(steps=1_000_000)
     slow.training.timeout_seconds = 2.0

@@ -18,8 +18,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from mnas.errors import InvalidInput
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common.server import RunningServer
+from services.trainer.isolation import TrainingError
 from services.trainer.server import (
     SERVICE_NAME,
     TrainerConfig,
@@ -304,11 +306,17 @@ def test_capacity_reports_the_configured_maximum() -> None:
 
 
 def test_status_table() -> None:
-    assert status_for(ValueError("dataset: directory not found: /x")) == (
+    """Only invalid input is INVALID_ARGUMENT (which the controller does not retry); a bare
+    ValueError from the training is an internal error, retried like any failure."""
+    assert status_for(InvalidInput("dataset: directory not found: /x")) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "training.dataset: directory not found: /x",
     )
-    assert status_for(ValueError("resolution: bad"))[1] == "build.resolution: bad"
+    assert status_for(InvalidInput("resolution: bad"))[1] == "build.resolution: bad"
+    code, details = status_for(ValueError("math domain error"))
+    assert code is grpc.StatusCode.INTERNAL
+    assert details == "internal error: ValueError: math domain error"
+    assert status_for(TrainingError("training failed: x"))[0] is grpc.StatusCode.INTERNAL
     assert status_for(TrainingCancelled("stop"))[0] is grpc.StatusCode.CANCELLED
     code, details = status_for(RuntimeError("x" * 1000))
     assert code is grpc.StatusCode.INTERNAL
