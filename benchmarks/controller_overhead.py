@@ -9,7 +9,7 @@ PPO (whose sampling and updates are the extra work). The search is submitted ove
 awaited in the controller's process (``Controller.wait``): a watching client there would
 decode every event in the very process being measured, which a real client never does.
 
-    python benchmarks/controller_overhead.py [--trials 512] [--repeats 3]
+    python -m benchmarks.controller_overhead [--trials 512] [--repeats 3]
 
 Last line: ``{"ms_per_trial": {"1": ..., "64": ...}, ...}`` (PPO; goal <= 5 ms), and
 ``cpu_ms_per_trial``: the CPU time each process spent per trial (the controller, that is
@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,93 +32,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import torch
 from prometheus_client import CollectorRegistry
 
+from benchmarks.instant_workers import instant_workers_process
 from mnas.client import Client
 from mnas.specfile import parse_spec
-from mnas.v1 import (
-    common_pb2,
-    latency_pb2,
-    latency_pb2_grpc,
-    trainer_pb2,
-    trainer_pb2_grpc,
-)
-from services.common.server import RunningServer, build_server
 from services.controller.clients import Backends
 from services.controller.core import Controller
 from services.controller.learner import shared_learner, warm_up
 from services.controller.metrics import ControllerMetrics
 from services.controller.server import make_server
 from services.controller.store import Store
-from services.reward.server import make_server as make_reward_server
 
-CAPACITY = 64
 WARM_UP_TRIALS = 64
-
-
-class InstantTrainer(trainer_pb2_grpc.TrainerServicer):
-    """Answers every Train at once (a benchmark harness; the product never does)."""
-
-    def Train(
-        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
-    ) -> Iterator[trainer_pb2.TrainResponse]:
-        accuracy = 0.5 + (hash(request.architecture.canonical) % 1000) / 4000
-        yield trainer_pb2.TrainResponse(
-            result=common_pb2.TrainResult(accuracy=accuracy, loss=1.0, seconds=0.0, samples_seen=1)
-        )
-
-    def GetCapacity(
-        self, request: common_pb2.GetCapacityRequest, context: grpc.ServicerContext
-    ) -> common_pb2.GetCapacityResponse:
-        return common_pb2.GetCapacityResponse(max_concurrent=CAPACITY, hardware="instant")
-
-    def ListDatasets(
-        self, request: trainer_pb2.ListDatasetsRequest, context: grpc.ServicerContext
-    ) -> trainer_pb2.ListDatasetsResponse:
-        fashion = trainer_pb2.Dataset(
-            name="fashion-mnist", classes=10, resolution=28, examples=60000
-        )
-        return trainer_pb2.ListDatasetsResponse(datasets=[fashion])
-
-
-class InstantLatency(latency_pb2_grpc.LatencyServicer):
-    def Measure(
-        self, request: latency_pb2.MeasureRequest, context: grpc.ServicerContext
-    ) -> latency_pb2.MeasureResponse:
-        seconds = 0.001 + (hash(request.architecture.canonical) % 1000) / 1e6
-        stats = common_pb2.LatencyStats(
-            median_seconds=seconds,
-            min_seconds=seconds,
-            p90_seconds=seconds,
-            mean_seconds=seconds,
-            samples_seconds=[seconds],
-            device_class="host-cpu",
-            device="instant",
-        )
-        return latency_pb2.MeasureResponse(stats=stats)
-
-    def ListDevices(
-        self, request: latency_pb2.ListDevicesRequest, context: grpc.ServicerContext
-    ) -> latency_pb2.ListDevicesResponse:
-        return latency_pb2.ListDevicesResponse(
-            devices=[latency_pb2.Device(id="instant", device_class="host-cpu", state="ready")]
-        )
-
-    def GetCapacity(
-        self, request: common_pb2.GetCapacityRequest, context: grpc.ServicerContext
-    ) -> common_pb2.GetCapacityResponse:
-        return common_pb2.GetCapacityResponse(max_concurrent=CAPACITY, hardware="instant")
-
-
-def _serve(name: str, add: object) -> RunningServer:
-    return build_server(
-        service_names=[name],
-        add_servicers=add,  # type: ignore[arg-type]
-        registry=CollectorRegistry(),
-        max_workers=CAPACITY + 8,
-    )
 
 
 SPEC = """
@@ -128,29 +54,6 @@ duplicates: DUPLICATE_POLICY_RETRAIN
 objective: {kind: soft, target_latency_seconds: 0.0015}
 budget: {max_trials: %(trials)d, parallel_trials: %(parallel)d}
 """
-
-
-def serve_backends() -> None:
-    """Serve the instant trainer and latency service and the real reward service until
-    stdin closes; print their addresses as one JSON line first."""
-    trainer = _serve(
-        "mnas.v1.Trainer",
-        lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(InstantTrainer(), s),
-    )
-    latency = _serve(
-        "mnas.v1.Latency",
-        lambda s: latency_pb2_grpc.add_LatencyServicer_to_server(InstantLatency(), s),
-    )
-    reward = make_reward_server(registry=CollectorRegistry())
-    print(
-        json.dumps(
-            {"trainer": trainer.address, "latency": latency.address, "reward": reward.address}
-        ),
-        flush=True,
-    )
-    sys.stdin.read()
-    for server in (trainer, latency, reward):
-        server.stop(0)
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -180,24 +83,15 @@ class Measured:
 def backends_process() -> Iterator[tuple[Backends, int]]:
     """The backends in a process of their own, as in production: their gRPC work does not
     share the controller's interpreter."""
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--serve-backends"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None and child.stdin is not None
-    try:
-        addresses = json.loads(child.stdout.readline())
-        backends = Backends(
-            trainers=[addresses["trainer"]],
-            latency=[addresses["latency"]],
-            reward=addresses["reward"],
+    with instant_workers_process() as (addresses, pid):
+        yield (
+            Backends(
+                trainers=[addresses["trainer"]],
+                latency=[addresses["latency"]],
+                reward=addresses["reward"],
+            ),
+            pid,
         )
-        yield backends, child.pid
-    finally:
-        child.stdin.close()
-        child.wait(timeout=30)
 
 
 def run(strategy: str, trials: int, parallel: int, workdir: Path, repeats: int) -> Measured:
@@ -249,11 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=512, help="trials per search")
     parser.add_argument("--repeats", type=int, default=3, help="timed searches per setting")
-    parser.add_argument("--serve-backends", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_backends:
-        serve_backends()
-        return
     # As the controller process does at start-up (services/controller/__main__.py).
     torch.set_num_threads(1)
     warm_up()

@@ -123,7 +123,8 @@ def load_proxy(path: str | Path, overrides: argparse.Namespace | None = None) ->
     spec = load_spec(path)
     if overrides is not None:
         _override(spec, overrides)
-    info = Catalog.from_entries([]).describe(spec.training.dataset or "fashion-mnist")
+    catalog = Catalog.from_entries([], roots=[Path("/")])  # a local run reads any directory
+    info = catalog.describe(spec.training.dataset or "fashion-mnist")
     dataset = Dataset(
         name=info.name,
         classes=info.classes,

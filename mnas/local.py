@@ -217,7 +217,8 @@ class LocalStack:
             ]
             # Share the usable cores among trainers: oversubscribed torch thread pools crawl.
             threads = threads_per_slot(self.trainers)
-            trainer_args = ["--threads", str(threads), *self.trainer_args]
+            # On one's own machine a spec may name any directory one can read.
+            trainer_args = ["--threads", str(threads), "--data-root", "/", *self.trainer_args]
             workers += [
                 start_service(
                     "trainer",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -101,15 +102,17 @@ class Controller:
     def shutdown(self, timeout: float = 10.0) -> None:
         """Refuse new searches, stop scheduling; the store keeps running searches
         running, to resume later. A submission that got in first is started (and so
-        stopped with the rest): none is stored without being started."""
+        stopped with the rest): none is stored without being started. Every search's
+        in-flight work is aborted at once and all of them get one shared ``timeout``."""
+        deadline = time.monotonic() + timeout
         with self._lock:
             self._closing = True
-            self._lock.wait_for(lambda: self._submitting == 0)
+            self._lock.wait_for(lambda: self._submitting == 0, timeout)
             runners = list(self._runners.values())
         for runner in runners:
             runner.stop()
         for runner in runners:
-            runner.join(timeout)
+            runner.join(max(0.0, deadline - time.monotonic()))
         self._backends.close()
 
     # -- commands --------------------------------------------------------------------

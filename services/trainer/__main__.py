@@ -65,7 +65,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="NAME=DIR",
         help="serve the data set in directory DIR (IDX, CIFAR-10/100 or class folders) as "
         "NAME, e.g. cifar10=/data/cifar-10-batches-py; repeatable. Built in: fashion-mnist "
-        "(Debian's dataset-fashion-mnist). Specs may also name a directory directly",
+        "(Debian's dataset-fashion-mnist). Specs may also name a directory inside a "
+        "--data-root",
+    )
+    parser.add_argument(
+        "--data-root",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="a spec's training.dataset may name a directory by path inside DIR (after "
+        "links and '..' are resolved); repeatable (default: none, names only)",
     )
     parser.add_argument(
         "--preload-dataset",
@@ -91,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             isolate=not args.no_isolation,
             preload_datasets=tuple(args.preload_dataset or ("fashion-mnist",)),
             datasets=tuple(args.dataset),
+            data_roots=tuple(args.data_root),
             tls=server_tls(parser, args),
             health_port=args.health_port,
         )

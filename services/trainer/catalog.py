@@ -2,7 +2,10 @@
 
 A spec's ``training.dataset`` is a name or a directory. Names come from the trainer's
 configuration (``--dataset NAME=DIR``, e.g. a volume mounted on every trainer pod) and the
-built-in ``fashion-mnist`` (Debian's ``dataset-fashion-mnist``, when installed). The
+built-in ``fashion-mnist`` (Debian's ``dataset-fashion-mnist``, when installed). A
+directory is read only inside the trainer's data roots (``--data-root DIR``), after
+symbolic links and ``..`` are resolved: a spec cannot make a trainer read the rest of its
+disk. Without a data root, only names are served. The
 controller asks its trainers what they serve (``Trainer.ListDatasets``) instead of reading
 any disk itself, so data sets live only where the training happens.
 """
@@ -52,13 +55,15 @@ def parse_dataset_flag(text: str) -> tuple[str, Path]:
 
 @dataclass(frozen=True)
 class Catalog:
-    """Named data sets (name -> directory); any other name is read as a directory.
+    """Named data sets (name -> directory); any other name is read as a directory when it
+    lies inside one of ``roots``.
 
     Descriptions are kept until their directory's modification time changes: describing
     reads every CIFAR batch or lists a whole ImageFolder tree, too slow for each request.
     """
 
     named: Mapping[str, Path]
+    roots: tuple[Path, ...] = ()
     _known: dict[str, tuple[int, DatasetInfo]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -66,16 +71,19 @@ class Catalog:
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @classmethod
-    def from_entries(cls, entries: Iterable[tuple[str, Path]]) -> Catalog:
+    def from_entries(
+        cls, entries: Iterable[tuple[str, Path]], roots: Iterable[Path] = ()
+    ) -> Catalog:
         """The built-in ``fashion-mnist`` plus ``entries`` (a name given twice is an
-        error; giving ``fashion-mnist`` replaces the built-in one)."""
+        error; giving ``fashion-mnist`` replaces the built-in one); directories inside
+        ``roots`` are served by path."""
         named: dict[str, Path] = {}
         for name, directory in entries:
             if name in named:
                 raise ValueError(f"dataset: {name!r} given twice")
             named[name] = directory
         named.setdefault(FASHION_MNIST, FASHION_MNIST_DIR)
-        return cls(named)
+        return cls(named, tuple(Path(os.path.realpath(root)) for root in roots))
 
     def directory(self, name: str) -> str:
         """What the loader reads for ``name``: a configured directory, or ``name`` itself
@@ -85,14 +93,28 @@ class Catalog:
         path = self.named.get(name)
         if path is not None:
             return str(path)
-        if not Path(name).is_dir():
-            offered = ", ".join(sorted(self.named)) or "none"
+        offered = ", ".join(sorted(self.named)) or "none"
+        if not self.roots:
+            raise DatasetNotServed(
+                f"unknown data set {name!r}: not a name this trainer serves ({offered}); "
+                "it reads no directory by path (no --data-root)",
+                "training.dataset",
+            )
+        real = Path(os.path.realpath(name))
+        if not Path(name).is_absolute() or not any(real.is_relative_to(r) for r in self.roots):
+            roots = ", ".join(map(str, self.roots))
+            raise DatasetNotServed(
+                f"unknown data set {name!r}: neither a name this trainer serves ({offered}) "
+                f"nor an absolute path inside its data roots ({roots})",
+                "training.dataset",
+            )
+        if not real.is_dir():
             raise DatasetNotServed(
                 f"unknown data set {name!r}: neither a name this trainer serves ({offered}) "
                 "nor a directory it can read",
                 "training.dataset",
             )
-        return name
+        return str(real)
 
     def describe(self, name: str) -> DatasetInfo:
         """``name``'s format, classes, size and resolution; ``DatasetError`` when this

@@ -158,7 +158,9 @@ class TrainerConfig:
     trains on threads of this process instead (no limits; for debugging).
     ``datasets`` names data set directories (``--dataset NAME=DIR``) beside the built-in
     ``fashion-mnist``; ``preload_datasets`` (names or directories) are decoded once in the
-    fork server, so trials start faster. ``tls`` and ``health_port``: as
+    fork server, so trials start faster. ``data_roots``: directories inside which a
+    request's ``training.dataset`` may name a directory by path (none: names only).
+    ``tls`` and ``health_port``: as
     :func:`~services.common.server.build_server` takes them.
     """
 
@@ -175,6 +177,7 @@ class TrainerConfig:
     datasets: tuple[tuple[str, Path], ...] = ()
     tls: ServerTLS | None = None
     health_port: int | None = None
+    data_roots: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 1:
@@ -369,7 +372,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     ) -> None:
         self._config = config
         self._metrics = metrics
-        self._catalog = catalog or Catalog.from_entries(config.datasets)
+        self._catalog = catalog or Catalog.from_entries(config.datasets, config.data_roots)
         self._devices = _slot_devices(_resolve_device(config.device), config.max_concurrent)
         self._threads = config.threads or threads_per_slot(len(self._devices))
         self._memory_limit = config.memory_limit_bytes
@@ -667,7 +670,7 @@ def _hardware(devices: list[torch.device], threads: int) -> str:
 
 def make_server(config: TrainerConfig, registry: CollectorRegistry) -> RunningServer:
     """Start a trainer on ``config.host:config.port`` (0: a free port)."""
-    catalog = Catalog.from_entries(config.datasets)
+    catalog = Catalog.from_entries(config.datasets, config.data_roots)
     servicer = TrainerServicer(config, TrainerMetrics(registry), catalog)
     if config.isolate:
         preload = [_preload_directory(catalog, name) for name in config.preload_datasets]

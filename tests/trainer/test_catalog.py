@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.trainer.__main__ import main
-from services.trainer.catalog import Catalog, parse_dataset_flag
+from services.trainer.catalog import Catalog, DatasetNotServed, parse_dataset_flag
 from services.trainer.datasets import FASHION_MNIST_DIR, DatasetError
 from services.trainer.server import TrainerConfig, make_server
 from tests.trainer.test_datasets import write_idx
@@ -36,10 +36,10 @@ def test_bad_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_named_sets_beside_the_built_in_one(tmp_path: Path) -> None:
     tiny = write_idx(tmp_path / "tiny", n=24)
-    catalog = Catalog.from_entries([("tiny", tiny), ("gone", NOT_THERE)])
+    catalog = Catalog.from_entries([("tiny", tiny), ("gone", NOT_THERE)], roots=[tmp_path])
     assert catalog.directory("tiny") == str(tiny)
     assert catalog.directory("fashion-mnist") == str(FASHION_MNIST_DIR)
-    assert catalog.directory(str(tiny)) == str(tiny)  # a directory names itself
+    assert catalog.directory(str(tiny)) == str(tiny)  # a directory in a root names itself
     offered = {info.name: info for info in catalog.offered()}
     assert set(offered) == {"tiny", "fashion-mnist"}  # "gone" cannot be read: not offered
     assert (offered["tiny"].classes, offered["tiny"].examples) == (4, 24)
@@ -47,12 +47,18 @@ def test_named_sets_beside_the_built_in_one(tmp_path: Path) -> None:
 
 
 def test_unknown_name_says_what_is_served(tmp_path: Path) -> None:
-    catalog = Catalog.from_entries([("tiny", write_idx(tmp_path / "tiny"))])
+    catalog = Catalog.from_entries([("tiny", write_idx(tmp_path / "tiny"))], roots=[tmp_path])
     with pytest.raises(DatasetError) as info:
-        catalog.directory("cifar100")
+        catalog.directory(str(tmp_path / "cifar100"))
     assert str(info.value) == (
-        "training.dataset: unknown data set 'cifar100': neither a name this trainer serves "
-        "(fashion-mnist, tiny) nor a directory it can read"
+        f"training.dataset: unknown data set '{tmp_path / 'cifar100'}': neither a name this "
+        "trainer serves (fashion-mnist, tiny) nor a directory it can read"
+    )
+    with pytest.raises(DatasetError) as info:
+        Catalog.from_entries([]).directory(str(tmp_path))
+    assert str(info.value) == (
+        f"training.dataset: unknown data set '{tmp_path}': not a name this trainer serves "
+        "(fashion-mnist); it reads no directory by path (no --data-root)"
     )
     with pytest.raises(ValueError, match="given twice"):
         Catalog.from_entries([("a", tmp_path), ("a", tmp_path)])
@@ -60,7 +66,11 @@ def test_unknown_name_says_what_is_served(tmp_path: Path) -> None:
 
 @pytest.fixture
 def stub(tmp_path: Path) -> Iterator[trainer_pb2_grpc.TrainerStub]:
-    config = TrainerConfig(isolate=False, datasets=(("tiny", write_idx(tmp_path / "tiny", 48)),))
+    config = TrainerConfig(
+        isolate=False,
+        datasets=(("tiny", write_idx(tmp_path / "tiny", 48)),),
+        data_roots=(tmp_path,),
+    )
     running = make_server(config, CollectorRegistry())
     with grpc.insecure_channel(running.address) as channel:
         yield trainer_pb2_grpc.TrainerStub(channel)
@@ -103,3 +113,27 @@ def test_train_reads_a_named_set_from_its_directory(stub: trainer_pb2_grpc.Train
     events = list(stub.Train(request, timeout=60))
     assert events[-1].HasField("result")
     assert events[-1].result.samples_seen == 16
+
+
+@pytest.mark.parametrize(
+    "escape",
+    [
+        "{root}/../outside",  # up and out
+        "{root}/link-out",  # a symbolic link pointing out of the root
+        "outside",  # relative: to what?
+        "/etc",
+    ],
+)
+def test_a_path_cannot_leave_the_data_roots(tmp_path: Path, escape: str) -> None:
+    root = tmp_path / "root"
+    write_idx(root / "inside", n=12)
+    outside = write_idx(tmp_path / "outside", n=12)
+    (root / "link-out").symlink_to(outside)
+    catalog = Catalog.from_entries([], roots=[root])
+    assert catalog.directory(str(root / "inside")) == str(root / "inside")
+    name = escape.format(root=root)
+    with pytest.raises(DatasetNotServed) as info:
+        catalog.directory(name)
+    assert f"nor an absolute path inside its data roots ({root})" in str(info.value)
+    with pytest.raises(DatasetNotServed):
+        catalog.describe(name)

@@ -25,9 +25,17 @@ MEMORY_LIMIT = 512 * 2**20
 
 
 @pytest.fixture(scope="module")
-def trainer() -> Iterator[Trainer]:
-    """One trainer for the whole module, so each test's failure must leave it serving."""
-    t = start(TrainerConfig(max_concurrent=1, threads=1, memory_limit_bytes=MEMORY_LIMIT))
+def trainer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trainer]:
+    """One trainer for the whole module, so each test's failure must leave it serving;
+    it reads data sets by path under the tests' temporary directory."""
+    t = start(
+        TrainerConfig(
+            max_concurrent=1,
+            threads=1,
+            memory_limit_bytes=MEMORY_LIMIT,
+            data_roots=(tmp_path_factory.getbasetemp(),),
+        )
+    )
     yield t
     t.channel.close()
     t.running.stop(grace=1.0)
