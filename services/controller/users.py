@@ -74,9 +74,14 @@ class Users:
             where = f" at line {mark.line + 1}" if mark is not None else ""
             raise ValueError(f"{path}: not YAML{where}") from None
         try:
-            return cls(_entries(data))
+            return cls.from_document(data)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
+
+    @classmethod
+    def from_document(cls, data: object) -> Users:
+        """The users of a token file's parsed YAML; ``ValueError`` names the entry."""
+        return cls(_entries(data))
 
     def __len__(self) -> int:
         return len(self._entries)
