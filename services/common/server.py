@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from mnas.rpc import KEEPALIVE_SERVER
 from mnas.tls import ServerTLS
 from services.common.build_info import register_build_info
 from services.common.rpc_metrics import RpcMetrics, RpcMetricsInterceptor
@@ -101,7 +102,7 @@ def build_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         interceptors=[RpcMetricsInterceptor(RpcMetrics(registry)), *interceptors],
-        options=[("grpc.so_reuseport", 0)],
+        options=[("grpc.so_reuseport", 0), *KEEPALIVE_SERVER],
     )
     add_servicers(server)
     health_servicer = health.HealthServicer()
