@@ -72,8 +72,17 @@ def main() -> None:
         "admin: true}): every Controller call then needs one, and a user sees only their "
         "own searches (default: no tokens, every caller sees every search)",
     )
+    parser.add_argument(
+        "--max-workers",
+        type=int,
+        default=256,
+        help="gRPC server threads (default 256): each WatchSearch holds one while it lasts, "
+        "and watches may take all but 32",
+    )
     add_client_tls_arguments(parser)
     args = parser.parse_args()
+    if args.max_workers < 64:
+        parser.error(f"--max-workers: must be >= 64, got {args.max_workers}")
     configure_logging(args.log_level)
     catch_stop_signals()  # a signal during start-up is not lost
     tls, outgoing_tls = server_tls(parser, args), client_tls(parser, args)
@@ -104,6 +113,7 @@ def main() -> None:
         tls=tls,
         health_port=args.health_port,
         users=users,
+        max_workers=args.max_workers,
     )
     if users is not None:
         _logger.info("checking bearer tokens: %d users", len(users))

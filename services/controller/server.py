@@ -70,11 +70,20 @@ def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
 
 class ControllerServicer(controller_pb2_grpc.ControllerServicer):
     """``users``: the token file's users, when calls must carry a token (the interceptor
-    refuses those without one; here a call's token tells whose searches it may touch)."""
+    refuses those without one; here a call's token tells whose searches it may touch).
 
-    def __init__(self, controller: Controller, users: Users | None = None) -> None:
+    A watch holds one of the server's threads for as long as it lasts: at most
+    ``max_watches`` run at once, and one more is refused with RESOURCE_EXHAUSTED, so the
+    threads left always answer the other calls (a flood of watchers cannot starve
+    GetSearch)."""
+
+    def __init__(
+        self, controller: Controller, users: Users | None = None, *, max_watches: int = 224
+    ) -> None:
         self._c = controller
         self._users = users
+        self._max_watches = max_watches
+        self._watch_slots = threading.BoundedSemaphore(max_watches)
 
     def _user(self, context: grpc.ServicerContext) -> User | None:
         if self._users is None:
@@ -108,12 +117,28 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
     def WatchSearch(
         self, request: controller_pb2.WatchSearchRequest, context: grpc.ServicerContext
     ) -> Iterator[controller_pb2.WatchSearchResponse]:
+        if not self._watch_slots.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many watchers: {self._max_watches} watches run already; poll "
+                "GetSearch, or start the controller with more --max-workers",
+            )
+        released = threading.Lock()
+
+        def release() -> None:  # once: on the call's end or the stream's, whichever first
+            if released.acquire(blocking=False):
+                self._watch_slots.release()
+
         active = threading.Event()
         active.set()
         context.add_callback(active.clear)
-        user = self._user(context)
-        _call(context, lambda: self._c.get(request.search_id, user=user))
-        yield from self._c.watch(request.search_id, active=active, user=user)
+        context.add_callback(release)
+        try:
+            user = self._user(context)
+            _call(context, lambda: self._c.get(request.search_id, user=user))
+            yield from self._c.watch(request.search_id, active=active, user=user)
+        finally:
+            release()
 
     def ListTrials(
         self, request: controller_pb2.ListTrialsRequest, context: grpc.ServicerContext
@@ -160,9 +185,14 @@ def make_server(
     tls: ServerTLS | None = None,
     health_port: int | None = None,
     users: Users | None = None,
+    max_workers: int = 256,
 ) -> RunningServer:
-    """Serve ``controller``; with ``users``, every Controller call needs one's token."""
-    servicer = ControllerServicer(controller, users)
+    """Serve ``controller``; with ``users``, every Controller call needs one's token.
+
+    ``max_workers``: the server's threads; watches may take all but 32 of them."""
+    if max_workers < 64:
+        raise ValueError(f"max_workers: must be >= 64, got {max_workers}")
+    servicer = ControllerServicer(controller, users, max_watches=max_workers - 32)
     running = build_server(
         service_names=[SERVICE_NAME],
         add_servicers=lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(servicer, s),
@@ -172,6 +202,7 @@ def make_server(
         tls=tls,
         health_port=health_port,
         interceptors=[] if users is None else [TokenAuthInterceptor(users, [SERVICE_NAME])],
+        max_workers=max_workers,
     )
     running.on_stop.append(controller.shutdown)
     return running

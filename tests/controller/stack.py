@@ -40,6 +40,7 @@ def controller_stack(
     latency: str | None = None,
     pki: Pki | None = None,
     users: Users | None = None,
+    max_workers: int = 256,
 ) -> Iterator[Stack]:
     """``latency``: the address of a latency service to use instead of a new one; ``pki``:
     every server asks for mutual TLS with its certificates, and the controller calls the
@@ -71,6 +72,7 @@ def controller_stack(
         registry=CollectorRegistry(),
         tls=tls,
         users=users,
+        max_workers=max_workers,
     )
     try:
         yield Stack(controller.address, store, latency_registry, core)

@@ -9,7 +9,7 @@ latency service's oracle one that blocks until the test lets it go.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import grpc
@@ -142,3 +142,55 @@ def test_a_workers_internal_error_is_retried_and_bad_input_is_not(
         trial = next(iter(search.trials()))  # a failed trial is replaced by another
     assert trial.state == state, trial.error
     assert trial.attempts == attempts
+
+
+def test_watchers_past_the_cap_are_refused_and_other_calls_still_answer(
+    tmp_path: Path, oracle: BlockedOracle, latency: RunningServer
+) -> None:
+    """64 server threads: 32 watches at most, the rest kept for the other calls."""
+    with (
+        controller_stack(tmp_path, FakeTrainer(), latency=latency.address, max_workers=64) as stack,
+        Client(stack.address) as client,
+        channel(stack.address) as ch,
+    ):
+        search = client.submit(parse_spec(SPEC))  # stays running: its measurement blocks
+        stub = controller_pb2_grpc.ControllerStub(ch)
+        request = controller_pb2.WatchSearchRequest(search_id=search.id)
+        watches = [stub.WatchSearch(request, timeout=60) for _ in range(32)]
+        for watch in watches:
+            assert _first(watch).kind == controller_pb2.EVENT_KIND_SNAPSHOT  # each is open
+        refused = stub.WatchSearch(request, timeout=60)
+        with pytest.raises(grpc.RpcError) as caught:
+            _first(refused)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "too many watchers" in str(caught.value.details())
+        assert search.refresh().state == common_pb2.SEARCH_STATE_RUNNING  # GetSearch answers
+        watches.pop().cancel()  # type: ignore[no-untyped-call]  # a watcher leaves
+        admitted = _retry_until_admitted(stub, request)
+        assert admitted.kind == controller_pb2.EVENT_KIND_SNAPSHOT
+        for watch in watches:
+            watch.cancel()  # type: ignore[no-untyped-call]
+        search.cancel()
+
+
+def _retry_until_admitted(
+    stub: controller_pb2_grpc.ControllerStub, request: controller_pb2.WatchSearchRequest
+) -> controller_pb2.WatchSearchResponse:
+    """The first event of a watch, asked again while the server has not yet seen the
+    cancelled one end (its slot comes back when the server's callback runs)."""
+    for _ in range(100):
+        try:
+            return _first(stub.WatchSearch(request, timeout=60))
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+        threading.Event().wait(0.1)  # pacing the retries of a refused call
+    raise AssertionError("a freed watch slot never came back")
+
+
+def _first(
+    events: Iterable[controller_pb2.WatchSearchResponse],
+) -> controller_pb2.WatchSearchResponse:
+    for event in events:
+        return event
+    raise AssertionError("the watch ended without an event")
