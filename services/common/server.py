@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -65,19 +66,31 @@ class RunningServer:
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     health_server: grpc.Server | None = None
     health_port: int | None = None
+    _deadline: float | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def stop(self, grace: float | None = 5.0) -> None:
-        """Report NOT_SERVING, finish in-flight calls within ``grace`` seconds, stop."""
+        """Stop accepting first, then drain, all within ``grace`` seconds: report
+        NOT_SERVING and refuse new calls at once (UNAVAILABLE), run the ``on_stop``
+        callbacks (which finish or hand back the service's own work, within
+        :meth:`seconds_left`), and cancel the calls still in flight at the deadline."""
+        self._deadline = time.monotonic() + (grace or 0.0)
         self.health.enter_graceful_shutdown()
+        stopped = self.server.stop(grace)
         for callback in self.on_stop:
             callback()
-        self.server.stop(grace).wait()
+        stopped.wait()
         if self.health_server is not None:
             self.health_server.stop(0).wait()
+
+    def seconds_left(self) -> float:
+        """Of the stop's grace (0 before :meth:`stop` and once it is spent)."""
+        if self._deadline is None:
+            return 0.0
+        return max(0.0, self._deadline - time.monotonic())
 
 
 def build_server(

@@ -204,5 +204,6 @@ def make_server(
         interceptors=[] if users is None else [TokenAuthInterceptor(users, [SERVICE_NAME])],
         max_workers=max_workers,
     )
-    running.on_stop.append(controller.shutdown)
+    # The searches' own work stops within what is left of the server's grace.
+    running.on_stop.append(lambda: controller.shutdown(running.seconds_left()))
     return running
