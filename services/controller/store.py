@@ -17,7 +17,8 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Collection, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -49,7 +50,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateSchema
 from sqlalchemy.sql.base import Executable
@@ -278,7 +279,14 @@ class Store:
     created when missing; `schema` puts them in that PostgreSQL schema (created too).
     """
 
-    def __init__(self, url: str | URL, *, schema: str | None = None, echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        schema: str | None = None,
+        echo: bool = False,
+        retry_seconds: float = 120.0,
+    ) -> None:
         parsed = _normalize_url(url)
         backend = parsed.get_backend_name()
         if backend not in ("sqlite", "postgresql"):
@@ -286,6 +294,7 @@ class Store:
         if schema is not None and backend != "postgresql":
             raise ValueError("a schema is only supported with PostgreSQL")
         self._backend = backend
+        self.retry_seconds = retry_seconds
         tables = _tables(schema)
         self._metadata = tables.metadata
         self._searches, self._trials = tables.searches, tables.trials
@@ -381,6 +390,28 @@ class Store:
             with conn.begin():
                 yield conn
 
+    def _transact(self, what: str, body: Callable[[Connection], None]) -> None:
+        """Run ``body`` in a write transaction; when the database cannot take it for now
+        (``OperationalError``: PostgreSQL restarting or the connection lost, SQLite's disk
+        full or busy), roll it back and run it again, backing off, for up to
+        ``retry_seconds`` in all, then raise. A write is never half done: each attempt
+        commits all of ``body`` or nothing."""
+        deadline = time.monotonic() + self.retry_seconds
+        pause = 0.1
+        while True:
+            try:
+                with self._write() as conn:
+                    body(conn)
+                return
+            except OperationalError as err:
+                if time.monotonic() + pause > deadline:
+                    raise
+                _logger.warning(
+                    "store: %s failed, again in %.1f s: %s", what, pause, _first_line(err)
+                )
+                time.sleep(pause)  # backing off while the database recovers
+                pause = min(pause * 2, 5.0)
+
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
         """A connection in a read transaction (one snapshot for all its queries)."""
@@ -410,8 +441,7 @@ class Store:
 
     def save_search(self, search: Search) -> None:
         """Update an existing search; NotFoundError if there is none with its id."""
-        with self._write() as conn:
-            self._update_search(conn, search)
+        self._transact("saving a search", lambda conn: self._update_search(conn, search))
 
     def get_search(self, search_id: str) -> Search | None:
         """The search with that id, or None."""
@@ -434,8 +464,7 @@ class Store:
 
     def save_trial(self, trial: Trial) -> None:
         """Insert or update a trial by (search id, number); NotFoundError without the search."""
-        with self._write() as conn:
-            self._upsert_trials(conn, [trial])
+        self._transact("saving a trial", lambda conn: self._upsert_trials(conn, [trial]))
 
     def get_trial(self, search_id: str, number: int) -> Trial | None:
         """The trial with that number in that search, or None."""
@@ -514,7 +543,8 @@ class Store:
         and checkpoint the search's strategy (``strategy_state``), all or nothing."""
         if (weights or drop_weights or strategy_state is not None) and search is None:
             raise ValueError("weights, strategy_state: saving them needs the search")
-        with self._write() as conn:
+
+        def body(conn: Connection) -> None:
             if search is not None:
                 self._update_search(conn, search)
             if search is not None and strategy_state is not None:
@@ -559,6 +589,8 @@ class Store:
                         set_=values,
                     )
                 )
+
+        self._transact("saving a search's progress", body)
 
     def find_measurement(self, key: str) -> LatencyStats | None:
         """The latency recorded under ``key`` (:func:`measurement_key`), or None."""
@@ -683,3 +715,9 @@ class Store:
         if states is not None:
             conditions.append(columns.state.in_([int(state) for state in states]))
         return conditions
+
+
+def _first_line(err: BaseException) -> str:
+    """The database's own message, first line (SQLAlchemy appends the SQL and a link)."""
+    origin = getattr(err, "orig", None) or err
+    return str(origin).strip().splitlines()[0] if str(origin).strip() else type(err).__name__
