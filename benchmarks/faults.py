@@ -12,7 +12,12 @@ LiteRT), injects its fault while trials are in flight, and waits for the search 
 - ``latency-restarted``: the latency service is SIGKILLed while trials run and started
   again on the same port;
 - ``worker-network-hang``: trainer 1 is reached through a TCP proxy that stops
-  forwarding (no reset, no data: ``benchmarks.tcp_proxy``) while it trains a trial.
+  forwarding (no reset, no data: ``benchmarks.tcp_proxy``) while it trains a trial;
+- ``store-disk-full``: the SQLite store lives on a 64 MiB tmpfs, which is filled to the
+  last byte for 10 s while trials run (needs the right to mount; skipped without it);
+- ``postgres-restarted``: the store is a PostgreSQL cluster the scenario makes itself
+  (``initdb``, ``pg_ctl`` on a temporary directory and port), restarted (``pg_ctl restart
+  -m fast``) while trials run (skipped without PostgreSQL's server binaries).
 
 Per scenario: ``succeeded`` (the search ended SUCCEEDED), ``trials_lost`` (trials that
 ended FAILED, plus the budget's trials never completed when the search did not succeed),
@@ -23,26 +28,29 @@ completes) and ``seconds`` (the whole search).
     python -m benchmarks.faults [--scenario NAME ...]
 
 Last line: one JSON object, ``{"scenarios": {NAME: {...}}, ...}``. Not covered yet (see
-the project's issue on faults): a phone dropping off its adb server mid-measurement,
-PostgreSQL restarted under load, the store's disk refusing writes.
+the project's issue on faults): a phone dropping off its adb server mid-measurement.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.tcp_proxy import TcpProxy
 from mnas.client import Client, ControllerUnavailable
-from mnas.local import SERVICE_NAMES, Process, start_service, wait_serving
+from mnas.local import SERVICE_NAMES, Process, free_port, start_service, wait_serving
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2
 
@@ -71,12 +79,16 @@ class Stack:
     workdir: Path
     processes: dict[str, Process] = field(default_factory=dict)
     proxy: TcpProxy | None = None
+    store_dir: Path | None = None
+    restart_store: Callable[[], None] | None = None
 
     @property
     def controller(self) -> str:
         return self.processes["controller"].address
 
-    def start(self, *, proxied: bool = False) -> Stack:
+    def start(
+        self, *, proxied: bool = False, store_dir: Path | None = None, store_url: str = ""
+    ) -> Stack:
         for kind, name, args in (
             ("reward", "reward", []),
             ("latency", "latency", []),
@@ -90,8 +102,9 @@ class Stack:
         if proxied:
             self.proxy = TcpProxy(trainer_1).start()
             trainer_1 = self.proxy.address
+        self.store_dir = store_dir or self.workdir
         args = [
-            *("--store", str(self.workdir / "mnas.db")),
+            *("--store", store_url or str(self.store_dir / "mnas.db")),
             *("--reward", self.processes["reward"].address),
             *("--latency", self.processes["latency"].address),
             *("--trainer", self.processes["trainer-0"].address),
@@ -165,6 +178,83 @@ class Scenario:
     # Whether to inject the fault now: the stack and the search as it stands.
     ready: Callable[[Stack, common_pb2.Search], bool]
     inject: Callable[[Stack], None]
+    small_disk: bool = False  # the store on a tmpfs of its own
+    postgres: bool = False  # the store in a PostgreSQL cluster of its own
+
+
+class CannotRun(Exception):
+    """The scenario needs what this machine does not give (a mount)."""
+
+
+@contextlib.contextmanager
+def small_disk(workdir: Path, size: str = "64m") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted for the scenario (``CannotRun`` without the right)."""
+    mount = workdir / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise CannotRun(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[tuple[str, Callable[[], None]]]:
+    """A PostgreSQL cluster of the scenario's own (trust auth, loopback, a free port):
+    its URL and a function that restarts it. As root, the server runs as the user
+    ``postgres`` (PostgreSQL refuses to run as root)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if not found:
+        raise CannotRun("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    bin_dir = found[-1].parent
+    data = Path(tempfile.mkdtemp(prefix="mnas-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
+
+    def pg(*args: str) -> None:
+        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)
+
+    pg(str(bin_dir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres")
+    ctl = [str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w"]
+    pg(*ctl, "-o", options, "start")
+    try:
+        yield (
+            f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres",
+            lambda: pg(*ctl, "-m", "fast", "-o", options, "restart"),
+        )
+    finally:
+        subprocess.run([*as_user, *ctl, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _restart_store(stack: Stack) -> None:
+    assert stack.restart_store is not None
+    stack.restart_store()
+
+
+FULL_DISK_SECONDS = 10.0
+
+
+def _fill_disk_for_a_while(stack: Stack) -> None:
+    """The store's disk full to the last byte for FULL_DISK_SECONDS, then room again."""
+    assert stack.store_dir is not None
+    filler = stack.store_dir / "filler"
+    with open(filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
+        while True:
+            out.write(bytes(1 << 16))
+    time.sleep(FULL_DISK_SECONDS)  # the fault lasts this long: it is the scenario
+    filler.unlink()
 
 
 def _trainer_1_busy(stack: Stack, info: common_pb2.Search) -> bool:
@@ -189,12 +279,27 @@ SCENARIOS: dict[str, Scenario] = {
     "controller-killed": Scenario("ppo", False, _learned, lambda s: s.restart("controller")),
     "latency-restarted": Scenario("random", False, _running, lambda s: s.restart("latency")),
     "worker-network-hang": Scenario("random", True, _trainer_1_busy, _hang),
+    "store-disk-full": Scenario("random", False, _running, _fill_disk_for_a_while, small_disk=True),
+    "postgres-restarted": Scenario("random", False, _running, _restart_store, postgres=True),
 }
 
 
 def run_scenario(name: str, workdir: Path) -> dict[str, object]:
+    """The scenario's figures; ``CannotRun`` when this machine cannot stage it."""
     scenario = SCENARIOS[name]
-    stack = Stack(workdir).start(proxied=scenario.proxied)
+    with contextlib.ExitStack() as resources:
+        stack = Stack(workdir)
+        store_dir, store_url = None, ""
+        if scenario.small_disk:
+            store_dir = resources.enter_context(small_disk(workdir))
+        if scenario.postgres:
+            store_url, stack.restart_store = resources.enter_context(postgres_cluster())
+        stack.start(proxied=scenario.proxied, store_dir=store_dir, store_url=store_url)
+        return _run(name, stack)
+
+
+def _run(name: str, stack: Stack) -> dict[str, object]:
+    scenario = SCENARIOS[name]
     try:
         spec = parse_spec(SPEC % {"strategy": scenario.strategy, "trials": TRIALS})
         started = time.monotonic()
@@ -254,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, object]] = {}
     for name in names:
         workdir = Path(tempfile.mkdtemp(prefix=f"mnas-faults-{name}-"))
-        results[name] = run_scenario(name, workdir)
+        try:
+            results[name] = run_scenario(name, workdir)
+        except CannotRun as err:
+            print(json.dumps({"scenario": name, "skipped": str(err)}), file=sys.stderr)
+            continue
         print(json.dumps({"scenario": name, **results[name]}), file=sys.stderr, flush=True)
     print(
         json.dumps(

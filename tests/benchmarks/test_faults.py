@@ -7,14 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.faults import SCENARIOS, run_scenario
+from benchmarks.faults import SCENARIOS, CannotRun, run_scenario
 
 pytestmark = pytest.mark.slow  # each trains a small real search: about a minute
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_a_fault_loses_and_duplicates_no_trial(name: str, tmp_path: Path) -> None:
-    result = run_scenario(name, tmp_path)
+    try:
+        result = run_scenario(name, tmp_path)
+    except CannotRun as err:
+        pytest.skip(str(err))
     assert result["succeeded"] is True, result
     assert result["trials_lost"] == 0, result
     assert result["trials_duplicated"] == 0, result
