@@ -2,34 +2,38 @@
 
 Run as ``python benchmarks/proxy_fidelity.py [--spec examples/quickstart.yaml] [--archs 12]``.
 Samples architectures from the spec's search space (``space.sample(random.Random(k))`` for
-k = 0, 1, ...) and trains each with :func:`services.trainer.training.train` three times:
+k = 0, 1, ...) and trains each with :func:`services.trainer.training.train`:
 
 - the proxy, the spec's ``training`` recipe exactly as a search's trainers receive it
   (resolved with the controller's defaults), under two seeds;
-- a long training: the same recipe on ``--long-examples-factor`` times the training
-  images for ``--long-epochs-factor`` times the epochs (4 x 2 = 8 times the images seen
-  by default), under the first seed.
+- long trainings, under the first seed: the same recipe on more training images for more
+  epochs, by default two mixes that each see 8 times the proxy's images (``--long 4x2``:
+  4 times the images for 2 times the epochs; ``--long 2x4``).
 
 The held-out split depends only on the seed and ``validation_examples``, so the long
-training and the proxy under the first seed are evaluated on the same held-out images,
-and the proxy's training images are a subset of the long training's. Two figures come
-out, both Kendall's tau-b between rankings of held-out accuracy: ``kendall_tau``, the
-proxy under one seed against the proxy under the other (what a search can expect from a
-repetition), and ``kendall_tau_vs_long``, the proxy against the long training (how far
-the proxy's ranking is the ranking of better-trained networks, as NAS papers report it).
-``kendall_tau_seed_mean_vs_long`` ranks by the mean of the two seeds' accuracies instead:
-what a proxy of twice the cost, averaging out its seed noise, would give.
+trainings and the proxy under the first seed are evaluated on the same held-out images,
+and the proxy's training images are a subset of the long trainings'. The figures are
+Kendall's tau-b between rankings of held-out accuracy: ``kendall_tau``, the proxy under
+one seed against the proxy under the other (what a search can expect from a repetition),
+and ``kendall_tau_vs_long``, the proxy against the long ranking (how far the proxy's
+ranking is the ranking of better-trained networks, as NAS papers report it). The long
+ranking is by the mean accuracy of the long trainings: one long training is itself noisy,
+and ``kendall_tau_long_vs_long`` (the long trainings against each other) says how much,
+a ceiling for any proxy; ``kendall_tau_vs_each_long`` gives the proxy against each alone.
+``kendall_tau_seed_mean_vs_long`` ranks by the mean of the proxy's two seeds instead: what
+a proxy of twice the cost, averaging out its seed noise, would give.
 
 Ties (pairs of equal accuracies, which have no order) are counted in ``ties``. Each
-architecture's three results are logged to stderr, with the taus so far, as soon as they
-are in; an interrupt (Ctrl-C) prints the JSON of the architectures done so far. The last
+architecture's results are logged to stderr, with the taus so far, as soon as they are
+in; an interrupt (Ctrl-C) prints the JSON of the architectures done so far. The last
 line of stdout is one JSON object.
 
-Cost: a long training costs about 8 proxies, so a run costs about ``archs`` x 10 proxy
-trainings, nearly all of it proportional to the images seen. Networks train one at a
-time with ``--threads`` (default: every core, as the local trainer runs a search's): two
-at once with one thread each was slower in a comparison on a shared 2-core machine (636 s
-against 523 s for the same 3 architectures), so there is no option for it.
+Cost: each long training costs about 8 proxies, so a run with the two default long
+trainings costs about ``archs`` x 18 proxy trainings, nearly all of it proportional to
+the images seen. Networks train one at a time with ``--threads`` (default: every core, as
+the local trainer runs a search's): two at once with one thread each was slower in a
+comparison on a shared 2-core machine (636 s against 523 s for the same 3
+architectures), so there is no option for it.
 """
 
 from __future__ import annotations
@@ -170,6 +174,17 @@ def _override(spec: common_pb2.SearchSpec, args: argparse.Namespace) -> None:
         spec.space.resolution = args.resolution
 
 
+DEFAULT_LONGS = ("4x2", "2x4")
+
+
+def _factors(text: str) -> dict[str, int]:
+    """``"4x2"`` -> examples_factor 4, epochs_factor 2."""
+    images, sep, epochs = text.partition("x")
+    if not (sep and images.isdigit() and epochs.isdigit()):
+        raise ValueError(f"--long: expected IMAGESxEPOCHS such as 4x2, got {text!r}")
+    return {"examples_factor": int(images), "epochs_factor": int(epochs)}
+
+
 def long_config(
     proxy: TrainingConfig, *, examples_factor: int, epochs_factor: int, available: int
 ) -> TrainingConfig:
@@ -223,12 +238,19 @@ def _settings(config: TrainingConfig) -> dict[str, object]:
 
 
 class _Results:
-    """The architectures' accuracies and seconds as they come in; the JSON summary."""
+    """The architectures' accuracies and seconds as they come in; the JSON summary.
 
-    def __init__(self, archs: Sequence[Architecture], seeds: Sequence[int]) -> None:
+    ``longs``: the names of the long trainings ("long-4x2", ...); the long ranking is by
+    the mean of their accuracies (``"long"``).
+    """
+
+    def __init__(
+        self, archs: Sequence[Architecture], seeds: Sequence[int], longs: Sequence[str] = (LONG,)
+    ) -> None:
         self.archs = archs
         self.first, self.second = (f"seed{seed}" for seed in seeds)
-        self.kinds = (self.first, self.second, LONG)
+        self.longs = tuple(longs)
+        self.kinds = (self.first, self.second, *self.longs)
         self.outcomes: dict[int, dict[str, TrainOutcome]] = {k: {} for k in range(len(archs))}
 
     def add(self, task: _Task, outcome: TrainOutcome) -> bool:
@@ -241,11 +263,17 @@ class _Results:
         return [k for k, done in self.outcomes.items() if len(done) == len(self.kinds)]
 
     def accuracies(self, kind: str) -> list[float]:
+        """Per complete architecture: ``kind``'s accuracy; for "long" the longs' mean."""
+        if kind == LONG and LONG not in self.kinds:
+            return [
+                statistics.fmean(self.outcomes[k][name].accuracy for name in self.longs)
+                for k in self.complete()
+            ]
         return [self.outcomes[k][kind].accuracy for k in self.complete()]
 
-    def taus(self) -> dict[str, float | None]:
-        first, second, long = (self.accuracies(kind) for kind in self.kinds)
-        return {
+    def taus(self) -> dict[str, object]:
+        first, second, long = (self.accuracies(kind) for kind in (self.first, self.second, LONG))
+        out: dict[str, object] = {
             "kendall_tau": _rounded(kendall_tau_b(first, second)),
             "kendall_tau_vs_long": _rounded(kendall_tau_b(first, long)),
             "kendall_tau_vs_long_second_seed": _rounded(kendall_tau_b(second, long)),
@@ -255,11 +283,24 @@ class _Results:
                 kendall_tau_b([(a + b) / 2 for a, b in zip(first, second, strict=True)], long)
             ),
         }
+        if len(self.longs) > 1:
+            # Against each long training alone, and how far the long trainings agree
+            # with each other: the long ranking's own noise, a ceiling for the proxy's.
+            out["kendall_tau_vs_each_long"] = {
+                name: _rounded(kendall_tau_b(first, self.accuracies(name))) for name in self.longs
+            }
+            out["kendall_tau_long_vs_long"] = _rounded(
+                kendall_tau_b(self.accuracies(self.longs[0]), self.accuracies(self.longs[1]))
+            )
+        return out
 
     def row(self, k: int) -> dict[str, object]:
         row: dict[str, object] = {"sample": k, "arch": self.archs[k].id}
         for kind in self.kinds:
             row[f"accuracy_{kind}"] = round(self.outcomes[k][kind].accuracy, 4)
+        if LONG not in self.kinds:
+            mean = statistics.fmean(self.outcomes[k][name].accuracy for name in self.longs)
+            row[f"accuracy_{LONG}"] = round(mean, 4)
         for kind in self.kinds:
             row[f"seconds_{kind}"] = round(self.outcomes[k][kind].seconds, 1)
         return row
@@ -267,11 +308,12 @@ class _Results:
     def summary(self) -> dict[str, object]:
         """The taus (None below 2 architectures), ties, accuracies, means and seconds."""
         done = self.complete()
-        first, second, long = (self.accuracies(kind) for kind in self.kinds)
+        first, second, long = (self.accuracies(kind) for kind in (self.first, self.second, LONG))
         out: dict[str, object] = dict(self.taus()) if len(done) >= 2 else {}
         out["archs"] = len(done)
+        ranked = dict.fromkeys((*self.kinds, LONG))
         out["ties"] = {"pairs": len(done) * (len(done) - 1) // 2} | {
-            kind: tied_pairs(self.accuracies(kind)) for kind in self.kinds
+            kind: tied_pairs(self.accuracies(kind)) for kind in ranked
         }
         out["accuracies"] = [self.row(k) for k in done]
         if not done:
@@ -284,16 +326,16 @@ class _Results:
         seconds = {kind: [self.outcomes[k][kind].seconds for k in done] for kind in self.kinds}
         out["seconds_per_network"] = {
             "proxy": round(statistics.fmean(seconds[self.first] + seconds[self.second]), 1),
-            "long": round(statistics.fmean(seconds[LONG]), 1),
+            "long": round(statistics.fmean(s for name in self.longs for s in seconds[name]), 1),
         }
         seen = {
             kind: statistics.fmean(self.outcomes[k][kind].samples_seen for k in done)
-            for kind in (self.first, LONG)
+            for kind in (self.first, self.longs[0])
         }
         out["images_seen"] = {
             "proxy": round(seen[self.first]),
-            "long": round(seen[LONG]),
-            "factor": round(seen[LONG] / seen[self.first], 2),
+            "long": round(seen[self.longs[0]]),
+            "factor": round(seen[self.longs[0]] / seen[self.first], 2),
         }
         return out
 
@@ -303,20 +345,26 @@ def _rounded(value: float) -> float | None:
 
 
 def run(
-    proxy: Proxy, *, archs: int, seeds: Sequence[int], long: TrainingConfig, threads: int
+    proxy: Proxy,
+    *,
+    archs: int,
+    seeds: Sequence[int],
+    longs: dict[str, TrainingConfig],
+    threads: int,
 ) -> tuple[dict[str, object], bool]:
-    """Train the ``archs`` samples under the proxy (both seeds) and the long recipe, one
+    """Train the ``archs`` samples under the proxy (both seeds) and each long recipe, one
     architecture after the other; the summary and whether every training finished (False
     after an interrupt: the summary covers the architectures done)."""
     samples = [proxy.space.sample(random.Random(k)) for k in range(archs)]
-    results = _Results(samples, seeds)
+    results = _Results(samples, seeds, list(longs))
     tasks = []
     for k, arch in enumerate(samples):
         for seed in seeds:
             tasks.append(
                 _Task(k, arch, f"seed{seed}", dataclasses.replace(proxy.config, seed=seed))
             )
-        tasks.append(_Task(k, arch, LONG, dataclasses.replace(long, seed=seeds[0])))
+        for name, long in longs.items():
+            tasks.append(_Task(k, arch, name, dataclasses.replace(long, seed=seeds[0])))
     try:
         for task in tasks:
             outcome = train(
@@ -374,16 +422,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the proxy's two seeds (default: the spec's and the next)",
     )
     parser.add_argument(
-        "--long-examples-factor",
-        type=int,
-        default=4,
-        help="the long training's training images, times the proxy's",
-    )
-    parser.add_argument(
-        "--long-epochs-factor",
-        type=int,
-        default=2,
-        help="the long training's epochs (or steps), times the proxy's",
+        "--long",
+        action="append",
+        default=None,
+        metavar="IMAGESxEPOCHS",
+        help="a long training: the proxy's training images times IMAGES, for its epochs "
+        "(or steps) times EPOCHS; repeatable, the long ranking is by their mean accuracy "
+        "(default: 4x2 and 2x4, each 8 times the images the proxy sees)",
     )
     overrides = parser.add_argument_group("proxy", "override the spec's training and space")
     overrides.add_argument("--steps", type=int)
@@ -410,18 +455,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds: give two different seeds")
     try:
         proxy = load_proxy(args.spec, args)
-        long = long_config(
-            proxy.config,
-            examples_factor=args.long_examples_factor,
-            epochs_factor=args.long_epochs_factor,
-            available=proxy.available,
-        )
+        longs = {
+            f"long-{text}": long_config(proxy.config, **_factors(text), available=proxy.available)
+            for text in args.long or DEFAULT_LONGS
+        }
     except ValueError as err:
         parser.error(str(err))
     seeds = args.seeds if args.seeds is not None else [proxy.config.seed, proxy.config.seed + 1]
     threads = args.threads or usable_cores()
     started, cpu_started = time.perf_counter(), time.process_time()
-    summary, complete = run(proxy, archs=args.archs, seeds=seeds, long=long, threads=threads)
+    summary, complete = run(proxy, archs=args.archs, seeds=seeds, longs=longs, threads=threads)
     build = proxy.build
     print(
         json.dumps(
@@ -437,7 +480,9 @@ def main(argv: list[str] | None = None) -> int:
                     "num_classes": build.num_classes,
                 },
                 "proxy": _settings(proxy.config),
-                "long": _settings(long) | {"seed": seeds[0]},
+                "long": {
+                    name: _settings(long) | {"seed": seeds[0]} for name, long in longs.items()
+                },
                 "threads": threads,
                 "seconds": round(time.perf_counter() - started, 1),
                 "cpu_seconds": round(time.process_time() - cpu_started, 1),

@@ -150,27 +150,40 @@ def test_a_tiny_run_prints_both_taus_and_the_settings(capsys: pytest.CaptureFixt
     result = _last_json(capsys.readouterr().out)
     assert result["complete"] is True
     assert result["archs"] == 3
-    for name in (
-        "kendall_tau",
-        "kendall_tau_vs_long",
-        "kendall_tau_vs_long_second_seed",
-        "kendall_tau_seed_mean_vs_long",
-    ):
-        tau = result[name]
-        assert tau is None or -1.0 <= tau <= 1.0, name
+    taus = [
+        result[name]
+        for name in (
+            "kendall_tau",
+            "kendall_tau_vs_long",
+            "kendall_tau_vs_long_second_seed",
+            "kendall_tau_seed_mean_vs_long",
+            "kendall_tau_long_vs_long",
+        )
+    ]
+    taus += list(result["kendall_tau_vs_each_long"].values())
+    assert len(taus) == 7
+    for tau in taus:
+        assert tau is None or -1.0 <= tau <= 1.0
     assert result["ties"]["pairs"] == 3
     rows, seeds = result["accuracies"], result["seeds"]
     assert len(rows) == 3
     assert len(seeds) == 2 and seeds[0] != seeds[1]
+    longs = ("long-4x2", "long-2x4")
     for row in rows:
-        for kind in (f"seed{seeds[0]}", f"seed{seeds[1]}", "long"):
+        for kind in (f"seed{seeds[0]}", f"seed{seeds[1]}", *longs):
             assert 0.0 <= row[f"accuracy_{kind}"] <= 1.0
             assert row[f"seconds_{kind}"] >= 0
+        assert row["accuracy_long"] == pytest.approx(
+            (row["accuracy_long-4x2"] + row["accuracy_long-2x4"]) / 2, abs=1e-4
+        )
     assert result["images_seen"] == {"proxy": 32, "long": 256, "factor": 8.0}
     long, proxy = result["long"], result["proxy"]
+    assert set(long) == set(longs)
     assert (proxy["train_examples"], proxy["steps"]) == (32, 2)
-    assert (long["train_examples"], long["steps"], long["seed"]) == (128, 16, seeds[0])
-    assert long["validation_examples"] == proxy["validation_examples"] == 64
+    assert (long["long-4x2"]["train_examples"], long["long-4x2"]["steps"]) == (128, 16)
+    assert (long["long-2x4"]["train_examples"], long["long-2x4"]["steps"]) == (64, 16)
+    assert long["long-4x2"]["seed"] == seeds[0]
+    assert long["long-4x2"]["validation_examples"] == proxy["validation_examples"] == 64
     assert set(result["seconds_per_network"]) == {"proxy", "long"}
     assert result["seconds"] >= 0 and result["cpu_seconds"] >= 0
 
@@ -181,7 +194,7 @@ def test_an_interrupt_prints_the_architectures_done(
     calls: list[TrainingConfig] = []
 
     def fake_train(arch: object, *, config: TrainingConfig, **_: object) -> TrainOutcome:
-        if len(calls) == 7:  # 3 trainings an architecture: the third's second
+        if len(calls) == 9:  # 4 trainings an architecture: the third's second
             raise KeyboardInterrupt
         calls.append(config)
         accuracy = 0.5 + 0.01 * len(calls) + (0.1 if config.train_examples > 32 else 0.0)
@@ -193,9 +206,16 @@ def test_an_interrupt_prints_the_architectures_done(
     result = _last_json(capsys.readouterr().out)
     assert result["complete"] is False
     assert result["archs"] == 2
-    assert [c.seed for c in calls] == [4, 9, 4] * 2 + [4]
+    assert [c.seed for c in calls] == [4, 9, 4, 4] * 2 + [4]
     assert result["kendall_tau"] == result["kendall_tau_vs_long"] == 1.0
-    assert result["ties"] == {"pairs": 1, "seed4": 0, "seed9": 0, "long": 0}
+    assert result["ties"] == {
+        "pairs": 1,
+        "seed4": 0,
+        "seed9": 0,
+        "long-4x2": 0,
+        "long-2x4": 0,
+        "long": 0,
+    }
 
 
 def test_the_mean_of_the_seeds_ranks_apart_from_either_seed() -> None:
@@ -214,3 +234,26 @@ def test_the_mean_of_the_seeds_ranks_apart_from_either_seed() -> None:
     assert taus["kendall_tau_vs_long"] == 0.3333  # rounded to 4 places
     assert taus["kendall_tau_vs_long_second_seed"] == 0.3333
     assert taus["kendall_tau_seed_mean_vs_long"] == 1.0  # means 0.65, 0.67, 0.72
+
+
+def test_the_long_ranking_is_the_mean_of_the_long_trainings() -> None:
+    """Two long trainings that disagree on one pair: the proxy is compared with their
+    mean, against each alone, and the longs' agreement is reported as the ceiling."""
+    longs = ["long-4x2", "long-2x4"]
+    results = proxy_fidelity._Results([None] * 3, [0, 1], longs)  # type: ignore[list-item]
+    accuracies: dict[str, list[float]] = {
+        "seed0": [0.60, 0.70, 0.80],
+        "seed1": [0.60, 0.70, 0.80],
+        "long-4x2": [0.80, 0.86, 0.90],
+        "long-2x4": [0.84, 0.82, 0.90],
+    }
+    for kind, values in accuracies.items():
+        for k, accuracy in enumerate(values):
+            task = proxy_fidelity._Task(k, None, kind, TrainingConfig())  # type: ignore[arg-type]
+            results.add(task, TrainOutcome(accuracy=accuracy, loss=1, seconds=1, samples_seen=1))
+    taus = results.taus()
+    assert taus["kendall_tau_vs_long"] == 1.0  # means 0.82, 0.84, 0.90
+    assert taus["kendall_tau_vs_each_long"] == {"long-4x2": 1.0, "long-2x4": 0.3333}
+    assert taus["kendall_tau_long_vs_long"] == 0.3333
+    with pytest.raises(ValueError, match="expected IMAGESxEPOCHS"):
+        proxy_fidelity._factors("4by2")
