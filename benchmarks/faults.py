@@ -22,8 +22,9 @@ LiteRT), injects its fault while trials are in flight, and waits for the search 
 Per scenario: ``succeeded`` (the search ended SUCCEEDED), ``trials_lost`` (trials that
 ended FAILED, plus the budget's trials never completed when the search did not succeed),
 ``trials_duplicated`` (completed trial records beyond the budget, or a trial number
-recorded complete twice), ``recovery_seconds`` (from the fault to the next trial that
-completes) and ``seconds`` (the whole search).
+recorded complete twice), ``recovery_seconds`` (from the fault until every trial that was
+in flight when it struck has ended: completed again elsewhere or after the restart) and
+``seconds`` (the whole search).
 
     python -m benchmarks.faults [--scenario NAME ...]
 
@@ -165,6 +166,39 @@ def _wait(
             return info
         time.sleep(POLL_SECONDS)  # polling another process's progress
     raise TimeoutError(f"search {search_id}: condition not met in {timeout:.0f} s")
+
+
+_TERMINAL = {
+    common_pb2.TRIAL_STATE_COMPLETED,
+    common_pb2.TRIAL_STATE_STOPPED,
+    common_pb2.TRIAL_STATE_FAILED,
+    common_pb2.TRIAL_STATE_CANCELLED,
+}
+
+
+def _trial_states(stack: Stack, search_id: str) -> dict[int, int] | None:
+    """Each trial's state by number; None while the controller cannot be reached."""
+    try:
+        with Client(stack.controller, timeout=10) as client:
+            return {t.number: t.state for t in client.search(search_id).trials()}
+    except ControllerUnavailable:
+        return None
+
+
+def _unfinished(stack: Stack, search_id: str) -> set[int]:
+    states = _trial_states(stack, search_id) or {}
+    return {number for number, state in states.items() if state not in _TERMINAL}
+
+
+def _wait_finished(stack: Stack, search_id: str, numbers: set[int]) -> float:
+    """When every trial of ``numbers`` had ended (``time.monotonic()``)."""
+    deadline = time.monotonic() + SEARCH_TIMEOUT
+    while time.monotonic() < deadline:
+        states = _trial_states(stack, search_id)
+        if states is not None and all(states.get(n) in _TERMINAL for n in numbers):
+            return time.monotonic()
+        time.sleep(POLL_SECONDS)  # polling another process's progress
+    raise TimeoutError(f"search {search_id}: trials {sorted(numbers)} never ended")
 
 
 def _ended(info: common_pb2.Search) -> bool:
@@ -313,16 +347,10 @@ def _run(name: str, stack: Stack) -> dict[str, object]:
         )
         if _ended(before):
             raise RuntimeError(f"{name}: the search ended before the fault could be injected")
-        completed_before = before.trials_completed
+        in_flight = _unfinished(stack, search_id)  # the trials the fault can hit
         fault_at = time.monotonic()
         scenario.inject(stack)
-        recovered = _wait(
-            stack,
-            search_id,
-            lambda info: _ended(info) or info.trials_completed > completed_before,
-            SEARCH_TIMEOUT,
-        )
-        recovery = time.monotonic() - fault_at
+        recovery = _wait_finished(stack, search_id, in_flight) - fault_at
         final = _wait(stack, search_id, _ended, SEARCH_TIMEOUT)
         seconds = time.monotonic() - started
         with Client(stack.controller) as client:
@@ -338,9 +366,8 @@ def _run(name: str, stack: Stack) -> dict[str, object]:
         "succeeded": succeeded,
         "trials_lost": lost,
         "trials_duplicated": duplicated,
-        "recovery_seconds": round(recovery, 1)
-        if recovered.trials_completed > completed_before
-        else None,
+        "recovery_seconds": round(recovery, 1),
+        "trials_in_flight_at_fault": len(in_flight),
         "seconds": round(seconds, 1),
         "error": final.error,
     }
