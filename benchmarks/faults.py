@@ -17,7 +17,10 @@ LiteRT), injects its fault while trials are in flight, and waits for the search 
   last byte for 10 s while trials run (needs the right to mount; skipped without it);
 - ``postgres-restarted``: the store is a PostgreSQL cluster the scenario makes itself
   (``initdb``, ``pg_ctl`` on a temporary directory and port), restarted (``pg_ctl restart
-  -m fast``) while trials run (skipped without PostgreSQL's server binaries).
+  -m fast``) while trials run (skipped without PostgreSQL's server binaries);
+- ``phone-dropped``: latency is measured on two phones behind an adb server (a loopback
+  peer that speaks adb's protocol: no phone is attached here), and one falls off the bus
+  in the middle of its measurement.
 
 Per scenario: ``succeeded`` (the search ended SUCCEEDED), ``trials_lost`` (trials that
 ended FAILED, plus the budget's trials never completed when the search did not succeed),
@@ -28,8 +31,7 @@ in flight when it struck has ended: completed again elsewhere or after the resta
 
     python -m benchmarks.faults [--scenario NAME ...]
 
-Last line: one JSON object, ``{"scenarios": {NAME: {...}}, ...}``. Not covered yet (see
-the project's issue on faults): a phone dropping off its adb server mid-measurement.
+Last line: one JSON object, ``{"scenarios": {NAME: {...}}, ...}``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -64,7 +67,7 @@ space: {preset: small-images, resolution: 28, width: 0.25}
 objective: {kind: soft, target_latency_seconds: 0.0002}
 budget: {max_trials: %(trials)d, parallel_trials: 2, max_attempts: 3}
 training: {train_examples: 512, validation_examples: 256, epochs: 1, batch_size: 64}
-latency: {warmup_runs: 1, runs: 3}
+latency: {warmup_runs: 1, runs: 3, device_class: %(device_class)s}
 reference: none
 """
 TRIALS = 8
@@ -82,17 +85,23 @@ class Stack:
     proxy: TcpProxy | None = None
     store_dir: Path | None = None
     restart_store: Callable[[], None] | None = None
+    phones: PhoneFarm | None = None
 
     @property
     def controller(self) -> str:
         return self.processes["controller"].address
 
     def start(
-        self, *, proxied: bool = False, store_dir: Path | None = None, store_url: str = ""
+        self,
+        *,
+        proxied: bool = False,
+        store_dir: Path | None = None,
+        store_url: str = "",
+        farm: Path | None = None,
     ) -> Stack:
         for kind, name, args in (
             ("reward", "reward", []),
-            ("latency", "latency", []),
+            ("latency", "latency", ["--phones", str(farm)] if farm is not None else []),
             ("trainer", "trainer-0", ["--threads", "1"]),
             ("trainer", "trainer-1", ["--threads", "1"]),
         ):
@@ -214,6 +223,7 @@ class Scenario:
     inject: Callable[[Stack], None]
     small_disk: bool = False  # the store on a tmpfs of its own
     postgres: bool = False  # the store in a PostgreSQL cluster of its own
+    phones: bool = False  # latency measured on two phones of a loopback adb server
 
 
 class CannotRun(Exception):
@@ -277,6 +287,76 @@ def _restart_store(stack: Stack) -> None:
     stack.restart_store()
 
 
+PHONE_CLASS = "pixel-1"
+
+
+class PhoneFarm:
+    """Two phones (PHONE-A, PHONE-B) on a loopback adb server that speaks adb's protocol
+    (``tests.latency.phones.adb_peer``: no phone is attached here), their farm file, and
+    a hold on PHONE-A's next measurement: ``measuring`` is set when it starts, and it
+    goes on only once ``release`` is set (or the phone is gone)."""
+
+    def __init__(self, workdir: Path) -> None:
+        from tests.latency.phones.adb_peer import AdbPeer
+
+        self.peer = AdbPeer(workdir / "adb-peer")
+        self.measuring = threading.Event()
+        self.release = threading.Event()
+        stub = Path(__file__).resolve().parents[1] / "tests/latency/phones/benchmark_model_stub.py"
+        binary = workdir / "benchmark_model"
+        binary.write_text(f"#!/bin/sh\nexec '{sys.executable}' '{stub}' \"$@\"\n")
+        binary.chmod(0o755)
+        self.farm = workdir / "farm.yaml"
+        self.farm.write_text(
+            json.dumps(
+                {
+                    "adb": {"host": "127.0.0.1", "port": 0, "timeout_seconds": 30},
+                    "phones": [
+                        {
+                            "model": "Pixel 1",
+                            "device_class": PHONE_CLASS,
+                            "cpu_mask": "1",
+                            "benchmark_model": str(binary),
+                            "thermal": {"max_temperature_c": 45, "action": "flag"},
+                        }
+                    ],
+                }
+            )
+        )
+
+    def _hold(self, command: str) -> None:
+        if "--graph" in command and not self.measuring.is_set():
+            self.measuring.set()
+            self.release.wait(timeout=120)
+
+    def __enter__(self) -> PhoneFarm:
+        self.peer.__enter__()
+        self.peer.add_phone("PHONE-A", on_shell=self._hold)
+        self.peer.add_phone("PHONE-B")
+        document = json.loads(self.farm.read_text())
+        document["adb"]["port"] = self.peer.port
+        self.farm.write_text(json.dumps(document))  # JSON is YAML
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.peer.close()
+
+    def drop_measuring_phone(self) -> None:
+        """PHONE-A falls off the bus in the middle of its measurement."""
+        self.peer.drop("PHONE-A")
+        self.release.set()
+
+
+def _phone_measuring(stack: Stack, info: common_pb2.Search) -> bool:
+    return stack.phones is not None and stack.phones.measuring.is_set()
+
+
+def _drop_phone(stack: Stack) -> None:
+    assert stack.phones is not None
+    stack.phones.drop_measuring_phone()
+
+
 FULL_DISK_SECONDS = 10.0
 
 
@@ -315,6 +395,7 @@ SCENARIOS: dict[str, Scenario] = {
     "worker-network-hang": Scenario("random", True, _trainer_1_busy, _hang),
     "store-disk-full": Scenario("random", False, _running, _fill_disk_for_a_while, small_disk=True),
     "postgres-restarted": Scenario("random", False, _running, _restart_store, postgres=True),
+    "phone-dropped": Scenario("random", False, _phone_measuring, _drop_phone, phones=True),
 }
 
 
@@ -328,14 +409,21 @@ def run_scenario(name: str, workdir: Path) -> dict[str, object]:
             store_dir = resources.enter_context(small_disk(workdir))
         if scenario.postgres:
             store_url, stack.restart_store = resources.enter_context(postgres_cluster())
-        stack.start(proxied=scenario.proxied, store_dir=store_dir, store_url=store_url)
+        farm = None
+        if scenario.phones:
+            stack.phones = resources.enter_context(PhoneFarm(workdir))
+            farm = stack.phones.farm
+        stack.start(proxied=scenario.proxied, store_dir=store_dir, store_url=store_url, farm=farm)
         return _run(name, stack)
 
 
 def _run(name: str, stack: Stack) -> dict[str, object]:
     scenario = SCENARIOS[name]
     try:
-        spec = parse_spec(SPEC % {"strategy": scenario.strategy, "trials": TRIALS})
+        device_class = PHONE_CLASS if scenario.phones else "host-cpu"
+        spec = parse_spec(
+            SPEC % {"strategy": scenario.strategy, "trials": TRIALS, "device_class": device_class}
+        )
         started = time.monotonic()
         with Client(stack.controller) as client:
             search_id = client.submit(spec).id

@@ -1,5 +1,8 @@
 """The fault-injection scenarios of ``benchmarks/faults.py``, each as a test: real
-processes on loopback, one fault, and nothing lost or duplicated."""
+processes on loopback, one fault, and nothing lost or duplicated. No phone is attached
+here: the phone scenario's latency service measures on two phones of a loopback peer
+that speaks adb's real protocol (``tests.latency.phones.adb_peer``), one of which drops
+off mid-measurement."""
 
 from __future__ import annotations
 
