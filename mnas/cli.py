@@ -1,7 +1,8 @@
 """The ``mnas`` command line.
 
-Bad input (a malformed block string, a choice outside the space, an unknown name) prints
-one line, ``mnas: error: ...``, to standard error and exits with status 2.
+An error prints one line, ``mnas: error: ...``, to standard error. Exit status: 0
+success, 1 the search or command failed, 2 usage or bad input (a malformed block string,
+a choice outside the space, an unknown name), 3 the service is unreachable, 4 not found.
 """
 
 from __future__ import annotations
@@ -22,14 +23,29 @@ from mnas.cli_args import add_arch_selector, arch_from_args
 from mnas.cli_latency import add_commands as add_latency_commands
 from mnas.cli_report import add_commands as add_report_commands
 from mnas.cli_searches import add_commands
-from mnas.client import MnasError
+from mnas.client import MnasError, Unauthenticated
 from mnas.cost import count
-from mnas.errors import UsageError
+from mnas.errors import NotFound, ServiceUnreachable, UsageError
 from mnas.space import PRESETS, SearchSpace, preset
 
 __all__ = ["main"]
 
-EXIT_USAGE = 2
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 1, 2, 3, 4
+EXIT_STATUS_HELP = (
+    "exit status: 0 success, 1 the search or command failed, 2 usage or bad input, "
+    "3 the service is unreachable, 4 not found"
+)
+
+
+def exit_status(err: Exception) -> int:
+    """The exit status of a command that raised ``err``."""
+    if isinstance(err, ServiceUnreachable):
+        return EXIT_UNREACHABLE
+    if isinstance(err, NotFound):
+        return EXIT_NOT_FOUND
+    if isinstance(err, (ValueError, UsageError, Unauthenticated)):
+        return EXIT_USAGE
+    return EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,10 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.run(args) or 0)
-    except (ValueError, UsageError, MnasError) as err:
+    except (ValueError, UsageError, MnasError, ServiceUnreachable, NotFound) as err:
         message = " ".join(str(err).split())
         print(f"mnas: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_status(err)
 
 
 # --- arch ------------------------------------------------------------------------------
@@ -209,10 +225,22 @@ def _preset_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mnas")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mnas", description="Platform-aware neural architecture search (MnasNet)."
+        prog="mnas",
+        description="Platform-aware neural architecture search (MnasNet).",
+        epilog=EXIT_STATUS_HELP,
     )
+    parser.add_argument("--version", action="version", version=f"mnas {_version()}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     arch = commands.add_parser("arch", help="describe, sample and export architectures")

@@ -22,7 +22,7 @@ from mnas.cli_args import (
     arch_from_args,
     connection_from_args,
 )
-from mnas.errors import UsageError
+from mnas.errors import ServiceUnreachable, UsageError
 from mnas.latency import reported_seconds
 from mnas.rpc import channel
 from mnas.tls import ClientTLS
@@ -48,9 +48,10 @@ def _rpc(
     try:
         return call(stub)
     except grpc.RpcError as err:
-        raise UsageError(
-            f"latency service at {target}: {err.code().name}: {err.details()}"
-        ) from None
+        message = f"latency service at {target}: {err.code().name}: {err.details()}"
+        if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise ServiceUnreachable(message) from None
+        raise UsageError(message) from None
     finally:
         ch.close()
 

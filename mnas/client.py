@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import grpc
 
+from mnas.errors import NotFound, ServiceUnreachable
 from mnas.latency import reported_seconds
 from mnas.pareto import pareto_front
 from mnas.rpc import channel
@@ -52,7 +53,7 @@ class InvalidSpec(MnasError, ValueError):
     """The controller refused the spec; the message names the field."""
 
 
-class SearchNotFound(MnasError, KeyError):
+class SearchNotFound(MnasError, NotFound, KeyError):
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "search not found"
 
@@ -61,7 +62,7 @@ class SearchExists(MnasError):
     """A search with the id asked for exists already (a repeated submission)."""
 
 
-class ControllerUnavailable(MnasError, ConnectionError):
+class ControllerUnavailable(MnasError, ServiceUnreachable, ConnectionError):
     """The controller could not be reached (after retries)."""
 
 

@@ -3,7 +3,7 @@ bad input that every service answers with INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
-__all__ = ["InvalidInput", "UsageError"]
+__all__ = ["InvalidInput", "NotFound", "ServiceUnreachable", "UsageError"]
 
 
 class InvalidInput(ValueError):
@@ -13,6 +13,14 @@ class InvalidInput(ValueError):
     any other exception, a bare ``ValueError`` from deep inside a training included, is
     an INTERNAL error, which they retry like any failure of a worker.
     """
+
+
+class ServiceUnreachable(Exception):
+    """A service could not be reached (after retries): the command exits with status 3."""
+
+
+class NotFound(LookupError):
+    """What the command names does not exist (a search, a trial's weights): status 4."""
 
 
 class UsageError(Exception):

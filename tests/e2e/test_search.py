@@ -114,7 +114,7 @@ def test_several_searches_at_once_and_the_cli_reads_them(
         assert "completed" in out or "reward" in out, (command, out)
     assert main(["cancel", searches[1].id, *target]) == 0  # already finished: unchanged
     assert "succeeded" in capsys.readouterr().out
-    assert main(["best", "no-such-search", *target]) == 2
+    assert main(["best", "no-such-search", *target]) == 4  # not found
     assert "no search 'no-such-search'" in capsys.readouterr().err
 
 

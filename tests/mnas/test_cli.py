@@ -169,3 +169,59 @@ def test_export_writes_a_tflite_file_that_litert_runs(
     interpreter.invoke()
     (output,) = interpreter.get_output_details()
     assert interpreter.get_tensor(output["index"]).shape == (1, 10)
+
+
+def test_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    script = Path(sys.executable).parent / "mnas"
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"mnas {version('mnas')}"
+
+
+def test_help_documents_the_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert (
+        "exit status: 0 success, 1 the search or command failed, 2 usage or bad input, "
+        "3 the service is unreachable, 4 not found"
+    ) in text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["list"], ["watch", "some-id"], ["devices"], ["best", "some-id"]],
+    ids=["list", "watch", "devices", "best"],
+)
+def test_an_unreachable_service_exits_3_in_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    from mnas.local import free_port
+
+    code, out, err = run(capsys, *argv, "--target", f"127.0.0.1:{free_port()}")
+    assert code == 3
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mnas: error: ")
+
+
+def test_exit_status_of_each_kind_of_error() -> None:
+    from mnas.cli import exit_status
+    from mnas.client import (
+        ControllerUnavailable,
+        InvalidSpec,
+        MnasError,
+        SearchNotFound,
+        Unauthenticated,
+    )
+    from mnas.errors import UsageError
+
+    assert exit_status(ControllerUnavailable("down")) == 3
+    assert exit_status(SearchNotFound("no search 'x'")) == 4
+    assert exit_status(InvalidSpec("budget.max_trials: ...")) == 2
+    assert exit_status(UsageError("--top")) == 2
+    assert exit_status(ValueError("block")) == 2
+    assert exit_status(Unauthenticated("token")) == 2
+    assert exit_status(MnasError("INTERNAL: boom")) == 1

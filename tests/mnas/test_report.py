@@ -225,25 +225,26 @@ def test_report_from_a_store_file(
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "message", "status"),
     [
-        (["report", "nope", "--store", "{db}", "-o", "{tmp}/r.html"], "no search 'nope'"),
-        (["report", "stored", "--store", "{tmp}/absent.db", "-o", "{tmp}/r.html"], "no store"),
-        (["report", "stored", "--store", "{db}", "-o", "{tmp}/missing/r.html"], "no directory"),
-        (["report", "stored", "--store", "{db}", "-o", "{tmp}"], "is a directory"),
+        (["report", "nope", "--store", "{db}", "-o", "{tmp}/r.html"], "no search 'nope'", 4),
+        (["report", "stored", "--store", "{tmp}/absent.db", "-o", "{tmp}/r.html"], "no store", 2),
+        (["report", "stored", "--store", "{db}", "-o", "{tmp}/missing/r.html"], "no directory", 2),
+        (["report", "stored", "--store", "{db}", "-o", "{tmp}"], "is a directory", 2),
     ],
 )
-def test_report_errors_are_one_line_and_exit_2(
+def test_report_errors_are_one_line_and_exit_2_or_4_when_not_found(
     store_file: tuple[Path, common_pb2.Search],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     argv: list[str],
     message: str,
+    status: int,
 ) -> None:
     path, _ = store_file
     args = [a.format(db=path, tmp=tmp_path) for a in argv]
     code, out, err = run(capsys, *args)
-    assert code == 2
+    assert code == status
     assert out == ""
     assert err.startswith("mnas: error: ") and err.count("\n") == 1
     assert message in err
@@ -275,7 +276,7 @@ def test_report_of_an_unreachable_controller_exits_2(
 
     target = f"127.0.0.1:{free_port()}"
     code, _, err = run(capsys, "report", "x", "--target", target, "-o", str(tmp_path / "r.html"))
-    assert code == 2
+    assert code == 3  # the service is unreachable
     assert err.startswith("mnas: error: ") and "unavailable" in err
     assert not (tmp_path / "r.html").exists()
 
@@ -320,7 +321,7 @@ def test_report_from_a_controller_matches_the_store(
         )
         assert code == 0, err
         code, _, err = run(capsys, "report", "missing", "--target", stack.address, "-o", "-")
-        assert code == 2 and err.startswith("mnas: error: ") and "missing" in err
+        assert code == 4 and err.startswith("mnas: error: ") and "missing" in err
     from_store = tmp_path / "store.html"
     code, _, err = run(
         capsys, "report", search.id, "--store", str(tmp_path / "mnas.db"), "-o", str(from_store)
