@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from mnas import references
 from mnas.cli_args import add_arch_selector, arch_from_args
 from mnas.cli_latency import add_commands as add_latency_commands
+from mnas.cli_output import results_console
 from mnas.cli_report import add_commands as add_report_commands
 from mnas.cli_searches import add_commands
 from mnas.client import MnasError, Unauthenticated
@@ -95,7 +95,7 @@ def _cmd_arch_describe(args: argparse.Namespace) -> int:
         }
         print(json.dumps(out))
         return 0
-    console = Console()
+    console = results_console()
     title = (
         f"{name or 'architecture'} {arch.id}  (width {args.width:g}, "
         f"{args.resolution}x{args.resolution}, {args.classes} classes)"
@@ -179,7 +179,7 @@ def _cmd_space_describe(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
         return 0
-    console = Console()
+    console = results_console()
     chosen = preset(args.preset)
     table = Table(
         title=f"factorized hierarchical search space, preset {chosen.name}: {chosen.description}"

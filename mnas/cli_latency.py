@@ -13,7 +13,6 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from rich.console import Console
 from rich.table import Table
 
 from mnas.cli_args import (
@@ -22,6 +21,7 @@ from mnas.cli_args import (
     arch_from_args,
     connection_from_args,
 )
+from mnas.cli_output import results_console
 from mnas.errors import ServiceUnreachable, UsageError
 from mnas.latency import reported_seconds
 from mnas.rpc import channel
@@ -90,10 +90,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
             d.health_reason
             or (f"{d.consecutive_failures} failures" if d.consecutive_failures else ""),
         )
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)  # piped: whole rows rather than squeezed columns
-    console.print(table)
+    results_console().print(table)
     return 0
 
 

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from mnas.arch import decode
 from mnas.cli_args import add_connection_arguments, connection_from_args
+from mnas.cli_output import results_console
 from mnas.client import Client, Search
 from mnas.cost import count
 from mnas.errors import UsageError
@@ -151,7 +152,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    console = Console()
+    console = results_console()
     with _client(args) as client:
         search = client.search(args.search_id)
         final = _follow(console, search)
@@ -181,7 +182,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             str(s.spec.budget.max_trials),
             f"{s.best_reward:.4f}" if s.trials_completed else "-",
         )
-    Console().print(table)
+    results_console().print(table)
     return 0
 
 
@@ -215,13 +216,13 @@ def _cmd_trials(args: argparse.Namespace) -> int:
                 t.trainer or "-",
                 t.error or " ".join(str(b) for b in decode(t.architecture.canonical).blocks),
             )
-    Console().print(table)
+    results_console().print(table)
     return 0
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        _print_results(Console(), client.search(args.search_id), args.top)
+        _print_results(results_console(), client.search(args.search_id), args.top)
     return 0
 
 
@@ -304,7 +305,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     from mnas.cli_report import check_output, write_report  # it imports this module
 
-    console = Console()
+    console = results_console()
     spec = load_spec(args.spec)  # a malformed file fails before anything starts
     if args.report:
         if args.report == "-":

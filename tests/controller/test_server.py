@@ -173,3 +173,24 @@ def test_a_malformed_search_id_is_invalid_argument(
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert str(info.value.details()).startswith("search_id: ")
     assert store.list_searches() == []
+
+
+def test_list_in_a_pipe_prints_every_value_whole(
+    controller: tuple[RunningServer, Store],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Standard output is not a terminal here, as in `mnas list | grep`: rich would
+    assume 80 columns and cut the long name and the state ("succe…")."""
+    server, _ = controller
+    name = "a-search-whose-name-is-long-enough-to-be-cut-at-eighty-columns"
+    path = tmp_path / "spec.yaml"
+    path.write_text(GOOD + f"name: {name}\nreference: none\n")
+    assert main(["submit", str(path), "--target", server.address]) == 0
+    search_id = capsys.readouterr().out.strip()
+    assert main(["list", "--target", server.address]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    (row,) = [line for line in out.splitlines() if search_id in line]
+    assert name in row
+    assert "running" in row or "failed" in row or "succeeded" in row
