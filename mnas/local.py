@@ -6,7 +6,6 @@ This is the embedded default: a SQLite store, host-CPU latency, Fashion-MNIST. I
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -14,13 +13,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mnas.parent_death import parent_death_signal
 from services.trainer.cores import threads_per_slot
 
 __all__ = [
@@ -101,21 +101,6 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A function for the child to run before exec, so that it gets SIGTERM when its
-    parent dies, even by SIGKILL: Linux's prctl, looked up here in the parent so that the
-    child only calls it (None where there is no prctl: the parent's handlers still stop
-    it)."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def start_service(
     kind: str,
     *,
@@ -152,7 +137,7 @@ def start_service(
         stderr=subprocess.STDOUT,
         env=process_env,
         stdin=subprocess.DEVNULL,
-        preexec_fn=_parent_death_signal() if die_with_parent else None,
+        preexec_fn=parent_death_signal(signal.SIGTERM) if die_with_parent else None,
     )
     log.close()
     return Process(

@@ -18,7 +18,6 @@ once the data was read) comes back as itself; any other exception as
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 
 from mnas.arch import Architecture
 from mnas.errors import InvalidInput
+from mnas.parent_death import parent_death_signal
 from services.trainer.training import (
     Progress,
     TrainingCancelled,
@@ -57,7 +57,6 @@ _CONTEXT = multiprocessing.get_context("forkserver")
 _PRELOAD = ["services.trainer.isolation", "services.trainer.warm"]
 _POLL_SECONDS = 0.1
 _JOIN_SECONDS = 5.0
-_PR_SET_PDEATHSIG = 1
 _MEMORY_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate memory")
 
 
@@ -170,7 +169,9 @@ def run_isolated(
 def _child_main(sender: multiprocessing.connection.Connection, job: ChildJob) -> None:
     """The child: limit memory, train, send progress and the result or the error."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when a child ends
-    _die_with_parent()
+    # SIGKILL when the parent (the fork server, which ends with the trainer) dies, so a
+    # killed trainer leaves no training behind.
+    parent_death_signal(signal.SIGKILL)()
     try:
         if job.memory_limit_bytes is not None:
             _limit_address_space(job.memory_limit_bytes)
@@ -193,16 +194,6 @@ def _child_main(sender: multiprocessing.connection.Connection, job: ChildJob) ->
         sender.send(("error", kind, text))
     finally:
         sender.close()
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent (the fork server, which ends
-    with the trainer) dies, so a killed trainer leaves no training behind."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the child ends at its next report
-        pass
 
 
 def _limit_address_space(extra_bytes: int) -> None:
