@@ -17,22 +17,10 @@ from prometheus_client import CollectorRegistry
 from benchmarks.tcp_proxy import TcpProxy
 from mnas.rpc import channel
 from mnas.v1 import common_pb2, latency_pb2, latency_pb2_grpc
-from services.latency.oracle import HostOracle, LatencyResult, MeasureSettings
 from services.latency.server import make_server
+from tests.common.blocked_oracle import BlockedOracle
 
 pytestmark = pytest.mark.slow  # waits out a keepalive and a connect timeout: about 35 s
-
-
-class BlockedOracle(HostOracle):
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def measure(self, model_bytes: bytes, settings: MeasureSettings) -> LatencyResult:
-        self.entered.set()
-        self.release.wait(timeout=300)
-        return super().measure(model_bytes, settings)
 
 
 def test_a_call_through_a_hung_network_fails_unavailable_before_its_deadline() -> None:

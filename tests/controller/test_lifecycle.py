@@ -21,8 +21,8 @@ from mnas.rpc import channel
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc, trainer_pb2
 from services.common.server import RunningServer
-from services.latency.oracle import HostOracle, LatencyResult, MeasureSettings
 from services.latency.server import make_server as make_latency_server
+from tests.common.blocked_oracle import BlockedOracle
 from tests.common.fake_trainer import FakeTrainer
 from tests.controller.stack import controller_stack
 
@@ -40,23 +40,9 @@ reference: none
 """
 
 
-class BlockedOracle(HostOracle):
-    """Measures only once ``release`` is set; ``entered`` tells that a call is waiting."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def measure(self, model_bytes: bytes, settings: MeasureSettings) -> LatencyResult:
-        self.entered.set()
-        self.release.wait(timeout=120)
-        return super().measure(model_bytes, settings)
-
-
 @pytest.fixture
 def oracle() -> Iterator[BlockedOracle]:
-    blocked = BlockedOracle()
+    blocked = BlockedOracle(timeout=120)
     yield blocked
     blocked.release.set()
 
