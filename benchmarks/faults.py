@@ -360,13 +360,19 @@ def _drop_phone(stack: Stack) -> None:
 FULL_DISK_SECONDS = 10.0
 
 
-def _fill_disk_for_a_while(stack: Stack) -> None:
-    """The store's disk full to the last byte for FULL_DISK_SECONDS, then room again."""
-    assert stack.store_dir is not None
-    filler = stack.store_dir / "filler"
+def fill_disk(directory: Path) -> Path:
+    """Fill the disk of ``directory`` to the last byte; the file that takes the room."""
+    filler = directory / "filler"
     with open(filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
         while True:
             out.write(bytes(1 << 16))
+    return filler
+
+
+def _fill_disk_for_a_while(stack: Stack) -> None:
+    """The store's disk full to the last byte for FULL_DISK_SECONDS, then room again."""
+    assert stack.store_dir is not None
+    filler = fill_disk(stack.store_dir)
     time.sleep(FULL_DISK_SECONDS)  # the fault lasts this long: it is the scenario
     filler.unlink()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from benchmarks.faults import CannotRun, fill_disk, small_disk
 from services.controller.store import Store
 from tests.controller.test_store import make_search, make_trial
 
@@ -26,29 +26,11 @@ WEIGHTS = bytes(1 << 20)  # more than the full disk has left
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
     try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(disk: Path) -> Path:
-    """Fill ``disk`` to the last byte; the file that takes the room."""
-    filler = disk / "filler"
-    with open(filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
-        while True:
-            out.write(bytes(4096))
-    return filler
+        with small_disk(tmp_path, "2m") as mount:
+            yield mount
+    except CannotRun as err:
+        pytest.skip(str(err))
 
 
 class _Seen(logging.Handler):
@@ -80,7 +62,7 @@ def test_a_write_on_a_full_disk_waits_for_room_and_lands_whole(disk: Path) -> No
     try:
         search = make_search()
         store.create_search(search)
-        filler = _fill(disk)
+        filler = fill_disk(disk)
         errors: list[BaseException] = []
 
         def write() -> None:
@@ -108,7 +90,7 @@ def test_a_write_gives_up_after_its_retry_time_having_written_nothing(disk: Path
     try:
         search = make_search()
         store.create_search(search)
-        _fill(disk)
+        fill_disk(disk)
         with pytest.raises(OperationalError, match="full"):
             store.save(search=search, trials=[make_trial()], weights={0: WEIGHTS})
         assert store.get_trial(search.id, 0) is None
