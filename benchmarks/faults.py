@@ -51,6 +51,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from benchmarks.tcp_proxy import TcpProxy
 from mnas.client import Client, ControllerUnavailable
@@ -71,6 +72,7 @@ latency: {warmup_runs: 1, runs: 3, device_class: %(device_class)s}
 reference: none
 """
 TRIALS = 8
+_T = TypeVar("_T")
 START_TIMEOUT = 180.0
 SEARCH_TIMEOUT = 900.0
 POLL_SECONDS = 0.1
@@ -156,25 +158,34 @@ def jobs_in_flight(process: Process) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def _search(stack: Stack, search_id: str) -> common_pb2.Search | None:
-    """The search as the controller reports it now; None while it cannot be reached."""
+def _ask(stack: Stack, question: Callable[[Client], _T]) -> _T | None:
+    """``question`` put to the controller now; None while it cannot be reached."""
     try:
         with Client(stack.controller, timeout=10) as client:
-            return client.search(search_id).info
+            return question(client)
     except ControllerUnavailable:
         return None
 
 
-def _wait(
-    stack: Stack, search_id: str, ready: Callable[[common_pb2.Search], bool], timeout: float
-) -> common_pb2.Search:
-    deadline = time.monotonic() + timeout
+def _poll(read: Callable[[], _T | None], done: Callable[[_T], bool], what: str) -> _T:
+    """``read()`` again until its answer is ``done``; that answer."""
+    deadline = time.monotonic() + SEARCH_TIMEOUT
     while time.monotonic() < deadline:
-        info = _search(stack, search_id)
-        if info is not None and ready(info):
-            return info
+        answer = read()
+        if answer is not None and done(answer):
+            return answer
         time.sleep(POLL_SECONDS)  # polling another process's progress
-    raise TimeoutError(f"search {search_id}: condition not met in {timeout:.0f} s")
+    raise TimeoutError(f"{what} not in {SEARCH_TIMEOUT:.0f} s")
+
+
+def _search(stack: Stack, search_id: str) -> common_pb2.Search | None:
+    return _ask(stack, lambda client: client.search(search_id).info)
+
+
+def _wait(
+    stack: Stack, search_id: str, ready: Callable[[common_pb2.Search], bool]
+) -> common_pb2.Search:
+    return _poll(lambda: _search(stack, search_id), ready, f"search {search_id}: condition")
 
 
 _TERMINAL = {
@@ -187,11 +198,9 @@ _TERMINAL = {
 
 def _trial_states(stack: Stack, search_id: str) -> dict[int, int] | None:
     """Each trial's state by number; None while the controller cannot be reached."""
-    try:
-        with Client(stack.controller, timeout=10) as client:
-            return {t.number: t.state for t in client.search(search_id).trials()}
-    except ControllerUnavailable:
-        return None
+    return _ask(
+        stack, lambda client: {t.number: int(t.state) for t in client.search(search_id).trials()}
+    )
 
 
 def _unfinished(stack: Stack, search_id: str) -> set[int]:
@@ -201,13 +210,12 @@ def _unfinished(stack: Stack, search_id: str) -> set[int]:
 
 def _wait_finished(stack: Stack, search_id: str, numbers: set[int]) -> float:
     """When every trial of ``numbers`` had ended (``time.monotonic()``)."""
-    deadline = time.monotonic() + SEARCH_TIMEOUT
-    while time.monotonic() < deadline:
-        states = _trial_states(stack, search_id)
-        if states is not None and all(states.get(n) in _TERMINAL for n in numbers):
-            return time.monotonic()
-        time.sleep(POLL_SECONDS)  # polling another process's progress
-    raise TimeoutError(f"search {search_id}: trials {sorted(numbers)} never ended")
+    _poll(
+        lambda: _trial_states(stack, search_id),
+        lambda states: all(states.get(n) in _TERMINAL for n in numbers),
+        f"search {search_id}: the end of trials {sorted(numbers)}",
+    )
+    return time.monotonic()
 
 
 def _ended(info: common_pb2.Search) -> bool:
@@ -437,7 +445,6 @@ def _run(name: str, stack: Stack) -> dict[str, object]:
             stack,
             search_id,
             lambda info: _ended(info) or scenario.ready(stack, info),
-            SEARCH_TIMEOUT,
         )
         if _ended(before):
             raise RuntimeError(f"{name}: the search ended before the fault could be injected")
@@ -445,7 +452,7 @@ def _run(name: str, stack: Stack) -> dict[str, object]:
         fault_at = time.monotonic()
         scenario.inject(stack)
         recovery = _wait_finished(stack, search_id, in_flight) - fault_at
-        final = _wait(stack, search_id, _ended, SEARCH_TIMEOUT)
+        final = _wait(stack, search_id, _ended)
         seconds = time.monotonic() - started
         with Client(stack.controller) as client:
             trials = list(client.search(search_id).trials())
