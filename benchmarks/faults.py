@@ -179,7 +179,7 @@ def _poll(read: Callable[[], _T | None], done: Callable[[_T], bool], what: str) 
 
 
 def _search(stack: Stack, search_id: str) -> common_pb2.Search | None:
-    return _ask(stack, lambda client: client.search(search_id).info)
+    return _ask(stack, lambda client: client.search(search_id).proto)
 
 
 def _wait(
@@ -199,7 +199,8 @@ _TERMINAL = {
 def _trial_states(stack: Stack, search_id: str) -> dict[int, int] | None:
     """Each trial's state by number; None while the controller cannot be reached."""
     return _ask(
-        stack, lambda client: {t.number: int(t.state) for t in client.search(search_id).trials()}
+        stack,
+        lambda client: {t.number: int(t.proto.state) for t in client.search(search_id).trials()},
     )
 
 
@@ -455,7 +456,7 @@ def _run(name: str, stack: Stack) -> dict[str, object]:
         final = _wait(stack, search_id, _ended)
         seconds = time.monotonic() - started
         with Client(stack.controller) as client:
-            trials = list(client.search(search_id).trials())
+            trials = [t.proto for t in client.search(search_id).trials()]
     finally:
         stack.stop()
     completed = [t.number for t in trials if t.state == common_pb2.TRIAL_STATE_COMPLETED]

@@ -191,7 +191,9 @@ def run(
         elapsed = time.perf_counter() - started
         rss["end"] = round(rss_mb(pid), 1)
         out, _ = watchers.communicate(timeout=600)
-        states = {common_pb2.SearchState.Name(s.state) for s in client.searches() if s.id in ids}
+        states = {
+            common_pb2.SearchState.Name(s.proto.state) for s in client.searches() if s.id in ids
+        }
     watched = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
     print(
         json.dumps(

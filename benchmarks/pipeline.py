@@ -23,8 +23,8 @@ from pathlib import Path
 
 from mnas.client import Client
 from mnas.local import LocalStack
+from mnas.results import TrialState
 from mnas.specfile import load_spec
-from mnas.v1 import common_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,8 +43,8 @@ def main() -> None:
         startup = time.monotonic() - started
         with Client(stack.controller) as client:
             search = client.submit(spec)
-            final = search.wait()
-            trials = [t for t in search.trials() if t.state == common_pb2.TRIAL_STATE_COMPLETED]
+            final = search.wait().proto
+            trials = [t.proto for t in search.trials() if t.state is TrialState.COMPLETED]
     if not trials:
         raise SystemExit(f"no trial completed: {final.error}")
     wall = final.finished_at.ToNanoseconds() - final.created_at.ToNanoseconds()

@@ -1,20 +1,101 @@
-"""mnas: platform-aware neural architecture search after MnasNet."""
+"""mnas: platform-aware neural architecture search after MnasNet.
+
+The SDK (``Client``, its result types) and the model helpers (``build_model``,
+``load_model``) are imported when first used, so ``import mnas`` needs neither gRPC nor
+PyTorch.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Client"]
+
+# Public name -> the module that defines it.
+_LAZY = {
+    "Client": "mnas.client",
+    "Search": "mnas.client",
+    "MnasError": "mnas.client",
+    "InvalidSpec": "mnas.client",
+    "SearchExists": "mnas.client",
+    "SearchNotFound": "mnas.client",
+    "ControllerUnavailable": "mnas.client",
+    "Unauthenticated": "mnas.client",
+    "SearchInfo": "mnas.results",
+    "SearchState": "mnas.results",
+    "StrategyStatus": "mnas.results",
+    "SearchEvent": "mnas.results",
+    "EventKind": "mnas.results",
+    "Trial": "mnas.results",
+    "TrialState": "mnas.results",
+    "Latency": "mnas.results",
+    "LatencyFigure": "mnas.results",
+    "Reference": "mnas.results",
+    "ReferenceState": "mnas.results",
+    "BuildParams": "mnas.results",
+    "build_model": "mnas.models",
+    "load_model": "mnas.models",
+}
+__all__ = [
+    "BuildParams",
+    "Client",
+    "ControllerUnavailable",
+    "EventKind",
+    "InvalidSpec",
+    "Latency",
+    "LatencyFigure",
+    "MnasError",
+    "Reference",
+    "ReferenceState",
+    "Search",
+    "SearchEvent",
+    "SearchExists",
+    "SearchInfo",
+    "SearchNotFound",
+    "SearchState",
+    "StrategyStatus",
+    "Trial",
+    "TrialState",
+    "Unauthenticated",
+    "build_model",
+    "load_model",
+]
 
 if TYPE_CHECKING:
-    from mnas.client import Client
+    from mnas.client import (
+        Client,
+        ControllerUnavailable,
+        InvalidSpec,
+        MnasError,
+        Search,
+        SearchExists,
+        SearchNotFound,
+        Unauthenticated,
+    )
+    from mnas.models import build_model, load_model
+    from mnas.results import (
+        BuildParams,
+        EventKind,
+        Latency,
+        LatencyFigure,
+        Reference,
+        ReferenceState,
+        SearchEvent,
+        SearchInfo,
+        SearchState,
+        StrategyStatus,
+        Trial,
+        TrialState,
+    )
 
 
 def __getattr__(name: str) -> Any:
-    # The SDK pulls in gRPC; import it only when asked for.
-    if name == "Client":
-        from mnas.client import Client
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mnas' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
-        return Client
-    raise AttributeError(f"module 'mnas' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

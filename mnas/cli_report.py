@@ -38,7 +38,7 @@ def read_from_controller(
     """The search and all its trials, from the controller at ``target``."""
     with Client(target, tls=tls, token=token) as client:
         search = client.search(search_id)
-        return search.info, list(search.trials(page_size=_PAGE))
+        return search.proto, [t.proto for t in search.trials(page_size=_PAGE)]
 
 
 def read_from_store(

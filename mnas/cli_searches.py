@@ -23,37 +23,35 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from mnas.arch import decode
 from mnas.cli_args import add_connection_arguments, connection_from_args
 from mnas.cli_output import results_console
 from mnas.client import Client, Search
 from mnas.cost import count
 from mnas.errors import UsageError
-from mnas.latency import reported_seconds
 from mnas.local import LocalStack, port_is_free
 from mnas.report import reference_summary
+from mnas.results import EventKind, SearchInfo, SearchState, Trial, TrialState
 from mnas.specfile import load_spec
-from mnas.v1 import common_pb2, controller_pb2
+from mnas.v1 import common_pb2
 
 __all__ = ["add_commands"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-SS = common_pb2.SearchState
 
 
-def _state(state: common_pb2.SearchState.ValueType) -> str:
-    return SS.Name(state).removeprefix("SEARCH_STATE_").lower()
+def _f4(value: float | None) -> str:
+    return f"{value or 0.0:.4f}"
 
 
-def _trial_state(state: common_pb2.TrialState.ValueType) -> str:
-    return common_pb2.TrialState.Name(state).removeprefix("TRIAL_STATE_").lower()
+def _ms(trial: Trial) -> str:
+    return f"{(trial.latency_seconds or 0.0) * 1e3:.3f}"
 
 
 # --- rendering -------------------------------------------------------------------------
 
 
 def _print_trials(
-    console: Console, title: str, trials: list[common_pb2.Trial], spec: common_pb2.SearchSpec
+    console: Console, title: str, trials: list[Trial], spec: common_pb2.SearchSpec
 ) -> None:
     """Scores and costs (at the deployment resolution), then each architecture in full."""
     table = Table(title=title)
@@ -61,7 +59,7 @@ def _print_trials(
         table.add_column(column, justify="right", no_wrap=True)
     lines = []
     for trial in trials:
-        arch = decode(trial.architecture.canonical)
+        arch = trial.arch()
         cost = count(
             arch,
             width=spec.space.width or 1.0,
@@ -70,13 +68,13 @@ def _print_trials(
         )
         table.add_row(
             str(trial.number),
-            f"{trial.reward:.4f}",
-            f"{trial.training.accuracy:.4f}",
-            f"{reported_seconds(trial.latency) * 1e3:.3f}",
+            _f4(trial.reward),
+            _f4(trial.accuracy),
+            _ms(trial),
             f"{cost.params / 1e6:.2f}M",
             f"{cost.macs / 1e6:.1f}M",
         )
-        lines.append(f"#{trial.number}: " + " ".join(str(b) for b in arch.blocks))
+        lines.append(f"#{trial.number}: {trial.blocks}")
     console.print(table)
     for line in lines:
         console.print(line, soft_wrap=True, highlight=False)
@@ -85,11 +83,11 @@ def _print_trials(
 def _print_results(console: Console, search: Search, k: int) -> None:
     info = search.refresh()
     console.print(
-        f"search {info.id} {_state(info.state)}: {info.trials_completed} completed, "
+        f"search {info.id} {info.state}: {info.trials_completed} completed, "
         f"{info.trials_stopped} stopped early, {info.trials_failed} failed"
         + (f" ({info.error})" if info.error else "")
     )
-    reference = reference_summary(info)
+    reference = reference_summary(info.proto)
     if reference is not None:
         console.print(f"reference {reference}", soft_wrap=True, highlight=False)
     best = search.best(k)
@@ -98,9 +96,9 @@ def _print_results(console: Console, search: Search, k: int) -> None:
         _print_trials(console, "Pareto front: accuracy vs latency", search.pareto(), info.spec)
 
 
-def _follow(console: Console, search: Search) -> common_pb2.Search:
+def _follow(console: Console, search: Search) -> SearchInfo:
     """Show a progress bar until the search finishes."""
-    total = search.info.spec.budget.max_trials
+    total = search.info.max_trials
     started = time.monotonic()
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -119,7 +117,7 @@ def _follow(console: Console, search: Search) -> common_pb2.Search:
             done = info.trials_completed + info.trials_stopped + info.trials_failed
             hours = (time.monotonic() - started) / 3600
             rate = f"{done / hours:.0f}" if done and hours > 0 else "-"
-            best = f"{info.best_reward:.4f}" if info.trials_completed else "-"
+            best = _f4(info.best_reward) if info.best_reward is not None else "-"
             progress.update(
                 task,
                 completed=info.trials_completed + info.trials_stopped,
@@ -127,11 +125,9 @@ def _follow(console: Console, search: Search) -> common_pb2.Search:
                 rate=rate,
                 running=info.trials_running,
             )
-            if event.kind == controller_pb2.EVENT_KIND_TRIAL_FINISHED and event.trial.error:
-                progress.console.print(
-                    f"trial {event.trial.number} {_trial_state(event.trial.state)}: "
-                    f"{event.trial.error}"
-                )
+            trial = event.trial
+            if event.kind is EventKind.TRIAL_FINISHED and trial is not None and trial.error:
+                progress.console.print(f"trial {trial.number} {trial.state}: {trial.error}")
     return search.refresh()
 
 
@@ -157,7 +153,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         search = client.search(args.search_id)
         final = _follow(console, search)
         _print_results(console, search, args.top)
-    return 0 if final.state == SS.SEARCH_STATE_SUCCEEDED else 1
+    return 0 if final.state is SearchState.SUCCEEDED else 1
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -173,14 +169,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for s in searches:
         table.add_row(
             s.id,
-            s.spec.name,
+            s.name,
             *([s.owner] if owners else []),
-            _state(s.state),
+            str(s.state),
             str(s.trials_completed),
             str(s.trials_stopped),
             str(s.trials_failed),
-            str(s.spec.budget.max_trials),
-            f"{s.best_reward:.4f}" if s.trials_completed else "-",
+            str(s.max_trials),
+            _f4(s.best_reward) if s.best_reward is not None else "-",
         )
     results_console().print(table)
     return 0
@@ -202,19 +198,19 @@ def _cmd_trials(args: argparse.Namespace) -> int:
         ):
             table.add_column(column, overflow="fold")
         for t in search.trials():
-            done = t.state in (common_pb2.TRIAL_STATE_COMPLETED, common_pb2.TRIAL_STATE_STOPPED)
-            state = _trial_state(t.state)
-            if t.state == common_pb2.TRIAL_STATE_STOPPED:
-                state += f" at {t.stopped_at_step}/{t.total_steps}"
+            done = t.state.scored
+            state = str(t.state)
+            if t.state is TrialState.STOPPED:
+                state += f" at {t.stopped_at_step or 0}/{t.total_steps}"
             table.add_row(
                 str(t.number),
                 state,
-                f"{t.reward:.4f}" if done else "-",
-                f"{t.training.accuracy:.4f}" if done else "-",
-                f"{reported_seconds(t.latency) * 1e3:.3f}" if t.HasField("latency") else "-",
+                _f4(t.reward) if done else "-",
+                _f4(t.accuracy) if done else "-",
+                _ms(t) if t.latency is not None else "-",
                 str(t.attempts),
                 t.trainer or "-",
-                t.error or " ".join(str(b) for b in decode(t.architecture.canonical).blocks),
+                t.error or t.blocks,
             )
     results_console().print(table)
     return 0
@@ -240,7 +236,7 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 def _cmd_cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
         info = client.search(args.search_id).cancel()
-    print(f"search {info.id} {_state(info.state)}")
+    print(f"search {info.id} {info.state}")
     return 0
 
 
@@ -322,7 +318,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         with Client(stack.controller) as client:
             search = client.submit(spec)
             console.print(
-                f"submitted search {search.id}: {search.info.spec.budget.max_trials} "
+                f"submitted search {search.id}: {search.info.max_trials} "
                 f"trials, target {search.info.spec.objective.target_latency_seconds * 1e3:g} ms"
             )
             final = _follow(console, search)
@@ -330,7 +326,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
             if args.report:  # a report that cannot be written does not change the outcome
                 try:
                     line = write_report(
-                        search.refresh(), list(search.trials()), args.report, top=10
+                        search.refresh().proto,
+                        [t.proto for t in search.trials()],
+                        args.report,
+                        top=10,
                     )
                     console.print(line, soft_wrap=True, highlight=False)
                 except UsageError as err:
@@ -338,7 +337,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     finally:
         stack.stop()
     console.print(f"wall time {time.monotonic() - started:.1f}s")
-    return 0 if final.state == SS.SEARCH_STATE_SUCCEEDED else 1
+    return 0 if final.state is SearchState.SUCCEEDED else 1
 
 
 # --- parser ----------------------------------------------------------------------------

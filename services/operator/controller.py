@@ -66,19 +66,20 @@ class GrpcController:
 
     def submit(self, spec: common_pb2.SearchSpec, search_id: str) -> common_pb2.Search:
         with _translated():
-            return self._client.submit(spec, search_id=search_id).info
+            return self._client.submit(spec, search_id=search_id).proto
 
     def get(self, search_id: str) -> common_pb2.Search:
         with _translated():
-            return self._search(search_id).refresh()
+            return self._search(search_id).refresh().proto
 
     def trial(self, search_id: str, number: int) -> common_pb2.Trial | None:
         with _translated():
-            return self._search(search_id).trial(number)
+            trial = self._search(search_id).trial(number)
+            return trial.proto if trial is not None else None
 
     def cancel(self, search_id: str) -> common_pb2.Search:
         with _translated():
-            return self._search(search_id).cancel()
+            return self._search(search_id).cancel().proto
 
     def close(self) -> None:
         self._client.close()

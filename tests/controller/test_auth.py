@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from mnas.client import Client, ControllerUnavailable, SearchNotFound, Unauthenticated
+from mnas.results import SearchState
 from mnas.rpc import channel
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc, trainer_pb2
@@ -188,9 +189,9 @@ def test_a_search_is_its_submitters_and_hidden_from_other_users(
         assert bob.searches() == []
         assert [s.id for s in alice.searches()] == [search.id]
         # Bob's cancel touched nothing.
-        assert alice.search(search.id).info.state == common_pb2.SEARCH_STATE_RUNNING
+        assert alice.search(search.id).state is SearchState.RUNNING
         cancelled = alice.search(search.id).cancel()
-        assert cancelled.state == common_pb2.SEARCH_STATE_CANCELLED
+        assert cancelled.state is SearchState.CANCELLED
 
 
 def _raw(stack: Stack, token: str, method: str, search_id: str) -> Any:
@@ -218,8 +219,8 @@ def test_an_admin_sees_and_cancels_every_search(stack: Stack, trainer: GatedTrai
         second = bob.submit(_spec())
         assert {s.id: s.owner for s in ops.searches()} == {first.id: "alice", second.id: "bob"}
         assert ops.search(second.id).info.owner == "bob"
-        assert ops.search(first.id).cancel().state == common_pb2.SEARCH_STATE_CANCELLED
-        assert ops.search(second.id).cancel().state == common_pb2.SEARCH_STATE_CANCELLED
+        assert ops.search(first.id).cancel().state is SearchState.CANCELLED
+        assert ops.search(second.id).cancel().state is SearchState.CANCELLED
 
 
 def test_tokens_stay_out_of_the_logs(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
@@ -256,7 +257,7 @@ def test_a_search_runs_with_every_service_on_mutual_tls_and_a_token(tmp_path: Pa
             pytest.raises(ControllerUnavailable) as refused,
         ):
             stranger.searches()
-    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+    assert final.state is SearchState.SUCCEEDED, final.error
     assert final.trials_completed == 2
     assert final.owner == "alice"
     assert "unavailable" in str(refused.value)

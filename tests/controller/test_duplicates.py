@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mnas.client import Client
+from mnas.results import SearchState, TrialState
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2
 from tests.common.fake_trainer import FakeTrainer
@@ -72,16 +73,16 @@ def test_duplicates_reuse_the_earlier_accuracy(
         )
         final = search.wait(timeout=120)
         trials = list(search.trials())
-    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+    assert final.state is SearchState.SUCCEEDED, final.error
     assert trainer.calls == 1
-    assert len({t.architecture.id for t in trials}) == 1
+    assert len({t.architecture_id for t in trials}) == 1
     first, *rest = trials
-    assert not first.HasField("duplicate_of")
+    assert first.duplicate_of is None
     for trial in rest:
         assert trial.duplicate_of == first.number
-        assert trial.training == first.training
+        assert trial.proto.training == first.proto.training
         assert trial.reward == pytest.approx(first.reward, rel=0.2)  # same accuracy; latency
-        assert trial.state == common_pb2.TRIAL_STATE_COMPLETED
+        assert trial.state is TrialState.COMPLETED
     # Every trial counts and reaches the strategy.
     assert final.strategy_status.observed == 4
 
@@ -96,9 +97,9 @@ def test_retrain_policy_trains_every_trial(
         )
         final = search.wait(timeout=120)
         trials = list(search.trials())
-    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+    assert final.state is SearchState.SUCCEEDED, final.error
     assert trainer.calls == 4
-    assert not any(t.HasField("duplicate_of") for t in trials)
+    assert all(t.duplicate_of is None for t in trials)
 
 
 def test_no_architecture_is_measured_twice_across_searches(
@@ -126,5 +127,5 @@ def test_no_architecture_is_measured_twice_across_searches(
     measured, *recorded = trials
     assert measured.latency_worker != "store"
     assert all(t.latency_worker == "store" for t in recorded)
-    assert all(t.latency == measured.latency for t in recorded)
-    assert len(measured.latency.samples_seconds) == 2 and measured.latency.device
+    assert all(t.proto.latency == measured.proto.latency for t in recorded)
+    assert len(measured.proto.latency.samples_seconds) == 2 and measured.proto.latency.device

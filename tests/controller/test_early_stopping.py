@@ -18,6 +18,7 @@ import pytest
 
 from mnas.arch import decode
 from mnas.client import Client, MnasError
+from mnas.results import SearchState, TrialState
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2
 from services.controller.stopping import MedianStopping
@@ -115,9 +116,9 @@ def test_a_bad_architecture_stops_before_its_budget(
         search = client.submit(parse_spec(SPEC))
         final = search.wait(timeout=120)
         trials = list(search.trials())
-    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
-    stopped = [t for t in trials if t.state == common_pb2.TRIAL_STATE_STOPPED]
-    completed = [t for t in trials if t.state == common_pb2.TRIAL_STATE_COMPLETED]
+    assert final.state is SearchState.SUCCEEDED, final.error
+    stopped = [t for t in trials if t.state is TrialState.STOPPED]
+    completed = [t for t in trials if t.state is TrialState.COMPLETED]
     assert stopped, "the seed samples the bad network after two good ones"
     assert final.trials_stopped == len(stopped)
     assert final.trials_completed == len(completed)
@@ -125,13 +126,13 @@ def test_a_bad_architecture_stops_before_its_budget(
     assert len(stopped) + len(completed) == 12  # stopped trials count towards the budget
     assert trainer.calls == 12  # a stopped trial is not retried
     for trial in stopped:
-        assert curve(trial.architecture.canonical)[0] < 0.5  # only the bad network stops
+        assert curve(trial.architecture)[0] < 0.5  # only the bad network stops
         assert trial.stopped_at_step == EVERY < trial.total_steps == TOTAL_STEPS
-        assert [(e.step, e.accuracy) for e in trial.evaluations] == [(EVERY, 0.12)]
-        assert trial.training.accuracy == pytest.approx(0.12)
-        assert trial.reward > 0  # scored with the accuracy it had reached
+        assert [(e.step, e.accuracy) for e in trial.proto.evaluations] == [(EVERY, 0.12)]
+        assert trial.accuracy == pytest.approx(0.12)
+        assert trial.reward is not None and trial.reward > 0  # with the accuracy it reached
     for trial in completed:
-        assert [e.step for e in trial.evaluations] == [10, 20, 30]
+        assert [e.step for e in trial.proto.evaluations] == [10, 20, 30]
     # The strategy learns from stopped trials too.
     assert final.strategy_status.observed == 12
     assert final.best_trial in {t.number for t in completed}
@@ -144,16 +145,16 @@ def test_the_best_trials_weights_are_kept(stack: tuple[str, ScriptedTrainer, Sto
         final = search.wait(timeout=120)
         trials = list(search.trials())
         best = sorted(
-            (t for t in trials if t.state == common_pb2.TRIAL_STATE_COMPLETED),
-            key=lambda t: (-t.reward, t.number),
+            (t for t in trials if t.state is TrialState.COMPLETED),
+            key=lambda t: (-(t.reward or 0.0), t.number),
         )[:2]
         kept = {t.number for t in trials if t.has_weights}
         assert kept == {t.number for t in best}
         for trial in best:
-            assert search.weights(trial.number) == trial.architecture.canonical.encode()
+            assert search.weights(trial.number) == trial.architecture.encode()
         others = [t for t in trials if t.number not in kept]
         with pytest.raises(MnasError, match="no weights kept"):
             search.weights(others[0].number)
-    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED
+    assert final.state is SearchState.SUCCEEDED
     for trial in trials:
         assert (store.load_weights(final.id, trial.number) is not None) == trial.has_weights

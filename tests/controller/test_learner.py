@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mnas.client import Client
+from mnas.results import SearchState
 from mnas.space import SearchSpace
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2
@@ -291,6 +292,6 @@ def test_trials_wait_for_a_learner_that_falls_behind(
         finally:
             held.release.set()
         final = search.wait(timeout=120)
-    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+    assert final.state is SearchState.SUCCEEDED, final.error
     assert final.trials_completed == 12
     assert final.strategy_status.updates == 6

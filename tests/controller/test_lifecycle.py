@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mnas.client import Client, ControllerUnavailable
+from mnas.results import SearchState, TrialState
 from mnas.rpc import channel
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc, trainer_pb2
@@ -68,9 +69,9 @@ def test_a_cancel_does_not_wait_for_an_in_flight_measurement(
         assert oracle.entered.wait(timeout=60)
         cancelled = search.cancel()
         assert not oracle.release.is_set()  # the measurement has not finished
-        assert cancelled.state == common_pb2.SEARCH_STATE_CANCELLED
+        assert cancelled.state is SearchState.CANCELLED
         (trial,) = search.trials()
-        assert trial.state == common_pb2.TRIAL_STATE_CANCELLED
+        assert trial.state is TrialState.CANCELLED
         assert trial.attempts == 1  # the abort was not counted as a failed attempt
 
 
@@ -110,13 +111,13 @@ class FailingOnceTrainer(FakeTrainer):
 @pytest.mark.parametrize(
     ("code", "state", "attempts"),
     [
-        (grpc.StatusCode.INTERNAL, common_pb2.TRIAL_STATE_COMPLETED, 2),
-        (grpc.StatusCode.INVALID_ARGUMENT, common_pb2.TRIAL_STATE_FAILED, 1),
+        (grpc.StatusCode.INTERNAL, TrialState.COMPLETED, 2),
+        (grpc.StatusCode.INVALID_ARGUMENT, TrialState.FAILED, 1),
     ],
     ids=["internal-is-retried", "invalid-input-is-not"],
 )
 def test_a_workers_internal_error_is_retried_and_bad_input_is_not(
-    tmp_path: Path, code: grpc.StatusCode, state: int, attempts: int
+    tmp_path: Path, code: grpc.StatusCode, state: TrialState, attempts: int
 ) -> None:
     spec = parse_spec(SPEC.replace("max_trials: 2", "max_trials: 1, max_attempts: 3"))
     with (
@@ -126,7 +127,7 @@ def test_a_workers_internal_error_is_retried_and_bad_input_is_not(
         search = client.submit(spec)
         search.wait(timeout=120)
         trial = next(iter(search.trials()))  # a failed trial is replaced by another
-    assert trial.state == state, trial.error
+    assert trial.state is state, trial.error
     assert trial.attempts == attempts
 
 
@@ -150,7 +151,7 @@ def test_watchers_past_the_cap_are_refused_and_other_calls_still_answer(
             _first(refused)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "too many watchers" in str(caught.value.details())
-        assert search.refresh().state == common_pb2.SEARCH_STATE_RUNNING  # GetSearch answers
+        assert search.refresh().state is SearchState.RUNNING  # GetSearch answers
         watches.pop().cancel()  # type: ignore[no-untyped-call]  # a watcher leaves
         admitted = _retry_until_admitted(stub, request)
         assert admitted.kind == controller_pb2.EVENT_KIND_SNAPSHOT

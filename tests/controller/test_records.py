@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from mnas.client import Client
+from mnas.results import SearchState
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2
 from services.controller.store import Store
@@ -74,7 +75,7 @@ def test_every_trial_is_recorded_running_before_its_trainer_is_called(
         with Client(running.address) as client:
             search = client.submit(parse_spec(SPEC % {"strategy": strategy}))
             final = search.wait(timeout=120)
-    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+    assert final.state is SearchState.SUCCEEDED, final.error
     assert len(trainer.seen) == 5
     for network, recorded in trainer.seen:
         assert recorded == [network]

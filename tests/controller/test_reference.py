@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from mnas import references
 from mnas.cli import main
 from mnas.client import Client
+from mnas.results import ReferenceState, SearchState
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2
 from services.common.server import RunningServer
@@ -176,8 +177,8 @@ def test_the_space_reference_is_trained_once_beside_the_trials(
             search = client.submit(spec("", trials=3))
             pending = search.reference
             assert pending is not None and pending.state in (
-                RS.REFERENCE_STATE_PENDING,
-                RS.REFERENCE_STATE_MEASURED,
+                ReferenceState.PENDING,
+                ReferenceState.MEASURED,
             )
             final = search.wait(timeout=120)
             trials = list(search.trials())
@@ -185,16 +186,16 @@ def test_the_space_reference_is_trained_once_beside_the_trials(
             listed = {s.id: s for s in client.searches()}[search.id]
     finally:
         server.stop(0)
-    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+    assert final.state is SearchState.SUCCEEDED, final.error
     assert len(trainer.calls) == 4  # three trials and the reference, once
     reference = search.reference
-    assert reference is not None and reference.state == RS.REFERENCE_STATE_MEASURED
+    assert reference is not None and reference.state is ReferenceState.MEASURED
     assert reference.name == "space" and reference.attempts == 1 and not reference.error
     space_net = trials[0].architecture
     assert reference.architecture == space_net  # the space's reference network
     # The reference's answer is its own; the trials have the other three.
-    trial_accuracies = [t.training.accuracy for t in trials]
-    assert sorted([reference.training.accuracy, *trial_accuracies]) == answers
+    accuracies = [reference.accuracy, *(t.accuracy for t in trials)]
+    assert sorted(a or 0.0 for a in accuracies) == answers  # none is missing
     # Not a trial: not numbered, not counted, not observed, not the best.
     assert [t.number for t in trials] == [0, 1, 2]
     assert final.trials_completed == 3 and final.trials_failed == 0
@@ -202,10 +203,10 @@ def test_the_space_reference_is_trained_once_beside_the_trials(
     assert final.best_trial in {0, 1, 2}
     assert listed.reference == final.reference  # ListSearches shows it too
     stored = workers.stored(search.id)
-    assert stored is not None and stored.reference == final.reference
+    assert stored is not None and stored.reference == final.proto.reference
     line = (
         "reference mobilenetv2-like (space reference) at width 0.5, 28x28: held-out accuracy "
-        f"{reference.training.accuracy:.4f} on the same proxy"
+        f"{reference.accuracy:.4f} on the same proxy"
     )
     assert line in best.splitlines(), best
     assert best.index(line) < best.index("best 3 by reward")
@@ -228,14 +229,15 @@ def test_each_search_measures_its_reference_and_none_skips_it(
             out = run_cli(capsys, "best", skipped.id, "--target", server.address)
     finally:
         server.stop(0)
-    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+    assert final.state is SearchState.SUCCEEDED, final.error
     assert len(trainer.calls) == calls + 1  # its one trial only
-    assert skipped.reference is None and not final.HasField("reference")
+    assert skipped.reference is None and final.reference is None
+    assert not final.proto.HasField("reference")
     assert "reference" not in out
     for search in (first, second):
         assert search.reference is not None
-        assert search.reference.training.accuracy == REFERENCE_ACCURACY
-        assert search.reference.architecture.canonical == MNASNET_A1
+        assert search.reference.accuracy == REFERENCE_ACCURACY
+        assert search.reference.architecture == MNASNET_A1
 
 
 def test_a_resumed_search_keeps_its_measured_reference(
@@ -250,10 +252,10 @@ def test_a_resumed_search_keeps_its_measured_reference(
             search = client.submit(spec("mnasnet-a1", trials=2))
             assert trainer.held["trial"].wait(60), "no trial started"
             deadline = time.monotonic() + 60
-            while search.refresh().reference.state != RS.REFERENCE_STATE_MEASURED:
+            while search.refresh().proto.reference.state != RS.REFERENCE_STATE_MEASURED:
                 assert time.monotonic() < deadline, "the reference was never measured"
                 time.sleep(0.05)  # pacing the poll
-            before = search.info.reference
+            before = search.proto.reference
             assert search.info.trials_completed == 0
     finally:
         server.stop(0)  # the controller shuts down; the search stays running in the store
@@ -270,12 +272,12 @@ def test_a_resumed_search_keeps_its_measured_reference(
             trials = list(resumed.trials())
     finally:
         server.stop(0)
-    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+    assert final.state is SearchState.SUCCEEDED, final.error
     assert trainer.reference_calls() == 1
-    assert final.reference == before
-    assert final.reference.training.accuracy == REFERENCE_ACCURACY
+    assert final.proto.reference == before
+    assert final.reference is not None and final.reference.accuracy == REFERENCE_ACCURACY
     assert final.trials_completed == 2 and [t.number for t in trials] == [0, 1]
-    assert all(t.architecture.canonical != MNASNET_A1 for t in trials)
+    assert all(t.architecture != MNASNET_A1 for t in trials)
 
 
 def test_a_search_waits_for_its_reference_and_a_restart_measures_a_pending_one(
@@ -296,8 +298,8 @@ def test_a_search_waits_for_its_reference_and_a_restart_measures_a_pending_one(
                 time.sleep(0.05)  # pacing the poll
             time.sleep(0.5)  # the scheduler had its chance to end the search
             info = search.refresh()
-            assert info.state == common_pb2.SEARCH_STATE_RUNNING
-            assert info.reference.state == RS.REFERENCE_STATE_PENDING
+            assert info.state is SearchState.RUNNING
+            assert info.reference is not None and info.reference.state is ReferenceState.PENDING
     finally:
         server.stop(0)
     stored = workers.stored(search.id)
@@ -311,9 +313,9 @@ def test_a_search_waits_for_its_reference_and_a_restart_measures_a_pending_one(
             final = client.search(search.id).wait(timeout=120)
     finally:
         server.stop(0)
-    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
-    assert final.reference.state == RS.REFERENCE_STATE_MEASURED
-    assert final.reference.training.accuracy == REFERENCE_ACCURACY
+    assert final.state is SearchState.SUCCEEDED, final.error
+    assert final.reference is not None and final.reference.state is ReferenceState.MEASURED
+    assert final.reference.accuracy == REFERENCE_ACCURACY
     assert trainer.reference_calls() == 2  # cut off by the stop, then measured once
     assert final.trials_completed == 1
 
@@ -330,12 +332,13 @@ def test_a_failed_reference_does_not_fail_the_search(
             out = run_cli(capsys, "best", search.id, "--target", server.address)
     finally:
         server.stop(0)
-    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+    assert final.state is SearchState.SUCCEEDED, final.error
     assert final.trials_completed == 2 and final.trials_failed == 0
     assert trainer.reference_calls() == 1  # the trainer's verdict on the network: no retry
     reference = final.reference
-    assert reference.state == RS.REFERENCE_STATE_FAILED
-    assert "out of memory" in reference.error and not reference.HasField("training")
+    assert reference is not None and reference.state is ReferenceState.FAILED
+    assert "out of memory" in reference.error and reference.accuracy is None
+    assert not reference.proto.HasField("training")
     line = next(line for line in out.splitlines() if line.startswith("reference "))
     assert line.startswith("reference mnasnet-a1 at width 0.5, 28x28: failed (")
     assert "out of memory" in line

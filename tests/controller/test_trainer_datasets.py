@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mnas.client import Client, ControllerUnavailable
+from mnas.results import SearchState
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc, trainer_pb2
 from services.common.server import RunningServer
@@ -80,7 +81,7 @@ def test_the_spec_takes_the_trainers_data_set_and_refuses_one_no_trainer_has(
             # 600 // 6 held out: the trainer's 600 images, not this machine's 60,000.
             assert training.validation_examples == 100
             final = search.wait(timeout=120)
-            assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+            assert final.state is SearchState.SUCCEEDED, final.error
             assert final.trials_completed == 1
 
         stub = controller_pb2_grpc.ControllerStub(grpc.insecure_channel(server.address))
@@ -154,7 +155,7 @@ def test_trials_landing_on_a_trainer_without_the_data_set_are_retried_on_one_wit
         with Client(server.address) as client:
             final = client.submit(parse_spec(spec)).wait(timeout=180)
             trials = list(client.search(final.id).trials())
-        assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+        assert final.state is SearchState.SUCCEEDED, final.error
         assert final.trials_completed == 3
         assert {t.trainer for t in trials} == {only_here.address}
     finally:

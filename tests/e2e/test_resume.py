@@ -14,8 +14,8 @@ import pytest
 
 from mnas.client import Client
 from mnas.local import LocalStack
+from mnas.results import SearchState, Trial, TrialState
 from mnas.specfile import parse_spec
-from mnas.v1 import common_pb2
 from services.controller.runner import _unpack
 from services.controller.spec import resolve, stored_dataset
 from services.controller.store import Store
@@ -58,13 +58,11 @@ def test_sigkill_and_restart_resumes_the_search(tmp_path: Path) -> None:
     with LocalStack(workdir=tmp_path, store=str(store_path), trainers=2) as stack:
         with Client(stack.controller) as client:
             search = client.submit(spec)
-            before: list[common_pb2.Trial] = []
+            before: list[Trial] = []
             for event in search.watch(timeout=600):
                 info = event.search
                 if info.strategy_status.updates >= 1 and info.trials_running > 0:
-                    before = [
-                        t for t in search.trials() if t.state == common_pb2.TRIAL_STATE_COMPLETED
-                    ]
+                    before = search.completed()
                     stack.process("controller").kill()
                     break
             assert before, "the search ended before the controller could be killed"
@@ -96,17 +94,17 @@ def test_sigkill_and_restart_resumes_the_search(tmp_path: Path) -> None:
                 # The restarted controller's policy is the checkpointed one.
                 assert status.reference_log_prob == pytest.approx(expected, abs=1e-6)
             final = resumed.wait(timeout=600)
-            assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+            assert final.state is SearchState.SUCCEEDED, final.error
             trials = list(resumed.trials())
         budget = spec.budget.max_trials
-        completed = [t for t in trials if t.state == common_pb2.TRIAL_STATE_COMPLETED]
+        completed = [t for t in trials if t.state is TrialState.COMPLETED]
         assert len(completed) == budget
         assert len({t.number for t in completed}) == budget
         # Trials completed before the kill were not run again.
         after = {t.number: t for t in completed}
         for trial in before:
             assert after[trial.number].finished_at == trial.finished_at
-            assert after[trial.number].training == trial.training
+            assert after[trial.number].proto.training == trial.proto.training
         # Trainings cut off by the kill were cancelled on the trainers and run again; one
         # that happened to finish as the controller died may have completed twice.
         assert budget <= completed_jobs(stack) <= budget + spec.budget.parallel_trials

@@ -18,8 +18,9 @@ import sqlalchemy
 
 from mnas.client import Client, InvalidSpec
 from mnas.local import LocalStack, Process
+from mnas.results import EventKind, LatencyFigure, SearchState, TrialState
 from mnas.specfile import parse_spec
-from mnas.v1 import common_pb2, controller_pb2, trainer_pb2_grpc
+from mnas.v1 import common_pb2, trainer_pb2_grpc
 from services.controller.store import Store
 from services.reward.rewards import Kind, Objective, reward
 from tests.common.grpc_helpers import health_status, reflected_services
@@ -50,28 +51,32 @@ def check_search(client: Client, spec: common_pb2.SearchSpec, store_url: str) ->
     search = client.submit(spec)
     events = list(search.watch(timeout=600))
     final = search.refresh()
-    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+    assert final.state is SearchState.SUCCEEDED, final.error
     budget = spec.budget.max_trials
-    finished = [e for e in events if e.kind == controller_pb2.EVENT_KIND_TRIAL_FINISHED]
-    assert events[0].kind == controller_pb2.EVENT_KIND_SNAPSHOT
-    assert events[-1].kind == controller_pb2.EVENT_KIND_SEARCH_FINISHED
-    assert sorted(e.trial.number for e in finished) == list(range(budget))
+    finished = [e.trial for e in events if e.kind is EventKind.TRIAL_FINISHED]
+    assert events[0].kind is EventKind.SNAPSHOT
+    assert events[-1].kind is EventKind.SEARCH_FINISHED
+    assert sorted(t.number for t in finished if t is not None) == list(range(budget))
     trials = list(search.trials())
     assert len(trials) == budget
     objective = Objective.of(Kind.SOFT, 0.002)
     for trial in trials:
-        assert trial.state == common_pb2.TRIAL_STATE_COMPLETED, trial.error
-        assert trial.training.accuracy > 0.1  # chance is 0.1 on Fashion-MNIST
-        assert trial.training.samples_seen >= 900  # whole batches of 1000 examples
-        assert len(trial.latency.samples_seconds) == 5
-        assert trial.latency.device_class == "host-cpu"
-        assert 0 < trial.latency.min_seconds <= trial.latency.median_seconds
-        assert trial.latency.robust_seconds > 0  # what the reward is computed from
+        assert trial.state is TrialState.COMPLETED, trial.error
+        assert trial.accuracy is not None and trial.accuracy > 0.1  # chance is 0.1
+        assert trial.proto.training.samples_seen >= 900  # whole batches of 1000 examples
+        latency = trial.latency
+        assert latency is not None
+        assert len(latency.proto.samples_seconds) == 5
+        assert latency.device_class == "host-cpu"
+        assert 0 < latency.min_seconds <= latency.median_seconds
+        # The reward is computed from the robust figure.
+        assert latency.figure is LatencyFigure.ROBUST
+        assert latency.seconds == latency.proto.robust_seconds > 0
         assert trial.reward == pytest.approx(
-            reward(trial.training.accuracy, trial.latency.robust_seconds, objective), rel=1e-12
+            reward(trial.accuracy, latency.seconds, objective), rel=1e-12
         )
     best = search.best(1)[0]
-    assert best.reward == max(t.reward for t in trials)
+    assert best.reward == max(t.reward or 0.0 for t in trials)
     assert search.pareto()
     # The store holds exactly the budgeted trials.
     store = Store(store_url, schema=None)
@@ -102,7 +107,7 @@ def test_several_searches_at_once_and_the_cli_reads_them(
     with Client(sqlite_stack.controller) as client:
         searches = [client.submit(small_spec(trials=1, examples=300)) for _ in range(2)]
         finals = [s.wait(timeout=300) for s in searches]
-    assert [f.state for f in finals] == [common_pb2.SEARCH_STATE_SUCCEEDED] * 2
+    assert [f.state for f in finals] == [SearchState.SUCCEEDED] * 2
     target = ["--target", sqlite_stack.controller]
     capsys.readouterr()
     assert main(["list", *target]) == 0
@@ -160,7 +165,7 @@ def test_trainer_killed_mid_trial_is_retried_on_the_other(sqlite_stack: LocalSta
         killed: Process | None = None
         trainers = [p for p in sqlite_stack.processes if p.name.startswith("trainer")]
         for event in search.watch(timeout=600):
-            if killed is None and event.kind == controller_pb2.EVENT_KIND_TRIAL_STARTED:
+            if killed is None and event.kind is EventKind.TRIAL_STARTED:
                 # Poll (bounded) until a trainer reports the job, then kill that trainer.
                 deadline = time.monotonic() + 120
                 while killed is None and time.monotonic() < deadline:
@@ -172,9 +177,9 @@ def test_trainer_killed_mid_trial_is_retried_on_the_other(sqlite_stack: LocalSta
                         time.sleep(0.05)  # pacing the poll, not synchronizing
         assert killed is not None
         final = search.refresh()
-        assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+        assert final.state is SearchState.SUCCEEDED, final.error
         trials = list(search.trials())
-        assert [t.state for t in trials] == [common_pb2.TRIAL_STATE_COMPLETED] * 2
+        assert [t.state for t in trials] == [TrialState.COMPLETED] * 2
         (retried,) = [t for t in trials if t.attempts >= 2]
         assert retried.trainer != killed.address
         assert {t.trainer for t in trials} <= {p.address for p in trainers}
@@ -185,17 +190,14 @@ def test_cancel_stops_running_trials(sqlite_stack: LocalStack) -> None:
     with Client(sqlite_stack.controller) as client:
         search = client.submit(small_spec(trials=4, parallel=2, examples=20000))
         for event in search.watch(timeout=300):
-            if event.kind == controller_pb2.EVENT_KIND_TRIAL_STARTED:
+            if event.kind is EventKind.TRIAL_STARTED:
                 break
         final = search.cancel()
-        assert final.state == common_pb2.SEARCH_STATE_CANCELLED
+        assert final.state is SearchState.CANCELLED
         trials = list(search.trials())
         assert trials
-        assert {t.state for t in trials} <= {
-            common_pb2.TRIAL_STATE_CANCELLED,
-            common_pb2.TRIAL_STATE_COMPLETED,
-        }
-        assert common_pb2.TRIAL_STATE_CANCELLED in {t.state for t in trials}
+        assert {t.state for t in trials} <= {TrialState.CANCELLED, TrialState.COMPLETED}
+        assert TrialState.CANCELLED in {t.state for t in trials}
     trainers = [p for p in sqlite_stack.processes if p.name.startswith("trainer") and p.alive()]
     deadline = time.monotonic() + 30
     while any(_in_flight(p) for p in trainers) and time.monotonic() < deadline:

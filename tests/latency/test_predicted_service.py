@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from mnas.cli import main
 from mnas.client import Client
+from mnas.results import SearchState
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, latency_pb2, latency_pb2_grpc
 from services.common.server import RunningServer
@@ -102,8 +103,9 @@ def test_a_search_on_the_predicted_class(
         search = client.submit(spec)
         final = search.wait(timeout=120)
         trials = list(search.trials())
-    assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
-    assert all(t.latency.device_class == "host-cpu-predicted" for t in trials)
+    assert final.state is SearchState.SUCCEEDED, final.error
+    assert all(t.latency and t.latency.device_class == "host-cpu-predicted" for t in trials)
+    assert all(t.latency and t.latency.predicted for t in trials)
     assert all(t.latency_worker == server.address for t in trials)  # asked every time
 
 

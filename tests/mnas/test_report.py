@@ -20,6 +20,7 @@ import pytest
 from mnas.cli import main
 from mnas.client import Client
 from mnas.report import reference_summary, render_report
+from mnas.results import SearchState
 from mnas.space import SearchSpace
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2
@@ -314,7 +315,7 @@ def test_report_from_a_controller_matches_the_store(
     with controller_stack(tmp_path, InstantTrainer()) as stack, Client(stack.address) as client:
         search = client.submit(parse_spec(SPEC))
         final = search.wait(timeout=120)
-        assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+        assert final.state is SearchState.SUCCEEDED, final.error
         over_grpc = tmp_path / "grpc.html"
         code, _, err = run(
             capsys, "report", search.id, "--target", stack.address, "-o", str(over_grpc)

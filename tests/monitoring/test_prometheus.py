@@ -34,7 +34,7 @@ import yaml
 
 from mnas.client import Client
 from mnas.local import SERVICE_NAMES, Process, free_port, start_service, wait_serving
-from mnas.v1 import common_pb2
+from mnas.results import SearchState
 from tests.e2e.test_search import small_spec
 from tests.latency.phones.adb_peer import AdbPeer
 from tests.latency.phones.conftest import STUB
@@ -187,7 +187,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             with Client(processes[-1].address) as client:
                 search = client.submit(spec)
                 final = search.wait(timeout=600)
-            assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+            assert final.state is SearchState.SUCCEEDED, final.error
             finished = f'sum(mnas_search_trials_finished_total{{search="{search.id}"}})'
             assert poll(prometheus, finished, float(TRIALS), timeout=60) == TRIALS
             yield Run(prometheus, search.id, start - 2 * SCRAPE_SECONDS, time.time())

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from mnas.client import Client
 from mnas.local import LocalStack
-from mnas.v1 import common_pb2
+from mnas.results import SearchInfo, SearchState
 from services.operator.controller import GrpcController
 from services.operator.kube import KubeApi
 from services.operator.loop import Operator, OperatorMetrics
@@ -159,9 +159,9 @@ async def until(
         await asyncio.sleep(0.05)  # pacing the check; the emulator serves meanwhile
 
 
-def searches_named(stack: LocalStack, name: str) -> list[common_pb2.Search]:
+def searches_named(stack: LocalStack, name: str) -> list[SearchInfo]:
     with Client(stack.controller) as sdk:
-        return [s for s in sdk.searches() if s.spec.name == name]
+        return [s for s in sdk.searches() if s.name == name]
 
 
 @pytest.mark.asyncio
@@ -185,7 +185,7 @@ async def test_created_search_runs_to_success_with_its_best_trial(
     assert (status["completed"], status["failed"], status["trials"]) == (2, 0, 2)
     (search,) = searches_named(stack, name)
     assert status["searchId"] == search.id
-    assert search.state == common_pb2.SEARCH_STATE_SUCCEEDED
+    assert search.state is SearchState.SUCCEEDED
     best = status["bestTrial"]
     assert best["number"] == search.best_trial
     assert best["reward"] == pytest.approx(search.best_reward)
@@ -228,7 +228,7 @@ async def test_delete_cancels_the_search_and_releases_the_object(
         lambda: current(emulator, name),
     )
     (search,) = searches_named(stack, name)
-    assert search.state == common_pb2.SEARCH_STATE_CANCELLED
+    assert search.state is SearchState.CANCELLED
     assert search.trials_completed < 50
 
 
