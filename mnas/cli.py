@@ -1,8 +1,9 @@
 """The ``mnas`` command line.
 
-An error prints one line, ``mnas: error: ...``, to standard error. Exit status: 0
-success, 1 the search or command failed, 2 usage or bad input (a malformed block string,
-a choice outside the space, an unknown name), 3 the service is unreachable, 4 not found.
+An error prints one line, ``mnas: error: ...``, to standard error (a spec's problems one
+line each). Exit status: 0 success, 1 the search or command failed, 2 usage or bad input
+(a malformed block string, a choice outside the space, an unknown name), 3 the service is
+unreachable, 4 not found.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mnas.cli_latency import add_commands as add_latency_commands
 from mnas.cli_output import results_console
 from mnas.cli_report import add_commands as add_report_commands
 from mnas.cli_searches import add_commands
+from mnas.cli_validate import add_command as add_validate_command
 from mnas.client import MnasError, Unauthenticated
 from mnas.cost import count
 from mnas.errors import NotFound, ServiceUnreachable, UsageError
@@ -57,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (ValueError, UsageError, MnasError, ServiceUnreachable, NotFound) as err:
-        message = " ".join(str(err).split())
-        print(f"mnas: error: {message}", file=sys.stderr)
+        for line in str(err).splitlines() or [""]:  # one line per problem (a spec's)
+            print(f"mnas: error: {' '.join(line.split())}", file=sys.stderr)
         return exit_status(err)
 
 
@@ -275,6 +277,7 @@ def _parser() -> argparse.ArgumentParser:
     add_commands(commands)
     add_latency_commands(commands)
     add_report_commands(commands)
+    add_validate_command(commands)
 
     space = commands.add_parser("space", help="the search space")
     _print_help_by_default(space)

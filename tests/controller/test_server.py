@@ -45,7 +45,7 @@ BAD_SPECS = [
     (
         "unknown op",
         GOOD + "space: {choices: {ops: [conv, sepconv], kernels: [3], "
-        "se_ratios: [0], skips: [none], filter_ratios: [1], layer_deltas: [0]}}",
+        "se_ratios: [0], skips: [identity], filter_ratios: [1], layer_deltas: [0]}}",
         "spec.space.choices.ops",
     ),
     ("T <= 0", GOOD.replace("0.01", "0"), "spec.objective.target_latency_seconds"),
@@ -64,8 +64,8 @@ BAD_SPECS = [
     ),
     (
         "empty choices",
-        GOOD + "space: {choices: {ops: [conv], kernels: [], se_ratios: [0], "
-        "skips: [none], filter_ratios: [1], layer_deltas: [0]}}",
+        GOOD + "space: {choices: {ops: [dconv, mbconv6], kernels: [], se_ratios: [0], "
+        "skips: [identity], filter_ratios: [1], layer_deltas: [0]}}",
         "spec.space.choices.kernels",
     ),
     ("malformed YAML", "objective: {kind: soft\nbudget: [", "malformed YAML"),
@@ -130,6 +130,47 @@ def test_bad_spec_is_invalid_argument_naming_the_field(
         stub.SubmitSearch(controller_pb2.SubmitSearchRequest(spec=parse_spec(text)), timeout=10)
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert str(info.value.details()).startswith(field)
+    assert store.list_searches() == []
+
+
+def test_invalid_argument_lists_every_problem(controller: tuple[RunningServer, Store]) -> None:
+    """Each problem on its own line, those only the workers can tell (the device class)
+    among them."""
+    from mnas.specfile import parse_spec
+
+    server, store = controller
+    text = GOOD.replace("parallel_trials: 2", "parallel_trials: 9") + (
+        "strategy: ppo9000\nlatency: {device_class: pixel-1}\n"
+    )
+    stub = controller_pb2_grpc.ControllerStub(grpc.insecure_channel(server.address))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SubmitSearch(controller_pb2.SubmitSearchRequest(spec=parse_spec(text)), timeout=10)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    lines = str(info.value.details()).splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "spec.budget.parallel_trials",
+        "spec.latency.device_class",
+        "spec.strategy",
+    ]
+    assert store.list_searches() == []
+
+
+def test_the_cli_prints_each_problem_the_controller_finds(
+    controller: tuple[RunningServer, Store], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Problems only the workers' facts show pass the offline check; the controller's
+    answer is printed one line per problem."""
+    server, store = controller
+    path = tmp_path / "spec.yaml"
+    path.write_text(GOOD + "training: {validation_examples: 60000}\nlatency: {device_class: x}\n")
+    code = main(["submit", str(path), "--target", server.address])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert [line.split(": ")[2] for line in err.splitlines()] == [
+        "spec.training.validation_examples",
+        "spec.latency.device_class",
+    ]
+    assert all(line.startswith("mnas: error: ") for line in err.splitlines())
     assert store.list_searches() == []
 
 

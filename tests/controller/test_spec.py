@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import pytest
 from google.protobuf import json_format
 
 from mnas import references
+from mnas.errors import InvalidInput
+from mnas.spec_check import STRATEGY_NAMES, SpecError, check_spec
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2
 from services.controller.spec import (
@@ -17,6 +21,8 @@ from services.controller.spec import (
     resolve,
     stored_dataset,
 )
+from services.controller.strategies import PPOConfig
+from services.reward.server import objective_from_proto
 
 DEVICES = {"host-cpu"}
 FASHION = Dataset(name="fashion-mnist", classes=10, resolution=28, examples=60000)
@@ -310,3 +316,112 @@ def test_a_stored_spec_resolves_again_without_asking_any_trainer() -> None:
         strategies=STRATEGIES,
     )
     assert again.spec == first.spec
+
+
+# --- the same checks as `mnas validate`, every problem at once ------------------------------
+
+
+def test_every_problem_is_refused_at_once_one_line_each() -> None:
+    bad = spec(
+        **{
+            "budget.parallel_trials": 5,
+            "training.momentum": 1.0,
+            "latency.device_class": "pixel-1",
+            "strategy": "ppo9000",
+        }
+    )
+    with pytest.raises(SpecError) as info:
+        resolve(bad, dataset=FASHION, device_classes=DEVICES, strategies=STRATEGIES)
+    assert [line.split(":")[0] for line in str(info.value).splitlines()] == [
+        "spec.budget.parallel_trials",
+        "spec.training.momentum",
+        "spec.latency.device_class",
+        "spec.strategy",
+    ]
+    assert isinstance(info.value, InvalidInput)
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_the_controller_refuses_what_the_offline_check_refuses_and_more(
+    overrides: dict[str, Any], needle: str
+) -> None:
+    """`mnas validate` and the controller run one set of checks: the controller's
+    problems are the offline ones plus those only the workers' facts show."""
+    bad = spec(**overrides)
+    offline = {p.path for p in check_spec(bad)}
+    with pytest.raises(SpecError) as info:
+        resolve(bad, dataset=FASHION, device_classes=DEVICES, strategies=STRATEGIES)
+    served = {p.path for p in info.value.problems}
+    assert offline <= served
+    assert needle.removeprefix("spec.") in served
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "ppo.yaml", "early_stopping.yaml"])
+def test_a_resolved_spec_passes_the_checks_again(name: str) -> None:
+    """A controller restarted on its store checks each stored spec again."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "examples" / name).read_text()
+    resolved = resolve(
+        parse_spec(text), dataset=FASHION, device_classes=DEVICES, strategies=STRATEGY_NAMES
+    )
+    stored = stored_dataset(resolved.spec)
+    assert check_spec(resolved.spec, dataset=stored, device_classes=DEVICES) == []
+
+
+def test_the_offline_strategy_names_are_the_controller_s() -> None:
+    import services.controller.core  # noqa: F401  (registers every strategy)
+    from services.controller.strategies import STRATEGIES as REGISTERED
+
+    assert set(STRATEGY_NAMES) == set(REGISTERED)
+
+
+# Values at and around each range's ends; the offline check and the domain objects that
+# the controller builds must agree on every one.
+EDGES = [-1.0, -0.5, 0.0, 1e-9, 0.5, 0.999, 1.0, 1.5, 2.0, 3.0, math.inf, math.nan]
+
+
+def _with(section: str, name: str, value: float) -> common_pb2.SearchSpec:
+    out = spec()
+    setattr(getattr(out, section), name, value)
+    return out
+
+
+def _refused(check: Any) -> bool:
+    try:
+        check()
+    except ValueError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "name", ["batch_size", "learning_rate", "clip", "entropy_weight", "baseline_decay", "epochs"]
+)
+def test_ppo_ranges_agree_with_the_strategy_s(name: str) -> None:
+    integer = isinstance(getattr(PPOConfig(), name), int)
+    for value in EDGES:
+        if value == 0 or (integer and not (math.isfinite(value) and value == int(value))):
+            continue  # 0: the default; fractions do not fit an integer field
+        given = int(value) if integer else value
+        offline = [p for p in check_spec(_with("ppo", name, given)) if p.path.startswith("ppo")]
+        config = dataclasses.replace(PPOConfig(), **{name: given})  # type: ignore[arg-type]
+        assert bool(offline) == _refused(config.validate), (name, given)
+
+
+@pytest.mark.parametrize("name", ["alpha", "beta", "target_latency_seconds"])
+def test_objective_ranges_agree_with_the_reward_s(name: str) -> None:
+    for value in EDGES:
+        if value == 0 and name == "target_latency_seconds":
+            continue  # 0: unset, reported as required
+        given = _with("objective", name, value)
+        offline = [p for p in check_spec(given) if p.path.startswith("objective")]
+        refused = _refused(lambda: objective_from_proto(given.objective))  # noqa: B023
+        assert bool(offline) == refused, (name, value)
+
+
+def test_a_data_set_no_trainer_serves_suggests_the_closest_one() -> None:
+    with pytest.raises(
+        ValueError, match=r"no trainer serves 'cifar-10' \(did you mean 'cifar10'\?\)"
+    ):
+        choose_dataset("cifar-10", {"a:1": {"cifar10": CIFAR, "fashion-mnist": FASHION}}, {})
