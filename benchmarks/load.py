@@ -10,12 +10,17 @@ random search, and reads the controller's resident memory (VmRSS) as the complet
 trials cross 0, 1,000 and every later thousand.
 
     python -m benchmarks.load [--trials 10000] [--searches 20] [--watchers 200]
+                              [--work-slots 2] [--baseline-slots 128]
+
+The same load runs twice, on a new controller each time: with ``--work-slots`` (the
+controller's gate on its trial threads, :mod:`services.controller.gate`), then, as the
+baseline, with ``--baseline-slots`` (by default more slots than threads: no gate).
 
 Last line: one JSON object with ``get_search_ms`` and ``list_trials_ms`` (p50, p99, max,
 calls), ``rss_mb`` by completed trials, ``trials_per_second``, the most trials seen in
-flight, and what the watchers received. Goal: p99 of GetSearch <= 50 ms; memory that
-grows only with the data the controller keeps (searches in memory, not trials: trials
-live in the store).
+flight, and what the watchers received; the baseline's under ``baseline``. Goal: p99 of
+GetSearch <= 50 ms; memory that grows only with the data the controller keeps (searches
+in memory, not trials: trials live in the store).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks.instant_workers import CAPACITY, instant_workers_process
 from mnas.client import Client
@@ -38,6 +44,7 @@ from mnas.local import start_service, wait_serving
 from mnas.rpc import channel
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc
+from services.controller.gate import DEFAULT_SLOTS
 
 SPEC = """
 name: load-%(index)d
@@ -51,6 +58,7 @@ reference: none
 PAGE = 100
 PROBE_PAUSE_SECONDS = 0.02  # between two timed calls: a steady stream, not a flood
 RSS_EVERY = 1000
+UNGATED = CAPACITY + 64  # more slots than trial threads ever run at once
 
 
 def rss_mb(pid: int) -> float:
@@ -103,11 +111,33 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=10_000, help="trials in all")
     parser.add_argument("--searches", type=int, default=20, help="searches at once")
     parser.add_argument("--watchers", type=int, default=200, help="WatchSearch clients")
+    parser.add_argument(
+        "--work-slots",
+        type=int,
+        default=DEFAULT_SLOTS,
+        help=f"the controller's --work-slots (default {DEFAULT_SLOTS}, the controller's own)",
+    )
+    parser.add_argument(
+        "--baseline-slots",
+        type=int,
+        default=UNGATED,
+        help=f"--work-slots of the baseline run, on the same load (default {UNGATED}: as "
+        "many as there are trials in flight, i.e. no gate); 0 skips the baseline",
+    )
     parser.add_argument("--watch", nargs="+", help=argparse.SUPPRESS)  # TARGET IDS...
     args = parser.parse_args()
     if args.watch:
         watch_all(args.watch[0], args.watch[1:], args.watchers)
         return 0
+    result = one_run(args, args.work_slots)
+    if args.baseline_slots:
+        result["baseline"] = one_run(args, args.baseline_slots)
+    print(json.dumps(result))
+    return 0
+
+
+def one_run(args: argparse.Namespace, work_slots: int) -> dict[str, Any]:
+    """The load against a new controller with ``work_slots``; its figures."""
     per_search = args.trials // args.searches
     total = per_search * args.searches
     # Every search asks for its share of the workers' slots, a few more than there are,
@@ -127,20 +157,25 @@ def main() -> int:
                 workers["latency"],
                 "--reward",
                 workers["reward"],
+                "--work-slots",
+                str(work_slots),
                 "--log-level",
                 "warning",
             ],
         )
         try:
             wait_serving(controller, "mnas.v1.Controller", timeout=120)
-            return run(controller.address, controller.popen.pid, args, per_search, total, parallel)
+            figures = run(
+                controller.address, controller.popen.pid, args, per_search, total, parallel
+            )
         finally:
             controller.terminate()
+    return {"work_slots": work_slots, **figures}
 
 
 def run(
     target: str, pid: int, args: argparse.Namespace, per_search: int, total: int, parallel: int
-) -> int:
+) -> dict[str, Any]:
     rss = {"0": round(rss_mb(pid), 1)}
     with Client(target) as client:
         ids = [
@@ -195,31 +230,26 @@ def run(
             common_pb2.SearchState.Name(s.proto.state) for s in client.searches() if s.id in ids
         }
     watched = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
-    print(
-        json.dumps(
-            {
-                "searches": args.searches,
-                "trials": total,
-                "watchers": args.watchers,
-                "search_states": sorted(states),
-                "seconds": round(elapsed, 1),
-                "trials_per_second": round(total / elapsed, 1),
-                "most_trials_in_flight": most_in_flight,
-                "get_search_ms": percentiles(timings["get_search"]),
-                "list_trials_ms": percentiles(timings["list_trials"]),
-                "goal_get_search_p99_ms": 50,
-                "rss_mb": rss,
-                "rss_mb_per_1000_trials_after_1000": round(
-                    (rss["end"] - rss.get("1000", rss["end"])) / max(1, (total - 1000) / 1000), 2
-                ),
-                "watched": watched,
-                "mean_get_search_ms": round(statistics.fmean(timings["get_search"]) * 1e3, 2),
-                "cpus": os.cpu_count(),
-                "load_average": [round(x, 2) for x in os.getloadavg()],
-            }
-        )
-    )
-    return 0
+    return {
+        "searches": args.searches,
+        "trials": total,
+        "watchers": args.watchers,
+        "search_states": sorted(states),
+        "seconds": round(elapsed, 1),
+        "trials_per_second": round(total / elapsed, 1),
+        "most_trials_in_flight": most_in_flight,
+        "get_search_ms": percentiles(timings["get_search"]),
+        "list_trials_ms": percentiles(timings["list_trials"]),
+        "goal_get_search_p99_ms": 50,
+        "rss_mb": rss,
+        "rss_mb_per_1000_trials_after_1000": round(
+            (rss["end"] - rss.get("1000", rss["end"])) / max(1, (total - 1000) / 1000), 2
+        ),
+        "watched": watched,
+        "mean_get_search_ms": round(statistics.fmean(timings["get_search"]) * 1e3, 2),
+        "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 if __name__ == "__main__":

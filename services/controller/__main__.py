@@ -16,6 +16,7 @@ from services.common.cli import (
 from services.common.server import catch_stop_signals, serve_from_args, service_registry
 from services.controller.clients import Backends
 from services.controller.core import Controller
+from services.controller.gate import DEFAULT_SLOTS
 from services.controller.learner import warm_up
 from services.controller.metrics import ControllerMetrics
 from services.controller.server import make_server
@@ -79,10 +80,20 @@ def main() -> None:
         help="gRPC server threads (default 256): each WatchSearch holds one while it lasts, "
         "and watches may take all but 32",
     )
+    parser.add_argument(
+        "--work-slots",
+        type=int,
+        default=DEFAULT_SLOTS,
+        help=f"trial threads that run the controller's own work at once (default "
+        f"{DEFAULT_SLOTS}); the others wait off the interpreter's queue, so API calls are "
+        "answered promptly however many trials are in flight (see docs/reliability.md)",
+    )
     add_client_tls_arguments(parser)
     args = parser.parse_args()
     if args.max_workers < 64:
         parser.error(f"--max-workers: must be >= 64, got {args.max_workers}")
+    if args.work_slots < 1:
+        parser.error(f"--work-slots: must be >= 1, got {args.work_slots}")
     configure_logging(args.log_level)
     catch_stop_signals()  # a signal during start-up is not lost
     tls, outgoing_tls = server_tls(parser, args), client_tls(parser, args)
@@ -103,7 +114,9 @@ def main() -> None:
         reward=args.reward,
         tls=outgoing_tls,
     )
-    controller = Controller(store, backends, ControllerMetrics(registry))
+    controller = Controller(
+        store, backends, ControllerMetrics(registry), work_slots=args.work_slots
+    )
     controller.resume()  # before serving, so the first answers already see resumed searches
     running = make_server(
         controller,

@@ -21,6 +21,7 @@ from mnas.errors import InvalidInput
 from mnas.v1 import common_pb2, controller_pb2
 from services.controller.clients import Backends
 from services.controller.events import EventHub
+from services.controller.gate import DEFAULT_SLOTS, WorkGate
 from services.controller.metrics import ControllerMetrics
 from services.controller.runner import SearchRunner, _now
 from services.controller.spec import (
@@ -61,12 +62,20 @@ class ShuttingDown(Exception):
 
 
 class Controller:
-    def __init__(self, store: Store, backends: Backends, metrics: ControllerMetrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        backends: Backends,
+        metrics: ControllerMetrics,
+        *,
+        work_slots: int = DEFAULT_SLOTS,
+    ) -> None:
         self._store = store
         self._backends = backends
         self._metrics = metrics
         metrics.track_workers([backends.trainers, backends.latency])
         self._hub = EventHub()
+        self._gate = WorkGate(work_slots)  # shared by all searches' trial threads
         self._lock = threading.Condition()
         self._runners: dict[str, SearchRunner] = {}
         self._closing = False  # shutdown began: submissions are refused
@@ -295,6 +304,7 @@ class Controller:
             metrics=self._metrics,
             trials=trials,
             on_finish=self._finished,
+            gate=self._gate,
         )
         with self._lock:
             self._runners[search.id] = runner

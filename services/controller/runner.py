@@ -36,6 +36,7 @@ from mnas.latency import is_predicted, reported_seconds
 from mnas.v1 import common_pb2, controller_pb2, latency_pb2, reward_pb2, trainer_pb2
 from services.controller.clients import Backends, WorkerError
 from services.controller.events import EventHub
+from services.controller.gate import WorkGate
 from services.controller.metrics import ControllerMetrics
 from services.controller.spec import ResolvedSpec
 from services.controller.stopping import MedianStopping
@@ -96,6 +97,7 @@ class SearchRunner:
         metrics: ControllerMetrics,
         trials: Sequence[common_pb2.Trial] = (),
         on_finish: Callable[[str], None] | None = None,
+        gate: WorkGate | None = None,
     ) -> None:
         self.resolved = resolved
         self.spec = resolved.spec
@@ -110,6 +112,8 @@ class SearchRunner:
         )
         self._search_metrics.set_done(search.trials_completed + search.trials_stopped)
         self._on_finish = on_finish
+        # Shared by every search of the controller: see services.controller.gate.
+        self._gate = gate if gate is not None else WorkGate()
         self._lock = threading.Condition()
         self._cancel = threading.Event()
         self._stopping = False
@@ -403,8 +407,9 @@ class SearchRunner:
         """Run trials one after the other on this thread, as long as the next may start
         as this one ends: no hand-over to the scheduler's thread and no new thread."""
         trial: common_pb2.Trial | None = first
-        while trial is not None:
-            trial = self._run_trial(trial)
+        with self._gate.held():
+            while trial is not None:
+                trial = self._run_trial(trial)
 
     def _run_trial(self, trial: common_pb2.Trial) -> common_pb2.Trial | None:
         """Run ``trial`` to its end; the trial to run next on this thread, if any."""
@@ -574,7 +579,8 @@ class SearchRunner:
     def _acquire(self, pool: WorkerPool, avoid: set[str]) -> str:
         started = time.monotonic()
         try:
-            return pool.acquire(avoid=avoid, cancelled=self._cancel.is_set)
+            with self._gate.released():
+                return pool.acquire(avoid=avoid, cancelled=self._cancel.is_set)
         except NoWorkers:
             raise _Cancelled from None
         finally:
@@ -599,9 +605,10 @@ class SearchRunner:
         started = time.monotonic()
         failed = busy = False
         try:
-            response = self._backends.measure(
-                address, request, register_cancel=self._abort_on_cancel(trial.number)
-            )
+            with self._gate.released():
+                response = self._backends.measure(
+                    address, request, register_cancel=self._abort_on_cancel(trial.number)
+                )
         except WorkerError as err:
             self._check_cancel()  # aborted by a cancel: not the endpoint's failure
             failed = err.endpoint_failed
@@ -684,9 +691,10 @@ class SearchRunner:
             on_cancel(abort)
 
         try:
-            return self._backends.train(
-                address, request, on_progress=on_progress, register_cancel=register
-            )
+            with self._gate.released():
+                return self._backends.train(
+                    address, request, on_progress=on_progress, register_cancel=register
+                )
         except _Stopped:
             for abort in aborts:
                 abort()
@@ -715,13 +723,13 @@ class SearchRunner:
 
     def _score(self, trial: common_pb2.Trial) -> None:
         started = time.monotonic()
-        trial.reward = self._backends.score(
-            reward_pb2.ScoreRequest(
-                accuracy=trial.training.accuracy,
-                latency_seconds=reported_seconds(trial.latency),
-                objective=self.spec.objective,
-            )
+        request = reward_pb2.ScoreRequest(
+            accuracy=trial.training.accuracy,
+            latency_seconds=reported_seconds(trial.latency),
+            objective=self.spec.objective,
         )
+        with self._gate.released():
+            trial.reward = self._backends.score(request)
         trial.reward_seconds = time.monotonic() - started
         self._search_metrics.phase("scoring", trial.reward_seconds)
 

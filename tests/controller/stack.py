@@ -15,6 +15,7 @@ from mnas.v1 import trainer_pb2_grpc
 from services.common.server import RunningServer, build_server
 from services.controller.clients import Backends
 from services.controller.core import Controller
+from services.controller.gate import DEFAULT_SLOTS
 from services.controller.metrics import ControllerMetrics
 from services.controller.server import make_server
 from services.controller.store import Store
@@ -41,6 +42,7 @@ def controller_stack(
     pki: Pki | None = None,
     users: Users | None = None,
     max_workers: int = 256,
+    work_slots: int = DEFAULT_SLOTS,
 ) -> Iterator[Stack]:
     """``latency``: the address of a latency service to use instead of a new one; ``pki``:
     every server asks for mutual TLS with its certificates, and the controller calls the
@@ -66,7 +68,9 @@ def controller_stack(
         reward=servers[1].address,
         tls=pki.client() if pki is not None else None,
     )
-    core = Controller(store, backends, ControllerMetrics(CollectorRegistry()))
+    core = Controller(
+        store, backends, ControllerMetrics(CollectorRegistry()), work_slots=work_slots
+    )
     controller = make_server(
         core,
         registry=CollectorRegistry(),

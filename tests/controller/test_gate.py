@@ -1,0 +1,139 @@
+"""The work gate: how many trial threads run the controller's own work at once.
+
+The unit tests use real threads; the search test runs a real controller, latency and
+reward service on loopback with a trainer that answers at once, so what is under test is
+that a gate of one slot bounds the controller's work without ever deadlocking it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from mnas.specfile import parse_spec
+from mnas.v1 import common_pb2, trainer_pb2
+from services.controller.gate import WorkGate
+from tests.common.fake_trainer import FakeTrainer
+from tests.controller.stack import controller_stack
+
+WAIT = 30.0  # seconds: only ever reached when a test is about to fail
+
+
+def test_no_more_threads_than_slots_hold_the_gate() -> None:
+    gate = WorkGate(2)
+    inside = most = 0
+    count = threading.Lock()
+    start = threading.Barrier(8)
+
+    def work() -> None:
+        nonlocal inside, most
+        start.wait()
+        for _ in range(300):
+            with gate.held():
+                with count:
+                    inside += 1
+                    most = max(most, inside)
+                with count:
+                    inside -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert 1 <= most <= 2
+    assert gate.in_use() == 0
+
+
+def test_released_hands_the_slot_to_a_waiting_thread() -> None:
+    gate = WorkGate(1)
+    other_in = threading.Event()
+
+    def other() -> None:
+        with gate.held():
+            other_in.set()
+
+    with gate.held():
+        thread = threading.Thread(target=other)
+        thread.start()
+        with gate.released():  # as a trial thread waiting on a worker
+            assert other_in.wait(WAIT), "the slot was not given up"
+            thread.join(WAIT)
+        assert gate.holding()
+        assert gate.in_use() == 1
+    assert gate.in_use() == 0
+
+
+def test_released_without_a_slot_gives_nothing_up() -> None:
+    gate = WorkGate(1)
+    holder_in, leave = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with gate.held():
+            holder_in.set()
+            leave.wait(WAIT)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert holder_in.wait(WAIT)
+    with gate.released():  # an API call's thread: it holds no slot
+        assert gate.in_use() == 1
+    assert gate.in_use() == 1
+    assert not gate.holding()
+    leave.set()
+    thread.join(WAIT)
+    assert gate.in_use() == 0
+
+
+def test_a_thread_cannot_hold_two_slots() -> None:
+    gate = WorkGate(2)
+    with gate.held(), pytest.raises(RuntimeError, match="holds a slot already"), gate.held():
+        pass
+
+
+def test_a_gate_needs_a_slot() -> None:
+    with pytest.raises(ValueError, match="slots: must be >= 1, got 0"):
+        WorkGate(0)
+
+
+class InstantTrainer(FakeTrainer):
+    """Answers every training at once, one at a time."""
+
+    def Train(
+        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
+    ) -> Iterator[trainer_pb2.TrainResponse]:
+        yield trainer_pb2.TrainResponse(result=common_pb2.TrainResult(accuracy=0.5, samples_seen=1))
+
+
+SPEC = """
+name: gated-%(index)d
+seed: %(index)d
+strategy: random
+duplicates: DUPLICATE_POLICY_RETRAIN
+space:
+  resolution: 28
+  stages: [{expansion: 1, filters: 16, layers: 1, stride: 1}]
+  choices: {ops: [dconv], kernels: [3, 5], se_ratios: [0], skips: [identity, none],
+            filter_ratios: [1], layer_deltas: [0]}
+objective: {kind: soft, target_latency_seconds: 0.001}
+budget: {max_trials: 6, parallel_trials: 4}
+latency: {warmup_runs: 1, runs: 2}
+reference: none
+"""
+
+
+def test_searches_end_with_one_slot_and_one_trainer_slot(tmp_path: Path) -> None:
+    """Eight trials in flight over two searches wait for one trainer slot and one gate
+    slot: a trial thread must give its gate slot up while it waits for a worker's, or
+    the one that holds the worker waits for the gate forever."""
+    with controller_stack(tmp_path, InstantTrainer(), work_slots=1) as stack:
+        core = stack.controller
+        ids = [core.submit(parse_spec(SPEC % {"index": i})).id for i in range(2)]
+        finals = [core.wait(search_id, timeout=120) for search_id in ids]
+    for final in finals:
+        assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
+        assert final.trials_completed == 6
