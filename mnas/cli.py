@@ -3,13 +3,16 @@
 An error prints one line, ``mnas: error: ...``, to standard error (a spec's problems one
 line each). Exit status: 0 success, 1 the search or command failed, 2 usage or bad input
 (a malformed block string, a choice outside the space, an unknown name), 3 the service is
-unreachable, 4 not found.
+unreachable, 4 not found. An error of the system (a file that cannot be written, say) is
+one line too, with status 1; when the reader of standard output goes away early
+(``mnas list | head -1``) the command ends quietly with status 141, as a Unix tool that
+gets SIGPIPE does.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import random
 import sys
 from collections.abc import Sequence
@@ -21,21 +24,24 @@ from rich.table import Table
 from mnas import references
 from mnas.cli_args import add_arch_selector, arch_from_args
 from mnas.cli_latency import add_commands as add_latency_commands
-from mnas.cli_output import results_console
+from mnas.cli_output import add_output_argument, print_data, results_console
 from mnas.cli_report import add_commands as add_report_commands
-from mnas.cli_searches import add_commands
+from mnas.cli_searches import EXIT_INTERRUPTED, add_commands
 from mnas.cli_validate import add_command as add_validate_command
 from mnas.client import MnasError, Unauthenticated
 from mnas.cost import count
-from mnas.errors import NotFound, ServiceUnreachable, UsageError
+from mnas.errors import CommandFailed, NotFound, ServiceUnreachable, UsageError
 from mnas.space import PRESETS, SearchSpace, preset
 
 __all__ = ["main"]
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 1, 2, 3, 4
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as the shell reports a tool that SIGPIPE ended
 EXIT_STATUS_HELP = (
     "exit status: 0 success, 1 the search or command failed, 2 usage or bad input, "
-    "3 the service is unreachable, 4 not found"
+    "3 the service is unreachable, 4 not found; 130 after Ctrl-C, 141 when the reader of "
+    "the output went away (| head). Commands read MNAS_TARGET, MNAS_LATENCY_TARGET, "
+    "MNAS_STORE and MNAS_TOKEN, which `mnas up` prints"
 )
 
 
@@ -58,10 +64,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.run(args) or 0)
-    except (ValueError, UsageError, MnasError, ServiceUnreachable, NotFound) as err:
-        for line in str(err).splitlines() or [""]:  # one line per problem (a spec's)
-            print(f"mnas: error: {' '.join(line.split())}", file=sys.stderr)
+    except (ValueError, UsageError, MnasError, ServiceUnreachable, NotFound, CommandFailed) as err:
+        _print_error(str(err))
         return exit_status(err)
+    except KeyboardInterrupt:
+        print("mnas: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (| head): end quietly
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        _print_error(f"{where}{err.strerror or err}")
+        return EXIT_FAILED
+
+
+def _print_error(message: str) -> None:
+    for line in message.splitlines() or [""]:  # one line per problem (a spec's)
+        print(f"mnas: error: {' '.join(line.split())}", file=sys.stderr)
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so the interpreter's last flush of what is
+    buffered for the closed pipe raises nothing at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 # --- arch ------------------------------------------------------------------------------
@@ -70,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cmd_arch_describe(args: argparse.Namespace) -> int:
     name, arch = arch_from_args(args)
     report = count(arch, width=args.width, resolution=args.resolution, num_classes=args.classes)
-    if args.json:
+    if args.output != "table":
         out: dict[str, Any] = {
             "name": name,
             "id": arch.id,
@@ -95,7 +123,7 @@ def _cmd_arch_describe(args: argparse.Namespace) -> int:
             ],
             "head": {"params": report.head.params, "macs": report.head.macs},
         }
-        print(json.dumps(out))
+        print_data(args.output, out)
         return 0
     console = results_console()
     title = (
@@ -133,15 +161,31 @@ def _cmd_arch_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--count: must be at least 1, got {args.count}")
     space = _preset_space(args.preset)
     rng = random.Random(args.seed)
-    for _ in range(args.count):
-        arch = space.sample(rng)
+    archs = [space.sample(rng) for _ in range(args.count)]
+    if args.output != "table":
+        print_data(
+            args.output,
+            [{"id": a.id, "blocks": " ".join(str(b) for b in a.blocks)} for a in archs],
+        )
+        return 0
+    for arch in archs:
         print(" ".join(str(b) for b in arch.blocks))
     return 0
 
 
 def _cmd_arch_list(args: argparse.Namespace) -> int:
-    for name in references.names():
-        arch = references.get(name)
+    rows = [(name, references.get(name)) for name in references.names()]
+    if args.output != "table":
+        reports = [(name, arch, count(arch)) for name, arch in rows]
+        print_data(
+            args.output,
+            [
+                {"name": name, "id": arch.id, "params": r.params, "macs": r.macs}
+                for name, arch, r in reports
+            ],
+        )
+        return 0
+    for name, arch in rows:
         report = count(arch)
         print(
             f"{name:<14} {arch.id}  {report.params / 1e6:5.2f}M params  "
@@ -158,8 +202,10 @@ def _cmd_arch_export(args: argparse.Namespace) -> int:
         raise UsageError(
             f"exporting needs the latency extra (pip install 'mnas[latency]'): {err}"
         ) from None
-    data = export_arch(arch, num_classes=args.classes, resolution=args.resolution, width=args.width)
     path = Path(args.output)
+    if not path.parent.is_dir():
+        raise UsageError(f"-o: no directory {str(path.parent)!r} to write {path.name!r} in")
+    data = export_arch(arch, num_classes=args.classes, resolution=args.resolution, width=args.width)
     path.write_bytes(data)
     print(f"wrote {path} ({len(data):,} bytes, {arch.id})")
     return 0
@@ -178,8 +224,8 @@ def _preset_space(name: str) -> SearchSpace:
 def _cmd_space_describe(args: argparse.Namespace) -> int:
     space = _preset_space(args.preset)
     summary = space.describe()
-    if args.json:
-        print(json.dumps(summary))
+    if args.output != "table":
+        print_data(args.output, summary)
         return 0
     console = results_console()
     chosen = preset(args.preset)
@@ -205,7 +251,12 @@ def _cmd_space_describe(args: argparse.Namespace) -> int:
         )
     console.print(table)
     console.print(f"choices per block: {space.choices_per_block}")
-    console.print(f"size: {space.size} (10^{space.log10_size:.2f})", soft_wrap=True)
+    console.print(
+        f"size: {space.size} choice combinations (10^{space.log10_size:.2f}), as the paper "
+        f"counts; {space.distinct_size} (10^{space.log10_distinct_size:.2f}) with the filter "
+        "and layer counts that two choices round to alike counted once",
+        soft_wrap=True,
+    )
     return 0
 
 
@@ -253,7 +304,7 @@ def _parser() -> argparse.ArgumentParser:
         "describe", help="parameters, multiply-adds and a per-block table"
     )
     add_arch_selector(describe)
-    describe.add_argument("--json", action="store_true", help="print one JSON object")
+    add_output_argument(describe)
     describe.set_defaults(run=_cmd_arch_describe)
 
     sample = arch_commands.add_parser(
@@ -262,9 +313,11 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     sample.add_argument("--count", type=int, default=1, help="how many (default 1)")
     _preset_argument(sample)
+    add_output_argument(sample, what="a list of objects")
     sample.set_defaults(run=_cmd_arch_sample)
 
     listing = arch_commands.add_parser("list", help="the named reference architectures")
+    add_output_argument(listing, what="a list of objects")
     listing.set_defaults(run=_cmd_arch_list)
 
     export = arch_commands.add_parser(
@@ -283,7 +336,7 @@ def _parser() -> argparse.ArgumentParser:
     _print_help_by_default(space)
     space_commands = space.add_subparsers(title="commands", metavar="COMMAND")
     space_describe = space_commands.add_parser("describe", help="per-block choices and size")
-    space_describe.add_argument("--json", action="store_true", help="print one JSON object")
+    add_output_argument(space_describe)
     _preset_argument(space_describe)
     space_describe.set_defaults(run=_cmd_space_describe)
     return parser

@@ -12,6 +12,11 @@ from mnas.errors import UsageError
 from mnas.tls import ClientTLS, add_client_tls_arguments, client_tls_from_args
 
 __all__ = [
+    "DEFAULT_LATENCY_TARGET",
+    "DEFAULT_TARGET",
+    "LATENCY_TARGET_ENV",
+    "STORE_ENV",
+    "TARGET_ENV",
     "TOKEN_ENV",
     "add_arch_selector",
     "add_connection_arguments",
@@ -20,6 +25,10 @@ __all__ = [
 ]
 
 TOKEN_ENV = "MNAS_TOKEN"
+# The addresses and the store every command reads, as `mnas up` prints them.
+TARGET_ENV, LATENCY_TARGET_ENV, STORE_ENV = "MNAS_TARGET", "MNAS_LATENCY_TARGET", "MNAS_STORE"
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_LATENCY_TARGET = "127.0.0.1:50052"  # where `mnas up` puts the latency service
 
 
 def add_arch_selector(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,6 @@ on), ``latency measure`` (one architecture, through a latency service or in-proc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,12 +15,14 @@ from google.protobuf import json_format
 from rich.table import Table
 
 from mnas.cli_args import (
+    DEFAULT_LATENCY_TARGET,
+    LATENCY_TARGET_ENV,
     add_arch_selector,
     add_connection_arguments,
     arch_from_args,
     connection_from_args,
 )
-from mnas.cli_output import results_console
+from mnas.cli_output import add_output_argument, print_data, results_console
 from mnas.errors import ServiceUnreachable, UsageError
 from mnas.latency import reported_seconds
 from mnas.rpc import channel
@@ -30,7 +31,6 @@ from mnas.v1 import common_pb2, latency_pb2, latency_pb2_grpc
 
 __all__ = ["add_commands"]
 
-DEFAULT_LATENCY_TARGET = "127.0.0.1:50052"
 TIMEOUT_SECONDS = 600.0  # a measurement may wait for a busy or hot phone
 
 
@@ -65,8 +65,8 @@ def _cmd_devices(args: argparse.Namespace) -> int:
         lambda stub: stub.ListDevices(latency_pb2.ListDevicesRequest(), timeout=30),
         connection_from_args(args)[0],
     )
-    if args.json:
-        print(json.dumps([_as_dict(d) for d in response.devices]))
+    if args.output != "table":
+        print_data(args.output, [_as_dict(d) for d in response.devices])
         return 0
     table = Table()
     table.add_column("device", no_wrap=True)  # serials are typed back: never cut
@@ -121,16 +121,15 @@ def _cmd_measure(args: argparse.Namespace) -> int:
             connection_from_args(args)[0],
         )
         stats, export_seconds = response.stats, response.export_seconds
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "architecture": name or arch.canonical,
-                    "id": arch.id,
-                    "export_seconds": round(export_seconds, 4),
-                    **_as_dict(stats),
-                }
-            )
+    if args.output != "table":
+        print_data(
+            args.output,
+            {
+                "architecture": name or arch.canonical,
+                "id": arch.id,
+                "export_seconds": round(export_seconds, 4),
+                **_as_dict(stats),
+            },
         )
         return 0
     label = name or arch.id
@@ -231,8 +230,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     def target(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--target",
-            default=os.environ.get("MNAS_LATENCY_TARGET", DEFAULT_LATENCY_TARGET),
-            help="latency service address (env MNAS_LATENCY_TARGET, default "
+            default=os.environ.get(LATENCY_TARGET_ENV, DEFAULT_LATENCY_TARGET),
+            help=f"latency service address (env {LATENCY_TARGET_ENV}, default "
             f"{DEFAULT_LATENCY_TARGET}; `mnas up` prints it)",
         )
         add_connection_arguments(p, token=False)
@@ -241,7 +240,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "devices", help="the devices a latency service measures on, with their state"
     )
     target(devices)
-    devices.add_argument("--json", action="store_true", help="print one JSON list")
+    add_output_argument(devices, what="a list of devices")
     devices.set_defaults(run=_cmd_devices)
 
     latency = commands.add_parser("latency", help="measure latency")
@@ -260,7 +259,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     measure.add_argument(
         "--local", action="store_true", help="measure on this machine's CPU, in this process"
     )
-    measure.add_argument("--json", action="store_true", help="print one JSON object")
+    add_output_argument(measure)
     measure.set_defaults(run=_cmd_measure)
 
     calibrate = latency_commands.add_parser(

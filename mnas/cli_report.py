@@ -11,8 +11,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mnas.cli_args import add_connection_arguments, connection_from_args
-from mnas.cli_searches import DEFAULT_TARGET
+from mnas.cli_args import DEFAULT_TARGET, TARGET_ENV, add_connection_arguments, connection_from_args
 from mnas.client import Client, SearchNotFound
 from mnas.errors import UsageError
 from mnas.report import render_report
@@ -155,7 +154,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.store:
         search, trials = read_from_store(args.store, args.search_id)
     else:
-        target = args.target or os.environ.get("MNAS_TARGET", DEFAULT_TARGET)
+        target = args.target or os.environ.get(TARGET_ENV, DEFAULT_TARGET)
         tls, token = connection_from_args(args)
         search, trials = read_from_controller(target, args.search_id, tls=tls, token=token)
     line = write_report(search, trials, output, top=args.top)
@@ -188,7 +187,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     source.add_argument(
         "--target",
         default=None,
-        help=f"controller address (env MNAS_TARGET, default {DEFAULT_TARGET})",
+        help=f"controller address (env {TARGET_ENV}, default {DEFAULT_TARGET})",
     )
     add_connection_arguments(report)
     report.set_defaults(run=_cmd_report)

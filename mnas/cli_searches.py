@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -23,20 +24,34 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from mnas.cli_args import add_connection_arguments, connection_from_args
-from mnas.cli_output import results_console
-from mnas.client import Client, Search
+from mnas.cli_args import (
+    DEFAULT_TARGET,
+    LATENCY_TARGET_ENV,
+    STORE_ENV,
+    TARGET_ENV,
+    add_connection_arguments,
+    connection_from_args,
+)
+from mnas.cli_output import add_output_argument, print_data, print_json_line, results_console
+from mnas.client import Client, MnasError, Search
 from mnas.cost import count
-from mnas.errors import UsageError
+from mnas.errors import CommandFailed, UsageError
 from mnas.local import LocalStack, port_is_free
 from mnas.report import reference_summary
 from mnas.results import EventKind, SearchInfo, SearchState, Trial, TrialState
 from mnas.specfile import load_spec
 from mnas.v1 import common_pb2
 
-__all__ = ["add_commands"]
+__all__ = ["EXIT_INTERRUPTED", "add_commands"]
 
-DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_STORE = "mnas.db"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as the shell reports a command Ctrl-C ended
+# What the latency in the tables is (docs/latency.md says more).
+LATENCY_NOTE = (
+    "* latency: the mean of the fastest tenth of the timed runs; on host-cpu made relative "
+    "to a reference model timed alongside (so it can be below every raw sample); the "
+    "median where a latency service reports no such figure. docs/latency.md"
+)
 
 
 def _f4(value: float | None) -> str:
@@ -55,7 +70,7 @@ def _print_trials(
 ) -> None:
     """Scores and costs (at the deployment resolution), then each architecture in full."""
     table = Table(title=title)
-    for column in ("#", "reward", "accuracy", "latency (ms)", "params", "MACs"):
+    for column in ("#", "reward", "accuracy", "latency (ms)*", "params", "MACs"):
         table.add_column(column, justify="right", no_wrap=True)
     lines = []
     for trial in trials:
@@ -78,6 +93,7 @@ def _print_trials(
     console.print(table)
     for line in lines:
         console.print(line, soft_wrap=True, highlight=False)
+    console.print(LATENCY_NOTE, soft_wrap=True, highlight=False)
 
 
 def _print_results(console: Console, search: Search, k: int) -> None:
@@ -96,10 +112,27 @@ def _print_results(console: Console, search: Search, k: int) -> None:
         _print_trials(console, "Pareto front: accuracy vs latency", search.pareto(), info.spec)
 
 
+def _hours_so_far(info: SearchInfo) -> float:
+    """Hours the search has run: to its end, or to now while it runs."""
+    if info.created_at is None:
+        return 0.0
+    end = info.finished_at or datetime.now(UTC)
+    return max(0.0, (end - info.created_at).total_seconds() / 3600)
+
+
+def _rate(info: SearchInfo) -> str:
+    """Trials per hour over the search's own life (not since this command started)."""
+    done = info.trials_completed + info.trials_stopped + info.trials_failed
+    hours = _hours_so_far(info)
+    return f"{done / hours:.0f}" if done and hours > 0 else "-"
+
+
 def _follow(console: Console, search: Search) -> SearchInfo:
-    """Show a progress bar until the search finishes."""
+    """Show the search's progress until it finishes: a progress bar at a terminal, one
+    line per finished trial elsewhere (a pipe or a log file gets them as they happen)."""
+    if not console.is_terminal:
+        return _follow_lines(search)
     total = search.info.max_trials
-    started = time.monotonic()
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -114,20 +147,42 @@ def _follow(console: Console, search: Search) -> SearchInfo:
         task = progress.add_task(f"search {search.id}", total=total, best="-", rate="-", running=0)
         for event in search.watch():
             info = event.search
-            done = info.trials_completed + info.trials_stopped + info.trials_failed
-            hours = (time.monotonic() - started) / 3600
-            rate = f"{done / hours:.0f}" if done and hours > 0 else "-"
             best = _f4(info.best_reward) if info.best_reward is not None else "-"
             progress.update(
                 task,
                 completed=info.trials_completed + info.trials_stopped,
                 best=best,
-                rate=rate,
+                rate=_rate(info),
                 running=info.trials_running,
             )
             trial = event.trial
             if event.kind is EventKind.TRIAL_FINISHED and trial is not None and trial.error:
                 progress.console.print(f"trial {trial.number} {trial.state}: {trial.error}")
+    return search.refresh()
+
+
+def _follow_lines(search: Search) -> SearchInfo:
+    for event in search.watch():
+        info, trial = event.search, event.trial
+        done = info.trials_completed + info.trials_stopped
+        best = _f4(info.best_reward) if info.best_reward is not None else "-"
+        if event.kind is EventKind.SNAPSHOT:  # where it stands as the watch begins
+            print(
+                f"search {info.id} {info.state}: {done}/{info.max_trials} done, best {best}, "
+                f"{_rate(info)} trials/h",
+                flush=True,
+            )
+        if event.kind is not EventKind.TRIAL_FINISHED or trial is None:
+            continue
+        if trial.state.scored:
+            what = f"reward {_f4(trial.reward)}, accuracy {_f4(trial.accuracy)}, {_ms(trial)} ms"
+        else:
+            what = trial.error or "no result"
+        print(
+            f"trial {trial.number} {trial.state}: {what}; {done}/{info.max_trials} done, "
+            f"best {best}, {_rate(info)} trials/h",
+            flush=True,
+        )
     return search.refresh()
 
 
@@ -143,22 +198,33 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     with _client(args) as client:
         search = client.submit(spec)
+    if args.output != "table":
+        print_data(args.output, search.info.to_dict())
+        return 0
     print(search.id)
     return 0
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    console = results_console()
     with _client(args) as client:
         search = client.search(args.search_id)
-        final = _follow(console, search)
-        _print_results(console, search, args.top)
+        if args.output == "table":
+            console = results_console()
+            final = _follow(console, search)
+            _print_results(console, search, args.top)
+        else:  # every event as it comes, one JSON object a line
+            for event in search.watch():
+                print_json_line(event.to_dict())
+            final = search.refresh()
     return 0 if final.state is SearchState.SUCCEEDED else 1
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         searches = client.searches()
+    if args.output != "table":
+        print_data(args.output, [s.to_dict() for s in searches])
+        return 0
     owners = any(s.owner for s in searches)  # a controller that checks tokens
     table = Table()
     table.add_column("id", no_wrap=True, min_width=16)  # ids are typed back: never cut
@@ -185,13 +251,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_trials(args: argparse.Namespace) -> int:
     with _client(args) as client:
         search = client.search(args.search_id)
+        if args.output != "table":
+            print_data(args.output, [t.to_dict() for t in search.trials()])
+            return 0
         table = Table()
         for column in (
             "#",
             "state",
             "reward",
             "accuracy",
-            "latency (ms)",
+            "latency (ms)*",
             "attempts",
             "trainer",
             "architecture / error",
@@ -212,13 +281,27 @@ def _cmd_trials(args: argparse.Namespace) -> int:
                 t.trainer or "-",
                 t.error or t.blocks,
             )
-    results_console().print(table)
+    console = results_console()
+    console.print(table)
+    console.print(LATENCY_NOTE, soft_wrap=True, highlight=False)
     return 0
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        _print_results(results_console(), client.search(args.search_id), args.top)
+        search = client.search(args.search_id)
+        if args.output != "table":
+            info = search.refresh()
+            print_data(
+                args.output,
+                {
+                    "search": info.to_dict(),
+                    "best": [t.to_dict() for t in search.best(args.top)],
+                    "pareto": [t.to_dict() for t in search.pareto()],
+                },
+            )
+            return 0
+        _print_results(results_console(), search, args.top)
     return 0
 
 
@@ -236,27 +319,80 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 def _cmd_cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
         info = client.search(args.search_id).cancel()
+    if args.output != "table":
+        print_data(args.output, info.to_dict())
+        return 0
     print(f"search {info.id} {info.state}")
     return 0
 
 
-def _stack(args: argparse.Namespace, workdir: Path, controller_port: int | None) -> LocalStack:
+def _check_store(store: str) -> None:
+    """A SQLite file's directory must exist: a typo must not create directories."""
+    if "://" in store:  # a database URL: the database says what is wrong with it
+        return
+    parent = Path(store).expanduser().parent
+    if not parent.is_dir():
+        raise UsageError(
+            f"--store: no directory {str(parent)!r} for the SQLite file "
+            f"{Path(store).name!r}; create it first, or give a database URL"
+        )
+
+
+def _stack(
+    args: argparse.Namespace,
+    workdir: Path,
+    controller_port: int | None,
+    latency_port: int | None = None,
+) -> LocalStack:
+    _check_store(args.store)
     return LocalStack(
         workdir=workdir,
         store=args.store,
         trainers=args.trainers,
         controller_port=controller_port,
+        latency_port=latency_port,
         die_with_parent=True,  # a killed `mnas` leaves no services behind
     )
 
 
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM stops this command as Ctrl-C does (its services are stopped with it)."""
+def _start(console: Console, stack: LocalStack) -> LocalStack:
+    """Start the services; one that does not come up is one line, naming its log."""
+    with console.status("starting controller, trainer, latency and reward services"):
+        try:
+            return stack.start()
+        except (RuntimeError, TimeoutError) as err:
+            first = str(err).splitlines()[0]
+            raise CommandFailed(f"{first} (logs in {stack.workdir})") from None
 
-    def on_sigterm(_signum: int, _frame: object) -> None:
+
+def _show_resumed(console: Console, client: Client, submitted: str = "") -> None:
+    """Say which searches the controller took up again from the store (all running
+    searches but the one just submitted), and how to follow or cancel them."""
+    resumed = [s for s in client.searches() if s.state is SearchState.RUNNING and s.id != submitted]
+    for info in resumed:
+        done = info.trials_completed + info.trials_stopped
+        console.print(
+            f"resumed search {info.id} ({info.name or 'unnamed'}) from the store: "
+            f"{done}/{info.max_trials} trials done; `mnas watch {info.id}` follows it, "
+            f"`mnas cancel {info.id}` ends it",
+            soft_wrap=True,
+            highlight=False,
+        )
+
+
+def _interrupt_on_sigterm() -> threading.Event:
+    """SIGTERM stops this command as Ctrl-C does (its services are stopped with it). The
+    event tells that either came: gRPC cancels a call that Ctrl-C interrupts, and the
+    error it raises then is the interrupt, not the controller's failure."""
+    interrupted = threading.Event()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        interrupted.set()
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return interrupted
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -275,10 +411,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
         )
     _interrupt_on_sigterm()
     workdir = Path(args.logs or tempfile.mkdtemp(prefix="mnas-"))
-    stack = _stack(args, workdir, port)
+    # The latency service next to the controller (50052 by default, where `mnas devices`
+    # and `mnas latency measure` look), or anywhere free: the export line says where.
+    latency_port = port + 1 if port < 65535 and port_is_free(port + 1) else None
+    stack = _stack(args, workdir, port, latency_port)
     try:
-        with console.status("starting controller, trainer, latency and reward services"):
-            stack.start()
+        _start(console, stack)
         for process in stack.processes:
             console.print(
                 f"{process.name:<12} {process.address}  metrics "
@@ -287,6 +425,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
             )
         # Unwrapped, so the paths can be copied whole (and matched in a log).
         console.print(f"store {args.store}; logs in {workdir}; Ctrl-C stops", soft_wrap=True)
+        with Client(stack.controller) as client:
+            _show_resumed(console, client)
+        # On standard output, for the other commands of another shell (or a script).
+        print(
+            f"export {TARGET_ENV}={stack.controller} {LATENCY_TARGET_ENV}={stack.latency} "
+            f"{STORE_ENV}={args.store}",
+            flush=True,
+        )
         while True:
             dead = [p.name for p in stack.processes if not p.alive()]
             if dead:
@@ -307,20 +453,24 @@ def _cmd_search(args: argparse.Namespace) -> int:
         if args.report == "-":
             raise UsageError("--report: give a file; standard output shows the progress")
         check_output(args.report)
+    _check_store(args.store)
+    interrupted = _interrupt_on_sigterm()
     workdir = Path(args.logs or tempfile.mkdtemp(prefix="mnas-"))
     started = time.monotonic()
-    with console.status("starting controller, trainer, latency and reward services"):
-        stack = _stack(args, workdir, None).start()
+    stack = _start(console, _stack(args, workdir, None))
     console.print(
         f"services up in {time.monotonic() - started:.1f}s (store {args.store}, logs {workdir})"
     )
+    search_id = ""
     try:
         with Client(stack.controller) as client:
             search = client.submit(spec)
+            search_id = search.id
             console.print(
                 f"submitted search {search.id}: {search.info.max_trials} "
                 f"trials, target {search.info.spec.objective.target_latency_seconds * 1e3:g} ms"
             )
+            _show_resumed(console, client, submitted=search.id)
             final = _follow(console, search)
             _print_results(console, search, args.top)
             if args.report:  # a report that cannot be written does not change the outcome
@@ -334,10 +484,30 @@ def _cmd_search(args: argparse.Namespace) -> int:
                     console.print(line, soft_wrap=True, highlight=False)
                 except UsageError as err:
                     print(f"mnas: error: {err}", file=sys.stderr)
+    except (KeyboardInterrupt, MnasError):
+        if not interrupted.is_set():
+            raise
+        stack.stop()
+        _say_interrupted(search_id, args.store)
+        return EXIT_INTERRUPTED
     finally:
         stack.stop()
     console.print(f"wall time {time.monotonic() - started:.1f}s")
     return 0 if final.state is SearchState.SUCCEEDED else 1
+
+
+def _say_interrupted(search_id: str, store: str) -> None:
+    """What became of the search when Ctrl-C stopped `mnas search`, and what to do."""
+    if not search_id:
+        print("mnas: interrupted before the search was submitted", file=sys.stderr)
+        return
+    print(
+        f"mnas: interrupted: search {search_id} stays running in the store {store} and "
+        f"resumes, where it stood, when a controller next starts on it: "
+        f"`mnas up --store {store}`, then `mnas watch {search_id}` follows it and "
+        f"`mnas cancel {search_id}` ends it",
+        file=sys.stderr,
+    )
 
 
 # --- parser ----------------------------------------------------------------------------
@@ -352,15 +522,19 @@ def add_commands(
     def target(p: argparse.ArgumentParser, *, connect: bool = True) -> None:
         p.add_argument(
             "--target",
-            default=os.environ.get("MNAS_TARGET", DEFAULT_TARGET),
-            help=f"controller address (env MNAS_TARGET, default {DEFAULT_TARGET})",
+            default=os.environ.get(TARGET_ENV, DEFAULT_TARGET),
+            help=f"controller address (env {TARGET_ENV}, default {DEFAULT_TARGET}; `mnas up` "
+            "prints it)",
         )
         if connect:
             add_connection_arguments(p)
 
     def local(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--store", default="mnas.db", help="SQLite file or database URL (default mnas.db)"
+            "--store",
+            default=os.environ.get(STORE_ENV, DEFAULT_STORE),
+            help=f"SQLite file or database URL (env {STORE_ENV}, default {DEFAULT_STORE}); a "
+            "file's directory must exist",
         )
         p.add_argument("--trainers", type=int, default=1, help="trainer processes (default 1)")
         p.add_argument("--logs", default=None, help="directory for service logs (default: temp)")
@@ -384,27 +558,32 @@ def add_commands(
     submit = commands.add_parser("submit", help="submit a spec to a running controller")
     submit.add_argument("spec", help="search spec (YAML)")
     target(submit)
+    add_output_argument(submit, what="the search as one object; table prints its id")
     submit.set_defaults(run=_cmd_submit)
 
     watch = commands.add_parser("watch", help="follow a search until it ends")
     watch.add_argument("search_id")
     watch.add_argument("--top", type=int, default=5, help="best trials to print (default 5)")
     target(watch)
+    add_output_argument(watch, what="every event as it comes, one object a line")
     watch.set_defaults(run=_cmd_watch)
 
     listing = commands.add_parser("list", help="list searches")
     target(listing)
+    add_output_argument(listing, what="a list of searches")
     listing.set_defaults(run=_cmd_list)
 
     trials = commands.add_parser("trials", help="list a search's trials")
     trials.add_argument("search_id")
     target(trials)
+    add_output_argument(trials, what="a list of trials")
     trials.set_defaults(run=_cmd_trials)
 
     best = commands.add_parser("best", help="a search's best trials and Pareto front")
     best.add_argument("search_id")
     best.add_argument("--top", type=int, default=5, help="how many (default 5)")
     target(best)
+    add_output_argument(best, what="the search, its best trials and its Pareto front")
     best.set_defaults(run=_cmd_best)
 
     weights = commands.add_parser(
@@ -423,4 +602,5 @@ def add_commands(
     cancel = commands.add_parser("cancel", help="cancel a search")
     cancel.add_argument("search_id")
     target(cancel)
+    add_output_argument(cancel, what="the search as one object")
     cancel.set_defaults(run=_cmd_cancel)

@@ -4,10 +4,10 @@ once, or say what the search would run."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
+from mnas.cli_output import add_output_argument, print_data
 from mnas.spec_check import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATASET,
@@ -37,13 +37,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="check a spec file offline: every error at once, or what the search will run",
     )
     validate.add_argument("spec", help="search spec (YAML)")
-    validate.add_argument(
-        "-o",
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="json: one JSON object with valid, errors, warnings and summary (default text)",
-    )
+    add_output_argument(validate, what="one object with valid, errors, warnings and summary")
     validate.set_defaults(run=_cmd_validate)
 
 
@@ -51,17 +45,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     checked = check_file(args.spec)
     valid = not checked.errors and checked.spec is not None
     summary = summarize(checked.spec) if valid and checked.spec is not None else None
-    if args.output == "json":
-        print(
-            json.dumps(
-                {
-                    "spec": args.spec,
-                    "valid": valid,
-                    "errors": [_problem(p) for p in checked.errors],
-                    "warnings": [_problem(p) for p in checked.warnings],
-                    "summary": summary,
-                }
-            )
+    if args.output != "table":
+        print_data(
+            args.output,
+            {
+                "spec": args.spec,
+                "valid": valid,
+                "errors": [_problem(p) for p in checked.errors],
+                "warnings": [_problem(p) for p in checked.warnings],
+                "summary": summary,
+            },
         )
         return 0 if valid else EXIT_USAGE
     for warning in checked.warnings:

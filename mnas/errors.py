@@ -3,7 +3,7 @@ bad input that every service answers with INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
-__all__ = ["InvalidInput", "NotFound", "ServiceUnreachable", "UsageError"]
+__all__ = ["CommandFailed", "InvalidInput", "NotFound", "ServiceUnreachable", "UsageError"]
 
 
 class InvalidInput(ValueError):
@@ -25,3 +25,8 @@ class NotFound(LookupError):
 
 class UsageError(Exception):
     """Bad input from the user, or a local service that could not run."""
+
+
+class CommandFailed(Exception):
+    """The command could not do its work (a local service that did not start): the
+    command line says why on one line, with exit status 1."""

@@ -189,6 +189,7 @@ class LocalStack:
     trainers: int = 1
     trainer_args: Sequence[str] = ()
     controller_port: int | None = None
+    latency_port: int | None = None
     processes: list[Process] = field(default_factory=list)
     die_with_parent: bool = False
 
@@ -198,7 +199,9 @@ class LocalStack:
         try:
             workers = [
                 start_service("reward", log_dir=self.workdir, die_with_parent=linked),
-                start_service("latency", log_dir=self.workdir, die_with_parent=linked),
+                start_service(
+                    "latency", log_dir=self.workdir, port=self.latency_port, die_with_parent=linked
+                ),
             ]
             # Share the usable cores among trainers: oversubscribed torch thread pools crawl.
             threads = threads_per_slot(self.trainers)
@@ -266,6 +269,10 @@ class LocalStack:
     @property
     def controller(self) -> str:
         return self.process("controller").address
+
+    @property
+    def latency(self) -> str:
+        return self.process("latency").address
 
     def stop(self) -> None:
         """SIGTERM every process, the controller first."""

@@ -13,7 +13,8 @@ between decisions and architectures.
 Two choices can land on the same network: filters are rounded to a multiple of 8 (so for a
 16-filter stage, 0.75x and 1.0x both give 16) and a block keeps at least one layer (so -1
 on a one-layer stage is 0). The size counts choices, as the paper does;
-``to_decisions`` returns the choice nearest the reference among those that match.
+:attr:`SearchSpace.distinct_size` counts each block's distinct filter and layer counts
+once; ``to_decisions`` returns the choice nearest the reference among those that match.
 """
 
 from __future__ import annotations
@@ -235,6 +236,28 @@ class SearchSpace:
     def log10_size(self) -> float:
         return sum(math.log10(d.size) for d in self._decisions)
 
+    @property
+    def distinct_size(self) -> int:
+        """Points of the space with choices that two filter ratios or two layer deltas
+        land on alike counted once (a 16-filter stage's 0.75x and 1.0x are both 16)."""
+        return math.prod(self._distinct_per_block())
+
+    @property
+    def log10_distinct_size(self) -> float:
+        return sum(math.log10(n) for n in self._distinct_per_block())
+
+    def _distinct_per_block(self) -> list[int]:
+        per = len(DECISIONS_PER_BLOCK)
+        counts = []
+        for b, stage in enumerate(self.stages):
+            sizes = [d.size for d in self._decisions[b * per : (b + 1) * per]]
+            filters = {
+                make_divisible(stage.filters * r, self.filter_divisor) for r in self.filter_ratios
+            }
+            layers = {max(1, stage.layers + d) for d in self.layer_deltas}
+            counts.append(math.prod(sizes[:4]) * len(filters) * len(layers))
+        return counts
+
     # -- mapping ---------------------------------------------------------------------
 
     def to_architecture(self, decisions: Sequence[int]) -> Architecture:
@@ -389,6 +412,8 @@ class SearchSpace:
             "choices_per_block": self.choices_per_block,
             "size": self.size,
             "log10_size": round(self.log10_size, 3),
+            "distinct_size": self.distinct_size,
+            "log10_distinct_size": round(self.log10_distinct_size, 3),
             "stem_filters": self.stem_filters,
             "head_filters": self.head_filters,
             "activation": self.activation.value,

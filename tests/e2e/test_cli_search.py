@@ -175,3 +175,104 @@ def test_mnas_up_refuses_a_taken_port_naming_it(tmp_path: Path) -> None:
         "listens on it); stop it or choose another port"
     ]
     assert not (tmp_path / "logs").exists()  # nothing was started
+
+
+def _wait_for_line(log: Path, prefix: str, timeout: float = 60.0) -> str:
+    """The first line of ``log`` that starts with ``prefix``, once it is written."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if line.startswith(prefix):
+                return line
+        time.sleep(0.1)  # pacing the poll of a log file
+    raise AssertionError(f"no line starting {prefix!r} in {log}:\n{log.read_text()}")
+
+
+def test_mnas_up_prints_the_addresses_the_other_commands_read(tmp_path: Path) -> None:
+    """The `export` line of `mnas up` is all the other commands need, the latency
+    commands included (their default port is where `mnas up` puts the latency service)."""
+    import json
+    import os
+
+    mnas = Path(sys.executable).parent / "mnas"
+    with _mnas_up(tmp_path) as (_popen, log, _children):
+        line = _wait_for_line(log, "export ")
+        names = dict(pair.split("=", 1) for pair in line.split()[1:])
+        assert set(names) == {"MNAS_TARGET", "MNAS_LATENCY_TARGET", "MNAS_STORE"}
+        controller_port = int(names["MNAS_TARGET"].rpartition(":")[2])
+        assert names["MNAS_LATENCY_TARGET"] == f"127.0.0.1:{controller_port + 1}"
+        assert names["MNAS_STORE"] == str(tmp_path / "mnas.db")
+        env = {**os.environ, **names}
+        for argv in (["list", "-o", "json"], ["devices", "-o", "json"]):
+            result = subprocess.run(
+                [str(mnas), *argv], capture_output=True, text=True, env=env, timeout=120
+            )
+            assert result.returncode == 0, result.stderr
+            json.loads(result.stdout)
+        devices = subprocess.run(
+            [str(mnas), "devices", "-o", "json"], capture_output=True, text=True, env=env
+        )
+        assert "host-cpu" in {d["device_class"] for d in json.loads(devices.stdout)}
+
+
+LONG_SPEC = """
+name: interrupted
+seed: 5
+space: {resolution: 28, width: 0.5}
+objective: {kind: hard, target_latency_seconds: 0.001}
+budget: {max_trials: 200}
+training: {train_examples: 500, validation_examples: 300, batch_size: 50}
+latency: {warmup_runs: 1, runs: 3}
+reference: none
+"""
+
+
+def test_ctrl_c_in_mnas_search_leaves_the_search_to_resume_and_says_so(tmp_path: Path) -> None:
+    """Interrupted, `mnas search` says the search stays in the store and how to resume or
+    cancel it; the store holds it running, and `mnas up` on that store resumes it and
+    says so."""
+    import select
+
+    from services.controller.store import Store
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG_SPEC)
+    store = tmp_path / "mnas.db"
+    mnas = Path(sys.executable).parent / "mnas"
+    search = subprocess.Popen(
+        [str(mnas), "search", str(spec), "--store", str(store), "--logs", str(tmp_path / "a")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert search.stdout is not None
+    deadline = time.monotonic() + 180
+    search_id = ""
+    while not search_id:
+        ready, _, _ = select.select([search.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, "mnas search submitted nothing in 180 s"
+        line = search.stdout.readline()
+        assert line, search.communicate(timeout=60)[1]
+        if line.startswith("submitted search "):
+            search_id = line.split()[2].rstrip(":")
+    search.send_signal(signal.SIGINT)
+    _, err = search.communicate(timeout=120)
+    assert search.returncode == 130, err
+    assert err.splitlines() == [
+        f"mnas: interrupted: search {search_id} stays running in the store {store} and "
+        "resumes, where it stood, when a controller next starts on it: "
+        f"`mnas up --store {store}`, then `mnas watch {search_id}` follows it and "
+        f"`mnas cancel {search_id}` ends it"
+    ]
+    kept = Store.open(str(store))
+    try:
+        record = kept.get_search(search_id)
+    finally:
+        kept.close()
+    assert record is not None
+    from mnas.v1 import common_pb2
+
+    assert record.state == common_pb2.SEARCH_STATE_RUNNING
+    with _mnas_up(tmp_path) as (_popen, log, _children):
+        line = _wait_for_line(log, f"resumed search {search_id} (interrupted) from the store: ")
+        assert f"`mnas cancel {search_id}` ends it" in line

@@ -225,3 +225,121 @@ def test_exit_status_of_each_kind_of_error() -> None:
     assert exit_status(ValueError("block")) == 2
     assert exit_status(Unauthenticated("token")) == 2
     assert exit_status(MnasError("INTERNAL: boom")) == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["arch", "describe", "mnasnet-a1"],
+        ["arch", "list"],
+        ["arch", "sample", "--seed", "1", "--count", "2"],
+        ["space", "describe", "--preset", "small-images"],
+    ],
+    ids=["describe", "list", "sample", "space"],
+)
+def test_results_print_as_json_and_yaml_alike(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    import yaml
+
+    code, as_json, _ = run(capsys, *argv, "-o", "json")
+    assert code == 0
+    code, as_yaml, _ = run(capsys, *argv, "-o", "yaml")
+    assert code == 0
+    assert json.loads(as_json) == yaml.safe_load(as_yaml)
+
+
+def test_space_size_counts_choices_that_land_alike_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The mnasnet preset's first stage (16 filters, one layer) gives 16 filters for 0.75x
+    and 1.0x and one layer for -1 and 0: fewer distinct networks than choices."""
+    _, out, _ = run(capsys, "space", "describe", "-o", "json")
+    summary = json.loads(out)
+    assert summary["distinct_size"] < summary["size"]
+    blocks = summary["blocks"]
+    expected = 1
+    for block in blocks:
+        choices = block["choices"]
+        expected *= (
+            len(choices["op"]) * len(choices["kernel"]) * len(choices["se"]) * len(choices["skip"])
+        )
+        expected *= len(set(block["filters"])) * len(set(block["layers"]))
+    assert summary["distinct_size"] == expected
+    assert blocks[0]["filters"].count(16) == 2  # the duplicate the size counted twice
+
+
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    """``mnas arch sample --count N | head -c 300``: the reader goes away long before the
+    output ends; no traceback, status 141 as for a tool SIGPIPE ended."""
+    script = Path(sys.executable).parent / "mnas"
+    popen = subprocess.Popen(
+        [str(script), "arch", "sample", "--seed", "0", "--count", "20000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert popen.stdout is not None and popen.stderr is not None
+    assert len(popen.stdout.read(300)) == 300
+    popen.stdout.close()
+    err = popen.stderr.read().decode()
+    assert popen.wait(120) == 141
+    assert err == ""
+
+
+def test_a_file_that_cannot_be_written_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = tmp_path / "missing" / "a.tflite"
+    code, _, err = run(capsys, "arch", "export", "mnasnet-a1", "-o", str(target))
+    assert code == 2
+    assert err.splitlines() == [
+        f"mnas: error: -o: no directory {str(target.parent)!r} to write 'a.tflite' in"
+    ]
+    assert not target.parent.exists()
+
+
+def test_an_os_error_is_one_line_with_status_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A directory where the file should go: the system's error, on one line."""
+    (tmp_path / "a.tflite").mkdir()
+    code, _, err = run(
+        capsys,
+        "arch",
+        "export",
+        "--blocks",
+        "r1_k3_s11_e1_i32_o16_noskip",
+        "--resolution",
+        "32",
+        "--classes",
+        "10",
+        "-o",
+        str(tmp_path / "a.tflite"),
+    )
+    assert code == 1
+    lines = err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"mnas: error: {tmp_path / 'a.tflite'}: ")
+    assert "Is a directory" in lines[0]
+
+
+def test_a_store_in_a_missing_directory_is_refused_before_anything_starts(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    spec = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
+    store = tmp_path / "nowhere" / "x.db"
+    code, _, err = run(capsys, "search", str(spec), "--store", str(store))
+    assert code == 2
+    assert err.splitlines() == [
+        f"mnas: error: --store: no directory {str(store.parent)!r} for the SQLite file "
+        "'x.db'; create it first, or give a database URL"
+    ]
+    assert not store.parent.exists()
+
+
+def test_the_store_defaults_to_mnas_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mnas.cli import _parser
+
+    monkeypatch.setenv("MNAS_STORE", "postgresql://db/mnas")
+    assert _parser().parse_args(["up"]).store == "postgresql://db/mnas"
+    assert _parser().parse_args(["search", "x.yaml"]).store == "postgresql://db/mnas"
