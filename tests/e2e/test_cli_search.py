@@ -231,7 +231,8 @@ def test_ctrl_c_in_mnas_search_leaves_the_search_to_resume_and_says_so(tmp_path:
     """Interrupted, `mnas search` says the search stays in the store and how to resume or
     cancel it; the store holds it running, and `mnas up` on that store resumes it and
     says so."""
-    import select
+    import queue
+    import threading
 
     from services.controller.store import Store
 
@@ -245,18 +246,25 @@ def test_ctrl_c_in_mnas_search_leaves_the_search_to_resume_and_says_so(tmp_path:
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert search.stdout is not None
-    deadline = time.monotonic() + 180
+    stdout = search.stdout
+    assert stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:  # a thread, so that waiting for a line can time out
+        for line in stdout:
+            lines.put(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     search_id = ""
     while not search_id:
-        ready, _, _ = select.select([search.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        assert ready, "mnas search submitted nothing in 180 s"
-        line = search.stdout.readline()
-        assert line, search.communicate(timeout=60)[1]
+        line = lines.get(timeout=180)
         if line.startswith("submitted search "):
             search_id = line.split()[2].rstrip(":")
     search.send_signal(signal.SIGINT)
-    _, err = search.communicate(timeout=120)
+    err = search.stderr.read() if search.stderr else ""
+    search.wait(120)
+    reader.join(60)
     assert search.returncode == 130, err
     assert err.splitlines() == [
         f"mnas: interrupted: search {search_id} stays running in the store {store} and "
