@@ -1,4 +1,10 @@
-"""TFLite export: every path gives the same operators and outputs, and LiteRT runs them."""
+"""TFLite export: every path gives the same operators and outputs, and LiteRT runs them.
+
+Comparing TensorFlow's three converters with each other (``*_export_paths_agree``) tests
+TensorFlow more than mnas, at seconds per model: those run with the slow tests. The
+default run keeps the checks of our own writer against the converter
+(tests/latency/test_direct_export.py) and LiteRT running what we export.
+"""
 
 from __future__ import annotations
 
@@ -102,11 +108,13 @@ def _assert_paths_agree(arch: Architecture, resolution: int, classes: int, seed:
         np.testing.assert_allclose(got, reference_logits, rtol=0, atol=1e-4, err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", REFERENCES)
 def test_reference_export_paths_agree(name: str) -> None:
     _assert_paths_agree(references.get(name), 224, 1000, seed=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(RANDOM)))
 def test_random_export_paths_agree(index: int) -> None:
     _assert_paths_agree(RANDOM[index], RANDOM_RESOLUTION, 10, seed=index)
