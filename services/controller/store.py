@@ -65,6 +65,7 @@ from mnas.v1.common_pb2 import (
     Trial,
     TrialState,
 )
+from services.controller.json_cache import JsonCache
 
 __all__ = ["AlreadyExistsError", "NotFoundError", "Store", "StoreError", "measurement_key"]
 
@@ -249,9 +250,12 @@ def _to_json(message: Message) -> str:
     return json_format.MessageToJson(message, indent=None, **_JSON_OPTIONS)
 
 
+# Unknown fields come from a newer controller; reading them must not fail.
+_PARSED = JsonCache()
+
+
 def _from_json(text: str, message: _M) -> _M:
-    # Unknown fields come from a newer controller; reading them must not fail.
-    return json_format.Parse(text, message, ignore_unknown_fields=True)
+    return _PARSED.parse(text, message)
 
 
 def _now() -> datetime:
