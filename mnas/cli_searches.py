@@ -48,9 +48,9 @@ DEFAULT_STORE = "mnas.db"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as the shell reports a command Ctrl-C ended
 # What the latency in the tables is (docs/latency.md says more).
 LATENCY_NOTE = (
-    "* latency: the mean of the fastest tenth of the timed runs; on host-cpu made relative "
-    "to a reference model timed alongside (so it can be below every raw sample); the "
-    "median where a latency service reports no such figure. docs/latency.md"
+    "* latency: the mean of the fastest tenth of the timed runs; on host-cpu scaled by "
+    "the speed of a fixed model timed beside each run (so it can be below every raw "
+    "sample); the median where a latency service reports no such figure. docs/latency.md"
 )
 
 
