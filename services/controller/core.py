@@ -17,13 +17,15 @@ import time
 import uuid
 from collections.abc import Iterator
 
+from google.protobuf.timestamp import from_current_time as _now
+
 from mnas.errors import InvalidInput
 from mnas.v1 import common_pb2, controller_pb2
 from services.controller.clients import Backends
 from services.controller.events import EventHub
 from services.controller.gate import DEFAULT_SLOTS, WorkGate
 from services.controller.metrics import ControllerMetrics
-from services.controller.runner import SearchRunner, _now
+from services.controller.runner import SearchRunner
 from services.controller.spec import (
     ResolvedSpec,
     WorkersUnavailable,

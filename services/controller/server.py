@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
 import grpc
 from prometheus_client import CollectorRegistry
 
-from mnas.errors import InvalidInput
 from mnas.tls import ServerTLS
 from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc
+from services.common.errors import StatusTable
 from services.common.server import RunningServer, build_server
 from services.controller.auth import UNAUTHENTICATED_MESSAGE, TokenAuthInterceptor
 from services.controller.core import (
@@ -31,41 +31,33 @@ SERVICE_NAME = "mnas.v1.Controller"
 _logger = logging.getLogger(__name__)
 WEIGHTS_CHUNK_BYTES = 1 << 20
 
-# Domain errors and the status codes they become; anything else is INTERNAL.
-_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+
+def _describe(err: Exception) -> str:
+    """The details a known error is reported with (a missing search's id, quoted)."""
+    if isinstance(err, NotFound):
+        return f"no search {err.args[0]!r}"
+    if isinstance(err, AlreadyExists):
+        return f"a search with id {err.args[0]!r} exists already"
+    return str(err)
+
+
+_STATUS_TABLE = StatusTable.of(
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (NoWeights, grpc.StatusCode.NOT_FOUND),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (WorkersUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    describe=_describe,
 )
-_MAX_DETAILS = 300
 
 T = TypeVar("T")
-
-
-def _abort(context: grpc.ServicerContext, err: Exception) -> NoReturn:
-    for kind, code in _CODES:
-        if isinstance(err, kind):
-            if isinstance(err, NotFound):
-                message = f"no search {err.args[0]!r}"
-            elif isinstance(err, AlreadyExists):
-                message = f"a search with id {err.args[0]!r} exists already"
-            else:
-                message = str(err)
-            context.abort(code, message)
-    _logger.error("controller call failed", exc_info=err)
-    context.abort(
-        grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}: {err}"[:_MAX_DETAILS]
-    )
 
 
 def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except Exception as err:
-        _abort(context, err)
+        _STATUS_TABLE.abort(context, err, logger=_logger, call="controller call")
 
 
 class ControllerServicer(controller_pb2_grpc.ControllerServicer):

@@ -41,8 +41,8 @@ from mnas.spec_check import (
 )
 from mnas.v1 import common_pb2
 from services.controller.strategies import EvolutionConfig, PPOConfig, StrategyConfig
+from services.reward.conversions import objective_from_proto
 from services.reward.rewards import Objective
-from services.reward.server import objective_from_proto
 
 __all__ = [
     "Dataset",

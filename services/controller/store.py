@@ -56,16 +56,9 @@ from sqlalchemy.schema import CreateSchema
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ColumnElement
 
-from mnas.v1.common_pb2 import (
-    BuildParams,
-    LatencySettings,
-    LatencyStats,
-    Search,
-    SearchState,
-    Trial,
-    TrialState,
-)
+from mnas.v1.common_pb2 import LatencyStats, Search, SearchState, Trial, TrialState
 from services.controller.json_cache import JsonCache
+from services.latency.keys import measurement_key  # what measurements are recorded under
 
 __all__ = ["AlreadyExistsError", "NotFoundError", "Store", "StoreError", "measurement_key"]
 
@@ -80,24 +73,6 @@ _SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 # checkpoint then reads the old one's pages back from the file to free them, which made
 # the write take 2.2 ms instead of 0.8 ms. Allocated as used.
 SQLITE_CACHE_KIB = 16384
-
-
-def measurement_key(arch_id: str, settings: LatencySettings, build: BuildParams) -> str:
-    """What determines a latency measurement: the architecture, the device class, how the
-    model is built and how it is timed."""
-    return "|".join(
-        str(part)
-        for part in (
-            arch_id,
-            settings.device_class,
-            build.resolution,
-            build.num_classes,
-            repr(build.width),
-            settings.warmup_runs,
-            settings.runs,
-            settings.threads,
-        )
-    )
 
 
 class StoreError(Exception):

@@ -17,11 +17,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import NamedTuple
 
 from mnas.arch import Architecture, decode
 from mnas.errors import InvalidInput
 from mnas.validation import check_int
+from services.latency.keys import MeasurementKey
 from services.latency.oracle import (
     HOST_CPU,
     DeviceInfo,
@@ -34,7 +34,6 @@ from services.latency.predictor.adapter import PredictedLatency
 __all__ = [
     "DEFAULT_CACHE_SIZE",
     "BuildParams",
-    "CacheKey",
     "Exporter",
     "LatencyService",
     "Measurement",
@@ -68,17 +67,6 @@ class BuildParams:
             raise ValueError(f"{prefix}.width: expected a number, got {width!r}")
         if not (math.isfinite(width) and 0.0 < width <= MAX_WIDTH):
             raise ValueError(f"{prefix}.width: must be in (0, {MAX_WIDTH:g}], got {width}")
-
-
-class CacheKey(NamedTuple):
-    architecture_id: str
-    device_class: str
-    resolution: int
-    num_classes: int
-    width: float
-    warmup_runs: int
-    runs: int
-    threads: int
 
 
 @dataclass(frozen=True)
@@ -162,8 +150,8 @@ class LatencyService:
             self._predictors[predictor.device_class] = predictor
         self._export = exporter or export_flatbuffer
         self._cache_size = cache_size
-        self._cache: OrderedDict[CacheKey, Measurement] = OrderedDict()
-        self._pending: dict[CacheKey, Future[Measurement]] = {}
+        self._cache: OrderedDict[MeasurementKey, Measurement] = OrderedDict()
+        self._pending: dict[MeasurementKey, Future[Measurement]] = {}
         self._lock = threading.Lock()
         self._in_flight = 0
 
@@ -236,16 +224,7 @@ class LatencyService:
             settings.validate()
         except ValueError as err:
             raise InvalidInput(str(err)) from None
-        key = CacheKey(
-            arch.id,
-            device_class,
-            build.resolution,
-            build.num_classes,
-            float(build.width),
-            settings.warmup_runs,
-            settings.runs,
-            settings.threads,
-        )
+        key = MeasurementKey.of(arch.id, device_class, build, settings)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:

@@ -4,6 +4,8 @@ MnasNet (Tan et al. 2019, section 3): ``ACC * (LAT / T) ** w`` with ``w = alpha`
 ``LAT <= T`` and ``w = beta`` otherwise. Soft constraint: ``alpha = beta = -0.07``
 (doubling latency costs about 5% relative accuracy); hard constraint: ``alpha = 0``,
 ``beta = -1``. TuNAS (Bender et al. 2020): ``ACC + beta * |LAT / T - 1|``, ``beta = -0.1``.
+
+Bad input raises :class:`~mnas.errors.InvalidInput` (a ``ValueError``) naming the field.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+
+from mnas.errors import InvalidInput
 
 __all__ = ["Kind", "Objective", "reward"]
 
@@ -57,17 +61,19 @@ class Objective:
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, Kind):
-            raise ValueError(f"kind: expected one of {[k.value for k in Kind]}, got {self.kind!r}")
+            raise InvalidInput(
+                f"kind: expected one of {[k.value for k in Kind]}, got {self.kind!r}"
+            )
         if not _finite(self.target_seconds) or self.target_seconds <= 0:
-            raise ValueError(
+            raise InvalidInput(
                 f"target_latency_seconds: must be a positive number, got {self.target_seconds!r}"
             )
         for name in ("alpha", "beta"):
             value = getattr(self, name)
             if not _finite(value):
-                raise ValueError(f"{name}: must be a finite number, got {value!r}")
+                raise InvalidInput(f"{name}: must be a finite number, got {value!r}")
             if value > 0:
-                raise ValueError(
+                raise InvalidInput(
                     f"{name}: must be <= 0 (a positive exponent rewards slower models), got {value}"
                 )
 
@@ -75,9 +81,9 @@ class Objective:
 def reward(accuracy: float, latency_seconds: float, objective: Objective) -> float:
     """The reward of a model with ``accuracy`` (0..1) and ``latency_seconds`` (> 0)."""
     if not _finite(accuracy) or not 0.0 <= accuracy <= 1.0:
-        raise ValueError(f"accuracy: must be in [0, 1], got {accuracy!r}")
+        raise InvalidInput(f"accuracy: must be in [0, 1], got {accuracy!r}")
     if not _finite(latency_seconds) or latency_seconds <= 0:
-        raise ValueError(f"latency_seconds: must be a positive number, got {latency_seconds!r}")
+        raise InvalidInput(f"latency_seconds: must be a positive number, got {latency_seconds!r}")
     ratio = latency_seconds / objective.target_seconds
     if objective.kind is Kind.ABSOLUTE:
         return accuracy + objective.beta * abs(ratio - 1.0)

@@ -2,41 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from mnas.tls import ServerTLS
-from mnas.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+from mnas.v1 import reward_pb2, reward_pb2_grpc
+from services.common.errors import StatusTable
 from services.common.server import RunningServer, build_server
-from services.reward.rewards import Kind, Objective, reward
+from services.reward.conversions import objective_from_proto
+from services.reward.rewards import reward
 
-__all__ = ["SERVICE_NAME", "RewardServicer", "make_server", "objective_from_proto"]
+__all__ = ["SERVICE_NAME", "RewardServicer", "make_server"]
 
 SERVICE_NAME = "mnas.v1.Reward"
+_logger = logging.getLogger(__name__)
 
-_KINDS = {
-    common_pb2.OBJECTIVE_KIND_SOFT: Kind.SOFT,
-    common_pb2.OBJECTIVE_KIND_HARD: Kind.HARD,
-    common_pb2.OBJECTIVE_KIND_ABSOLUTE: Kind.ABSOLUTE,
-}
-
-
-def objective_from_proto(message: common_pb2.Objective, path: str = "objective") -> Objective:
-    """The domain objective; ``ValueError`` names the field under ``path``."""
-    kind = _KINDS.get(message.kind)
-    if kind is None:
-        raise ValueError(
-            f"{path}.kind: must be OBJECTIVE_KIND_SOFT, _HARD or _ABSOLUTE, got {message.kind}"
-        )
-    try:
-        return Objective.of(
-            kind,
-            message.target_latency_seconds,
-            alpha=message.alpha if message.HasField("alpha") else None,
-            beta=message.beta if message.HasField("beta") else None,
-        )
-    except ValueError as err:
-        raise ValueError(f"{path}.{err}") from None
+# The reward service has no errors of its own: bad input is InvalidInput.
+_STATUS_TABLE = StatusTable.of()
 
 
 class RewardServicer(reward_pb2_grpc.RewardServicer):
@@ -60,8 +44,8 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         try:
             objective = objective_from_proto(request.objective)
             value = reward(request.accuracy, request.latency_seconds, objective)
-        except ValueError as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        except Exception as err:
+            _STATUS_TABLE.abort(context, err, logger=_logger, call="Score")
         self._scored.labels(objective.kind.value).inc()
         self._rewards.observe(value)
         return reward_pb2.ScoreResponse(reward=value)

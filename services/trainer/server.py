@@ -31,6 +31,7 @@ from mnas.arch import Architecture, decode
 from mnas.errors import InvalidInput
 from mnas.tls import ServerTLS
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from services.common.errors import MAX_DETAILS, StatusTable
 from services.common.server import RunningServer, build_server
 from services.trainer import data
 from services.trainer.catalog import Catalog, DatasetNotServed
@@ -86,25 +87,24 @@ class ShuttingDown(Exception):
     """The trainer is stopping: it takes no new trainings and ends the running ones."""
 
 
-# The one table from domain errors to status codes; the first matching row wins,
-# anything else is INTERNAL.
-_STATUS_TABLE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+def _describe(err: Exception) -> str:
+    """A known error's message, its field named by its path in a TrainRequest."""
+    return _qualify(str(err))[:MAX_DETAILS]
+
+
+_STATUS_TABLE = StatusTable.of(
     (CapacityExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (TrainingCancelled, grpc.StatusCode.CANCELLED),
     (TrialFailed, grpc.StatusCode.ABORTED),
     (DatasetNotServed, grpc.StatusCode.NOT_FOUND),  # another trainer may serve it
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    describe=_describe,
 )
-_MAX_DETAILS = 300
 
 
 def status_for(err: Exception) -> tuple[grpc.StatusCode, str]:
     """The status code and details a domain error is reported with."""
-    for kind, code in _STATUS_TABLE:
-        if isinstance(err, kind):
-            return code, _qualify(str(err))[:_MAX_DETAILS]
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}: {err}"[:_MAX_DETAILS]
+    return _STATUS_TABLE.status(err)
 
 
 # Fields named by the core's errors, and their path in a TrainRequest.
@@ -432,7 +432,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             try:
                 response.datasets.append(dataset_to_proto(self._catalog.describe(request.name)))
             except (ValueError, OSError) as err:
-                response.problem = str(err)[:_MAX_DETAILS]
+                response.problem = str(err)[:MAX_DETAILS]
         return response
 
     def Train(
@@ -443,10 +443,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             slot = self._acquire()
             yield from self._stream(job, slot, context)
         except Exception as err:
-            code, details = status_for(err)
-            if code is grpc.StatusCode.INTERNAL:
-                _logger.error("Train failed", exc_info=err)
-            context.abort(code, details)
+            _STATUS_TABLE.abort(context, err, logger=_logger, call="Train")
 
     def _job(self, request: trainer_pb2.TrainRequest) -> _Job:
         """The request, validated: :class:`InvalidInput` names the bad field."""

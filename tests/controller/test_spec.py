@@ -22,7 +22,7 @@ from services.controller.spec import (
     stored_dataset,
 )
 from services.controller.strategies import PPOConfig
-from services.reward.server import objective_from_proto
+from services.reward.conversions import objective_from_proto
 
 DEVICES = {"host-cpu"}
 FASHION = Dataset(name="fashion-mnist", classes=10, resolution=28, examples=60000)
