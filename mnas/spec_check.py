@@ -65,7 +65,7 @@ BUILTIN_DATASETS = (DEFAULT_DATASET,)
 DEFAULT_PRESET = "mnasnet"
 DEFAULT_STRATEGY = "random"
 # The strategies the controller runs (it checks against its own registry too).
-STRATEGY_NAMES = ("evolution", "ppo", "random")
+STRATEGY_NAMES = ("evolution", "ppo", "random", "tpe")
 DEFAULT_DEVICE_CLASS = "host-cpu"
 # spec.reference: the space's own reference network, or none at all.
 SPACE_REFERENCE = "space"

@@ -784,7 +784,7 @@ class SearchSpec(_message.Message):
     REFERENCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     strategy: _builtins.str
-    """"random" (default), "ppo", "evolution" """
+    """"random" (default), "ppo", "evolution", "tpe" """
     seed: _builtins.int
     duplicates: Global___DuplicatePolicy.ValueType
     reference: _builtins.str

@@ -3,8 +3,9 @@
 A strategy never writes the store; the controller records what it proposes, tells it what
 came back (in any order, failed trials included) and checkpoints :meth:`Strategy.state`
 whenever :meth:`Strategy.observe` says the strategy updated itself. Random search is the
-reference implementation of the interface; PPO (:mod:`services.controller.ppo`) and
-regularized evolution (:mod:`services.controller.evolution`) implement the same one.
+reference implementation of the interface; PPO (:mod:`services.controller.ppo`),
+regularized evolution (:mod:`services.controller.evolution`) and TPE
+(:mod:`services.controller.tpe`) implement the same one.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "Strategy",
     "StrategyConfig",
     "StrategyStatus",
+    "TPEConfig",
     "make_strategy",
     "register",
 ]
@@ -106,11 +108,33 @@ class EvolutionConfig:
 
 
 @dataclass(frozen=True)
+class TPEConfig:
+    """TPE with local moves (:mod:`services.controller.tpe`).
+
+    ``startup_trials`` completed trials are sampled uniformly before the estimators take
+    over, and ``candidates`` are drawn from the better group's estimator per proposal
+    (Optuna's ``n_startup_trials`` and ``n_ei_candidates``); ``local_fraction`` of the
+    proposals are instead one-decision changes of the best trial so far (0: TPE alone).
+    """
+
+    startup_trials: int = 3
+    candidates: int = 24
+    local_fraction: float = 0.5
+
+    def validate(self, prefix: str = "tpe") -> None:
+        """``ValueError`` naming the first field out of range."""
+        _check_int(prefix, "startup_trials", self.startup_trials, 0)
+        _check_int(prefix, "candidates", self.candidates, 1)
+        _check_float(prefix, "local_fraction", self.local_fraction, 0.0, 1.0, "[0, 1)", closed=True)
+
+
+@dataclass(frozen=True)
 class StrategyConfig:
     """Settings of every strategy; each strategy reads its own part."""
 
     ppo: PPOConfig = PPOConfig()
     evolution: EvolutionConfig = EvolutionConfig()
+    tpe: TPEConfig = TPEConfig()
 
 
 @dataclass(frozen=True)
@@ -369,4 +393,5 @@ register(RandomStrategy)
 # The other strategies register themselves; imported last because they import this module
 # (a plain import also works while one of them is the module being imported).
 import services.controller.evolution  # noqa: E402
-import services.controller.ppo  # noqa: E402, F401
+import services.controller.ppo  # noqa: E402
+import services.controller.tpe  # noqa: E402, F401

@@ -2,8 +2,8 @@
 
 A search drives a strategy the way the controller does: several proposals in flight,
 outcomes back in a shuffled order, some trials failed. Each check runs for every name in
-``STRATEGIES``, with small settings so that PPO updates and evolution mutates within a few
-dozen trials.
+``STRATEGIES``, with small settings so that PPO updates, evolution mutates and TPE's
+estimators take over within a few dozen trials.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from services.controller.strategies import (
     Proposal,
     Strategy,
     StrategyConfig,
+    TPEConfig,
     make_strategy,
 )
 
@@ -32,6 +33,7 @@ SPACE = SearchSpace()
 SMALL = StrategyConfig(
     ppo=PPOConfig(batch_size=4, hidden_size=16, epochs=2),
     evolution=EvolutionConfig(population=4, sample_size=2),
+    tpe=TPEConfig(startup_trials=5),
 )
 NAMES = sorted(STRATEGIES)
 
@@ -76,14 +78,14 @@ class Driver:
 
 
 def test_registry_names_every_strategy() -> None:
-    assert set(STRATEGIES) == {"random", "ppo", "evolution"}
+    assert set(STRATEGIES) == {"random", "ppo", "evolution", "tpe"}
     for name, cls in STRATEGIES.items():
         assert cls.name == name
 
 
 def test_unknown_strategy_names_the_known_ones() -> None:
     with pytest.raises(
-        ValueError, match=r"^strategy: unknown 'x' \(known: evolution, ppo, random\)$"
+        ValueError, match=r"^strategy: unknown 'x' \(known: evolution, ppo, random, tpe\)$"
     ):
         make_strategy("x", SPACE, 0)
 
@@ -255,10 +257,14 @@ def test_leaves_global_random_state_alone(name: str) -> None:
             EvolutionConfig(population=4, sample_size=5),
             "evolution.sample_size: must be at most population (4), got 5",
         ),
+        (TPEConfig(startup_trials=-1), "tpe.startup_trials: must be an integer >= 0, got -1"),
+        (TPEConfig(candidates=0), "tpe.candidates: must be an integer >= 1, got 0"),
+        (TPEConfig(local_fraction=1.0), "tpe.local_fraction: must be in [0, 1), got 1"),
+        (TPEConfig(local_fraction=-0.1), "tpe.local_fraction: must be in [0, 1), got -0.1"),
     ],
 )
 def test_config_validation_names_the_field(
-    config: PPOConfig | EvolutionConfig, message: str
+    config: PPOConfig | EvolutionConfig | TPEConfig, message: str
 ) -> None:
     with pytest.raises(ValueError) as err:
         config.validate()
@@ -271,5 +277,6 @@ def test_config_validation_names_the_field(
 def test_defaults_validate() -> None:
     StrategyConfig().ppo.validate()
     StrategyConfig().evolution.validate()
+    StrategyConfig().tpe.validate()
     assert StrategyConfig().ppo.batch_size == 20
     assert StrategyConfig().ppo.hidden_size == 100

@@ -1,0 +1,248 @@
+"""Tree-structured Parzen estimator search with local moves, through Optuna's ``TPESampler``.
+
+TPE (Bergstra et al. 2011, "Algorithms for Hyper-Parameter Optimization"; the multivariate
+form of Falkner et al. 2018; Watanabe 2023 on what each part does) splits the trials seen so
+far at a quantile of the reward, fits a Parzen estimator to the better group and one to the
+rest, draws ``candidates`` points from the first and proposes the one where the ratio of
+the two densities is highest. Optuna's :class:`optuna.samplers.TPESampler` does that,
+multivariate, on an in-memory study with one categorical parameter per decision of the
+space. TPE finds the good region fast but polishes slowly: near the best trials its
+candidates (mostly copies of a better trial with about one decision changed) are ranked by
+a density ratio that hardly tells them apart. So ``local_fraction`` of the proposals,
+spread evenly, are local moves instead: the best trial so far with one decision changed to
+another choice, uniformly, and never a point already in the study (local search, which
+White, Nolen and Savani 2021 found as sample-efficient as any method on NAS benchmarks;
+interleaving it with a model's proposals is SMAC's acquisition, Hutter et al. 2011).
+Until a trial has completed, and when no new neighbour turns up in a few draws, the
+proposal is TPE's. ``benchmarks/search_efficiency.py`` measures the mix against TPE alone.
+
+- A proposal is a trial RUNNING in the study until its outcome comes back. The sampler
+  (``constant_liar``) counts the trials in flight among the worse group, so proposals made
+  while others run spread out instead of repeating one best guess.
+- An outcome is told to the oldest trial in flight with the same decisions; one that
+  matches none (a trial this strategy did not propose) joins the study as a completed
+  trial. A failed trial stays in flight for good: the sampler keeps counting it among the
+  worse, which steers away from what failed (out of memory, say) and changes nothing else.
+- Reproducible from the seed: proposal ``k`` draws from a sampler and a generator seeded
+  from the strategy's seed and ``k``, so no random state needs saving.
+- :meth:`TPEStrategy.state` holds the study's trials in order (decisions, and the reward
+  or nothing while in flight), the seed and the count of proposals;
+  :meth:`TPEStrategy.restore` rebuilds the study from them, so a controller that restarts
+  proposes what the one before would have.
+- Every reward changes the next proposal, so :meth:`TPEStrategy.observe` reports an update
+  for each (and the controller checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import warnings
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from mnas.space import SearchSpace
+from services.controller.evolution import mutate
+from services.controller.ppo import derive_seed
+from services.controller.strategies import (
+    Outcome,
+    Proposal,
+    Strategy,
+    StrategyConfig,
+    load_json_state,
+    register,
+)
+
+__all__ = ["TPEStrategy"]
+
+STATE_FORMAT = 1
+LOCAL_TRIES = 20  # draws of a new neighbour of the best trial before TPE proposes instead
+
+# Optuna logs every finished trial, all its parameters included, at INFO on its own
+# handler; the controller logs trials itself.
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@register
+class TPEStrategy(Strategy):
+    """Multivariate TPE with a constant liar for the trials in flight, and local moves."""
+
+    name = "tpe"
+
+    def __init__(self, space: SearchSpace, seed: int, config: StrategyConfig | None = None) -> None:
+        super().__init__(space, seed, config)
+        self.settings = self.config.tpe
+        self.settings.validate()
+        self._distributions: dict[str, BaseDistribution] = {
+            d.name: CategoricalDistribution(list(range(d.size))) for d in space.decisions
+        }
+        self._study = _new_study()
+        self._proposed = 0
+        # The study's trials in order, as state() writes them: decisions, and the reward
+        # (None while in flight).
+        self._trials: list[tuple[tuple[int, ...], float | None]] = []
+        # Per decisions, the indices in _trials of those in flight, oldest first.
+        self._in_flight: dict[tuple[int, ...], deque[int]] = {}
+        self._known: set[tuple[int, ...]] = set()  # every point in the study
+        self._best: int | None = None  # index in _trials of the best reward (first on a tie)
+
+    # -- proposing -------------------------------------------------------------------
+
+    def propose(self) -> Proposal:
+        k = self._proposed
+        decisions = self._local_move(k) if self._is_local(k) else None
+        if decisions is None:
+            decisions = self._ask(k)
+        else:
+            self._study.add_trial(self._frozen(decisions, None))
+        self._proposed += 1
+        self._in_flight.setdefault(decisions, deque()).append(len(self._trials))
+        self._trials.append((decisions, None))
+        self._known.add(decisions)
+        return self._proposal(decisions)
+
+    def _is_local(self, k: int) -> bool:
+        """Whether proposal ``k`` is one of the ``local_fraction`` spread evenly."""
+        fraction = self.settings.local_fraction
+        return math.floor((k + 1) * fraction) > math.floor(k * fraction)
+
+    def _local_move(self, k: int) -> tuple[int, ...] | None:
+        """A neighbour of the best trial not yet in the study (None: no best yet, or none
+        found)."""
+        if self._best is None:
+            return None
+        parent = self._trials[self._best][0]
+        rng = random.Random(derive_seed(self.seed, f"tpe-local:{k}"))
+        for _ in range(LOCAL_TRIES):
+            child = tuple(mutate(parent, self._sizes, rng))
+            if child not in self._known:
+                return child
+        return None
+
+    def _ask(self, k: int) -> tuple[int, ...]:
+        """TPE's proposal ``k`` (a RUNNING trial of the study)."""
+        with warnings.catch_warnings():  # Optuna 4 calls multivariate and the liar experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._study.sampler = _FixedSpaceTPE(
+                self._distributions,
+                n_startup_trials=self.settings.startup_trials,
+                n_ei_candidates=self.settings.candidates,
+                multivariate=True,
+                constant_liar=True,
+                seed=derive_seed(self.seed, f"tpe:{k}") % 2**32,  # numpy's RandomState: 32 bits
+            )
+            trial = self._study.ask(self._distributions)
+        return tuple(int(trial.params[name]) for name in self._distributions)
+
+    # -- learning --------------------------------------------------------------------
+
+    def _learn(self, outcome: Outcome) -> bool:
+        if outcome.reward is None:
+            return False  # its trial, if ours, stays in flight (see the module's text)
+        decisions = tuple(int(d) for d in outcome.decisions)
+        reward = float(outcome.reward)
+        waiting = self._in_flight.get(decisions)
+        if waiting:
+            index = waiting.popleft()
+            if not waiting:
+                del self._in_flight[decisions]
+            self._study.tell(index, reward)  # the study numbers its trials as _trials
+            self._trials[index] = (decisions, reward)
+        else:
+            index = len(self._trials)
+            self._study.add_trial(self._frozen(decisions, reward))
+            self._trials.append((decisions, reward))
+            self._known.add(decisions)
+        self._rank(index)
+        return True
+
+    def _rank(self, index: int) -> None:
+        """Keep ``_best`` after trial ``index`` got its reward."""
+        reward = self._trials[index][1]
+        assert reward is not None
+        if self._best is None:
+            self._best = index
+            return
+        best = self._trials[self._best][1]
+        assert best is not None
+        if reward > best or (reward == best and index < self._best):
+            self._best = index
+
+    def _frozen(self, decisions: Sequence[int], reward: float | None) -> FrozenTrial:
+        """A trial of the study: completed with ``reward``, or RUNNING when None."""
+        return create_trial(
+            params=dict(zip(self._distributions, decisions, strict=True)),
+            distributions=self._distributions,
+            value=reward,
+            state=TrialState.RUNNING if reward is None else TrialState.COMPLETE,
+        )
+
+    # -- state -----------------------------------------------------------------------
+
+    def state(self) -> bytes:
+        payload = {
+            **self._header(),
+            "format": STATE_FORMAT,
+            "seed": self.seed,
+            "proposed": self._proposed,
+            "trials": [[list(d), r] for d, r in self._trials],
+        }
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+    def restore(self, data: bytes) -> None:
+        payload = load_json_state(data)
+        self._check_header(payload)
+        if payload.get("format") != STATE_FORMAT:
+            raise ValueError("strategy state: not a TPE state of a known format")
+        trials = [_trial(entry, len(self._distributions)) for entry in payload["trials"]]
+        for decisions, _ in trials:
+            self._check_decisions(decisions, "strategy state: trial")
+        self._study = _new_study()
+        self._trials, self._in_flight, self._known, self._best = [], {}, set(), None
+        for index, (decisions, reward) in enumerate(trials):
+            self._study.add_trial(self._frozen(decisions, reward))
+            self._trials.append((decisions, reward))
+            self._known.add(decisions)
+            if reward is None:
+                self._in_flight.setdefault(decisions, deque()).append(index)
+            else:
+                self._rank(index)
+        self._proposed = int(payload["proposed"])
+        self.seed = int(payload["seed"])
+
+
+class _FixedSpaceTPE(optuna.samplers.TPESampler):
+    """TPE over a space known in advance: the same proposals as Optuna's sampler, which
+    infers the space from every trial on each ask (with a fresh sampler per proposal that
+    was most of a proposal's cost, seconds at a thousand trials)."""
+
+    def __init__(self, distributions: dict[str, BaseDistribution], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._space = dict(sorted(distributions.items()))  # in the order Optuna infers it
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return dict(self._space)
+
+
+def _new_study() -> optuna.Study:
+    return optuna.create_study(direction="maximize")
+
+
+def _trial(entry: Any, size: int) -> tuple[tuple[int, ...], float | None]:
+    """One ``[decisions, reward]`` entry of a state; ``ValueError`` when malformed."""
+    try:
+        decisions, reward = entry
+        values = tuple(decisions)
+        if len(values) != size or (reward is not None and not isinstance(reward, (int, float))):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"strategy state: not a trial: {entry!r:.80}") from None
+    return values, None if reward is None else float(reward)
