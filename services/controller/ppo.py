@@ -32,7 +32,6 @@ reward. Here:
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import logging
@@ -63,6 +62,7 @@ from services.controller.strategies import (
     Strategy,
     StrategyConfig,
     StrategyStatus,
+    derive_seed,
     register,
 )
 
@@ -82,12 +82,6 @@ PROPOSALS_AHEAD = 16
 PROPOSALS_PAST_BATCH = 4
 
 _F32 = npt.NDArray[np.float32]
-
-
-def derive_seed(seed: int, purpose: str) -> int:
-    """A 63-bit seed for one use of the strategy's seed (initialization, sampling)."""
-    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
 
 
 class Policy(nn.Module):

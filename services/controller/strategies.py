@@ -11,6 +11,7 @@ regularized evolution (:mod:`services.controller.evolution`) and TPE
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 import math
 import random
@@ -32,6 +33,7 @@ __all__ = [
     "StrategyConfig",
     "StrategyStatus",
     "TPEConfig",
+    "derive_seed",
     "make_strategy",
     "register",
 ]
@@ -105,6 +107,13 @@ class EvolutionConfig:
                 f"{prefix}.sample_size: must be at most population ({self.population}), "
                 f"got {self.sample_size}"
             )
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """A 63-bit seed for one use of a strategy's seed (initialization, sampling, proposal
+    ``k``): strategies derive every random stream from the search's seed this way."""
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 @dataclass(frozen=True)

@@ -49,12 +49,12 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from mnas.space import SearchSpace
 from services.controller.evolution import mutate
-from services.controller.ppo import derive_seed
 from services.controller.strategies import (
     Outcome,
     Proposal,
     Strategy,
     StrategyConfig,
+    derive_seed,
     load_json_state,
     register,
 )
