@@ -14,10 +14,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2
 from services.controller.gate import WorkGate
 from tests.common.fake_trainer import FakeTrainer
+from tests.common.tiny_spec import tiny_spec
 from tests.controller.stack import controller_stack
 
 WAIT = 30.0  # seconds: only ever reached when a test is about to fail
@@ -109,30 +109,15 @@ class InstantTrainer(FakeTrainer):
         yield trainer_pb2.TrainResponse(result=common_pb2.TrainResult(accuracy=0.5, samples_seen=1))
 
 
-SPEC = """
-name: gated-%(index)d
-seed: %(index)d
-strategy: random
-duplicates: DUPLICATE_POLICY_RETRAIN
-space:
-  resolution: 28
-  stages: [{expansion: 1, filters: 16, layers: 1, stride: 1}]
-  choices: {ops: [dconv], kernels: [3, 5], se_ratios: [0], skips: [identity, none],
-            filter_ratios: [1], layer_deltas: [0]}
-objective: {kind: soft, target_latency_seconds: 0.001}
-budget: {max_trials: 6, parallel_trials: 4}
-latency: {warmup_runs: 1, runs: 2}
-reference: none
-"""
-
-
 def test_searches_end_with_one_slot_and_one_trainer_slot(tmp_path: Path) -> None:
     """Eight trials in flight over two searches wait for one trainer slot and one gate
     slot: a trial thread must give its gate slot up while it waits for a worker's, or
     the one that holds the worker waits for the gate forever."""
     with controller_stack(tmp_path, InstantTrainer(), work_slots=1) as stack:
         core = stack.controller
-        ids = [core.submit(parse_spec(SPEC % {"index": i})).id for i in range(2)]
+        ids = [
+            core.submit(tiny_spec(f"gated-{i}", seed=i, trials=6, parallel=4)).id for i in range(2)
+        ]
         finals = [core.wait(search_id, timeout=120) for search_id in ids]
     for final in finals:
         assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error

@@ -23,29 +23,13 @@ import grpc
 import pytest
 import yaml
 
-from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2
 from tests.common.fake_trainer import FakeTrainer
+from tests.common.tiny_spec import tiny_spec, tiny_text
 from tests.controller.stack import Stack, controller_stack
 
 MNAS = str(Path(sys.executable).parent / "mnas")
 WAIT = 120.0  # seconds: only ever reached when a test is about to fail
-
-SPEC = """
-name: scripted
-seed: 3
-strategy: random
-duplicates: DUPLICATE_POLICY_RETRAIN
-space:
-  resolution: 28
-  stages: [{expansion: 1, filters: 16, layers: 1, stride: 1}]
-  choices: {ops: [dconv], kernels: [3, 5], se_ratios: [0], skips: [identity, none],
-            filter_ratios: [1], layer_deltas: [0]}
-objective: {kind: soft, target_latency_seconds: 0.001}
-budget: {max_trials: %(trials)d, parallel_trials: 1}
-latency: {warmup_runs: 1, runs: 2}
-reference: none
-"""
 
 
 class PacedTrainer(FakeTrainer):
@@ -83,7 +67,7 @@ def mnas(stack: Stack, *argv: str, timeout: float = WAIT) -> subprocess.Complete
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
     """A controller with one search of three trials, finished."""
     with controller_stack(tmp_path_factory.mktemp("cli"), PacedTrainer(free=True)) as stack:
-        search = stack.controller.submit(parse_spec(SPEC % {"trials": 3}))
+        search = stack.controller.submit(tiny_spec("scripted", seed=3, trials=3))
         final = stack.controller.wait(search.id, timeout=WAIT)
         assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
         yield stack, search.id
@@ -141,7 +125,7 @@ def test_a_table_says_which_latency_it_shows(finished: tuple[Stack, str]) -> Non
 
 def test_submit_and_cancel_print_the_search(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC % {"trials": 5})
+    spec.write_text(tiny_text("scripted", seed=3, trials=5))
     with controller_stack(tmp_path, PacedTrainer(free=False)) as stack:
         submitted = mnas(stack, "submit", str(spec), "-o", "json")
         assert submitted.returncode == 0, submitted.stderr
@@ -158,7 +142,7 @@ def test_a_piped_watch_prints_each_trial_as_it_ends(tmp_path: Path) -> None:
     while the second trial still waits for its trainer."""
     trainer = PacedTrainer(free=False)
     with controller_stack(tmp_path, trainer) as stack:
-        search = stack.controller.submit(parse_spec(SPEC % {"trials": 2}))
+        search = stack.controller.submit(tiny_spec("scripted", seed=3, trials=2))
         env = {**os.environ, "MNAS_TARGET": stack.address}
         watch = subprocess.Popen(
             [MNAS, "watch", search.id], stdout=subprocess.PIPE, text=True, env=env
