@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` (set up, run the main job) and `make test`
-# (set up, run the whole test suite).
-.PHONY: setup demo test test-fast lint
+# (set up, run the test suite but the tests marked slow; `make test-all` runs those too).
+.PHONY: setup demo test test-all lint
 
 setup:
 	./scripts/setup.sh
@@ -9,10 +9,10 @@ demo: setup
 	./scripts/demo.sh
 
 test: setup
-	./scripts/test.sh -m ''
-
-test-fast: setup
 	./scripts/test.sh
+
+test-all: setup
+	./scripts/test.sh -m ''
 
 lint: setup
 	.venv/bin/ruff check .

@@ -90,6 +90,7 @@ class GatedTrainer(InstantTrainer):
         with self._changed:
             if held in self._held:
                 self._held.remove(held)
+            self._changed.notify_all()
         if context.is_active():
             yield from super().Train(request, context)
 
@@ -100,6 +101,14 @@ class GatedTrainer(InstantTrainer):
                 lambda: sum(h.context.is_active() for h in self._held) >= count, TIMEOUT
             )
         assert held, f"fewer than {count} trainings arrived"
+
+    def wait_dropped(self) -> None:
+        """Until no held training has a live caller (the killed controller's calls end)."""
+        with self._changed:
+            dropped = self._changed.wait_for(
+                lambda: not any(h.context.is_active() for h in self._held), TIMEOUT
+            )
+        assert dropped, "the killed controller's trainings are still live"
 
     def release(self, canonical: str) -> None:
         """Let the oldest held training of ``canonical`` finish, once it has arrived (the
@@ -194,20 +203,27 @@ def test_a_search_resumes_exactly_after_sigkill(tmp_path: Path, name: str) -> No
             with Client(controller.address) as client:
                 search_id = client.submit(spec).id
             checkpoint: bytes | None = None
+            released = -1
             for done in range(BUDGET):
                 if done == KILL_AFTER:
                     trainer.wait_held(PARALLEL)  # the next trial is proposed: then the kill
                     controller.kill()  # SIGKILL
+                    trainer.wait_dropped()
                     checkpoint = load_checkpoint(tmp_path, search_id)
                     controller = start_controller(tmp_path, addresses, controller.port)
                 trainer.wait_held(min(PARALLEL, BUDGET - done))
+                # The lowest unfinished trial not let go already: the one let go last may
+                # not be recorded yet when no next trial waits on that record (the last).
                 with Client(controller.address) as client:
                     unfinished = [
                         t
                         for t in client.search(search_id).trials()
                         if t.state not in (TrialState.COMPLETED, TrialState.FAILED)
+                        and t.number > released
                     ]
-                trainer.release(min(unfinished, key=lambda t: t.number).architecture)
+                trial = min(unfinished, key=lambda t: t.number)
+                trainer.release(trial.architecture)
+                released = trial.number
             with Client(controller.address) as client:
                 search = client.search(search_id)
                 final = search.wait(timeout=TIMEOUT)

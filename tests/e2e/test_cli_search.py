@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 SPEC = """
 name: cli
 seed: 5
@@ -27,6 +25,7 @@ latency: {warmup_runs: 1, runs: 3}
 """
 
 
+@pytest.mark.slow
 def test_mnas_search_runs_a_spec_and_prints_results(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
@@ -135,6 +134,7 @@ def _gone(pid: int, timeout: float = 60.0) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_mnas_up_serves_until_interrupted(tmp_path: Path) -> None:
     with _mnas_up(tmp_path) as (popen, log, children):
         assert len(children) == 4  # controller, trainer, latency, reward
@@ -146,6 +146,7 @@ def test_mnas_up_serves_until_interrupted(tmp_path: Path) -> None:
     assert all(_gone(pid) for pid in children)
 
 
+@pytest.mark.slow
 def test_mnas_up_stops_its_services_on_sigterm_as_on_ctrl_c(tmp_path: Path) -> None:
     with _mnas_up(tmp_path) as (popen, log, children):
         popen.send_signal(signal.SIGTERM)
@@ -153,6 +154,7 @@ def test_mnas_up_stops_its_services_on_sigterm_as_on_ctrl_c(tmp_path: Path) -> N
     assert [pid for pid in children if not _gone(pid)] == []
 
 
+@pytest.mark.slow
 def test_the_services_of_a_killed_mnas_up_end_with_it(tmp_path: Path) -> None:
     """SIGKILL leaves `mnas up` no chance to stop its services: they get SIGTERM from the
     kernel when it dies (Linux's parent-death signal) and stop on their own."""
@@ -162,6 +164,7 @@ def test_the_services_of_a_killed_mnas_up_end_with_it(tmp_path: Path) -> None:
     assert [pid for pid in children if not _gone(pid)] == []
 
 
+@pytest.mark.slow
 def test_mnas_up_refuses_a_taken_port_naming_it(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -188,6 +191,7 @@ def _wait_for_line(log: Path, prefix: str, timeout: float = 60.0) -> str:
     raise AssertionError(f"no line starting {prefix!r} in {log}:\n{log.read_text()}")
 
 
+@pytest.mark.slow
 def test_mnas_up_prints_the_addresses_the_other_commands_read(tmp_path: Path) -> None:
     """The `export` line of `mnas up` is all the other commands need, the latency
     commands included (their default port is where `mnas up` puts the latency service)."""
@@ -227,6 +231,7 @@ reference: none
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_mnas_search_leaves_the_search_to_resume_and_says_so(tmp_path: Path) -> None:
     """Interrupted, `mnas search` says the search stays in the store and how to resume or
     cancel it; the store holds it running, and `mnas up` on that store resumes it and

@@ -25,8 +25,6 @@ from services.controller.store import Store
 from services.reward.rewards import Kind, Objective, reward
 from tests.common.grpc_helpers import health_status, reflected_services
 
-pytestmark = pytest.mark.slow
-
 POSTGRES = os.environ.get(
     "MNAS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -99,6 +97,7 @@ def test_search_end_to_end_on_sqlite(sqlite_stack: LocalStack) -> None:
         check_search(client, small_spec(trials=3, parallel=2), f"sqlite:///{sqlite_stack.store}")
 
 
+@pytest.mark.slow
 def test_several_searches_at_once_and_the_cli_reads_them(
     sqlite_stack: LocalStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -158,6 +157,7 @@ def _in_flight(process: Process) -> int:
     return int(response.in_flight)
 
 
+@pytest.mark.slow
 def test_trainer_killed_mid_trial_is_retried_on_the_other(sqlite_stack: LocalStack) -> None:
     """SIGKILL the trainer running a trial: the trial moves to the other, nothing is lost."""
     with Client(sqlite_stack.controller) as client:
@@ -185,6 +185,7 @@ def test_trainer_killed_mid_trial_is_retried_on_the_other(sqlite_stack: LocalSta
         assert {t.trainer for t in trials} <= {p.address for p in trainers}
 
 
+@pytest.mark.slow
 def test_cancel_stops_running_trials(sqlite_stack: LocalStack) -> None:
     """Cancelling mid-training ends the search CANCELLED and frees the trainers."""
     with Client(sqlite_stack.controller) as client:
@@ -221,6 +222,7 @@ def postgres_url() -> Iterator[str]:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_search_end_to_end_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
     with (
         LocalStack(workdir=tmp_path, store=postgres_url, trainers=1) as stack,
