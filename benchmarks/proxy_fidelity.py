@@ -57,6 +57,7 @@ from mnas.space import SearchSpace
 from mnas.specfile import load_spec
 from mnas.v1 import common_pb2
 from services.controller.spec import Dataset, resolve
+from services.controller.strategies import STRATEGIES
 from services.trainer.catalog import Catalog
 from services.trainer.cores import usable_cores
 from services.trainer.server import (
@@ -139,7 +140,7 @@ def load_proxy(path: str | Path, overrides: argparse.Namespace | None = None) ->
         spec,
         dataset=dataset,
         device_classes=[spec.latency.device_class or "host-cpu"],
-        strategies=[spec.strategy or "random"],
+        strategies=STRATEGIES,
     )
     config = training_config_from_proto(resolved.spec.training)
     return Proxy(

@@ -284,7 +284,13 @@ class Landscape:
         return total
 
     def optimum(self, objective: Objective) -> Optimum:
-        """The best reward over the whole space, exactly (Pareto front DP over blocks).
+        """The best reward over the whole space, exactly (from :meth:`front`)."""
+        return self._bracket(objective, *self.front())
+
+    def front(self) -> tuple[_I64, _F64, list[_I64]]:
+        """Every network no other beats on both fewer multiply-adds and a higher score, by
+        a Pareto front DP over the blocks: their multiply-adds (increasing), scores
+        (increasing) and, per block, the index of its choices in ``choices``.
 
         A state is what the next block's terms depend on: the last block's filters choice
         (its multiply-adds) and, with interactions, its ``INTERACTING`` choices.
@@ -341,8 +347,7 @@ class Landscape:
         paths = [
             np.concatenate([f[2][b] for f in fronts.values()]) for b in range(self.space.num_blocks)
         ]
-        macs, scores, paths = _pareto(macs, scores, paths)
-        return self._bracket(objective, macs, scores, paths)
+        return _pareto(macs, scores, paths)
 
     def _value(self, score: float, macs: float, objective: Objective) -> float:
         latency = macs * SECONDS_PER_MAC

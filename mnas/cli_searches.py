@@ -37,6 +37,7 @@ from mnas.client import Client, MnasError, Search
 from mnas.cost import count
 from mnas.errors import CommandFailed, UsageError
 from mnas.local import LocalStack, port_is_free
+from mnas.objective import describe, looks_for_front
 from mnas.report import reference_summary
 from mnas.results import EventKind, SearchInfo, SearchState, Trial, TrialState
 from mnas.specfile import load_spec
@@ -106,6 +107,12 @@ def _print_results(console: Console, search: Search, k: int) -> None:
     reference = reference_summary(info.proto)
     if reference is not None:
         console.print(f"reference {reference}", soft_wrap=True, highlight=False)
+    if looks_for_front(info.spec.objective):  # the front is the result
+        front = search.pareto()
+        if front:
+            title = f"Pareto front: accuracy vs latency ({len(front)} trials)"
+            _print_trials(console, title, front, info.spec)
+        return
     best = search.best(k)
     if best:
         _print_trials(console, f"best {len(best)} by reward", best, info.spec)
@@ -467,8 +474,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
             search = client.submit(spec)
             search_id = search.id
             console.print(
-                f"submitted search {search.id}: {search.info.max_trials} "
-                f"trials, target {search.info.spec.objective.target_latency_seconds * 1e3:g} ms"
+                f"submitted search {search.id}: {search.info.max_trials} trials, objective "
+                f"{describe(search.info.spec.objective)}",
+                soft_wrap=True,
+                highlight=False,
             )
             _show_resumed(console, client, submitted=search.id)
             final = _follow(console, search)

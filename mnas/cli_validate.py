@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from mnas.cli_output import add_output_argument, print_data
+from mnas.objective import FRONT_TEXT, looks_for_front
 from mnas.spec_check import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATASET,
@@ -77,10 +78,9 @@ def summarize(spec: common_pb2.SearchSpec) -> dict[str, Any]:
     them (None: decided by the data set, or the strategy's default)."""
     b, t, lat, s = spec.budget, spec.training, spec.latency, spec.space
     space = search_space(s, resolution=s.resolution or 224, num_classes=s.num_classes or 1000)
-    objective: dict[str, Any] = {
-        "kind": _enum(common_pb2.ObjectiveKind, spec.objective.kind),
-        "target_latency_seconds": spec.objective.target_latency_seconds,
-    }
+    objective: dict[str, Any] = {"kind": _enum(common_pb2.ObjectiveKind, spec.objective.kind)}
+    if not looks_for_front(spec.objective):
+        objective["target_latency_seconds"] = spec.objective.target_latency_seconds
     for name in ("alpha", "beta"):
         if spec.objective.HasField(name):
             objective[name] = getattr(spec.objective, name)
@@ -141,6 +141,10 @@ def _enum(enum: Any, value: int) -> str | None:
 def _lines(summary: dict[str, Any]) -> list[tuple[str, str]]:
     b, o, sp, t, lat = (summary[k] for k in ("budget", "objective", "space", "training", "latency"))
     exponents = "".join(f", {k} {o[k]:g}" for k in ("alpha", "beta") if k in o)
+    if o["kind"] == "pareto":
+        objective = FRONT_TEXT
+    else:
+        objective = f"{o['kind']}, T = {o['target_latency_seconds'] * 1e3:g} ms{exponents}"
     trials = f"{b['max_trials']:,}, {b['parallel_trials']} at a time, "
     trials += f"up to {b['max_attempts']} attempts each, {b['max_failed_trials']:,} may fail"
     if b["keep_weights"]:
@@ -171,7 +175,7 @@ def _lines(summary: dict[str, Any]) -> list[tuple[str, str]]:
     lines = [
         ("strategy", f"{summary['strategy']}, seed {summary['seed']}"),
         ("trials", trials),
-        ("objective", f"{o['kind']}, T = {o['target_latency_seconds'] * 1e3:g} ms{exponents}"),
+        ("objective", objective),
         ("space", space),
         ("training", training),
         ("latency", latency),

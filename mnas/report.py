@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from mnas.latency import reported_seconds
+from mnas.objective import describe, looks_for_front, target_ms
 from mnas.pareto import pareto_front
 from mnas.report_plots import Point, latency_histogram_svg, pareto_svg, reward_svg
+from mnas.spec_check import DEFAULT_STRATEGY
 from mnas.v1 import common_pb2
 
 __all__ = ["reference_summary", "render_report"]
@@ -102,22 +104,6 @@ def reference_summary(search: common_pb2.Search) -> str | None:
     return f"{where}: not measured yet"
 
 
-def _objective(spec: common_pb2.SearchSpec) -> str:
-    objective = spec.objective
-    kind = common_pb2.ObjectiveKind.Name(objective.kind).removeprefix("OBJECTIVE_KIND_").lower()
-    text = f"{'soft' if kind == 'unspecified' else kind}, T = {_ms(spec)} ms"
-    weights = [
-        f"{name} = {getattr(objective, name):g}"
-        for name in ("alpha", "beta")
-        if objective.HasField(name)
-    ]
-    return text + (f" ({', '.join(weights)})" if weights else "")
-
-
-def _ms(spec: common_pb2.SearchSpec) -> str:
-    return f"{spec.objective.target_latency_seconds * 1e3:g}"
-
-
 def _summary(
     search: common_pb2.Search, trials: Sequence[common_pb2.Trial], best: common_pb2.Trial | None
 ) -> str:
@@ -141,8 +127,8 @@ def _summary(
     if reference is not None:
         rows.append(("reference", reference))
     rows += [
-        ("objective", _objective(spec)),
-        ("strategy", spec.strategy or "random"),
+        ("objective", describe(spec.objective)),
+        ("strategy", spec.strategy or DEFAULT_STRATEGY),
         ("device class", spec.latency.device_class or "host-cpu"),
         ("dataset", spec.training.dataset or "fashion-mnist"),
         ("budget", f"{spec.budget.max_trials} trials, {spec.budget.parallel_trials or 1} at once"),
@@ -154,6 +140,18 @@ def _summary(
     items = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in rows)
     error = f'<p class="error">error: {_e(search.error)}</p>' if search.error else ""
     return f'<dl class="summary">{items}</dl>{error}'
+
+
+def _results(
+    spec: common_pb2.SearchSpec,
+    best: Sequence[common_pb2.Trial],
+    front: Sequence[common_pb2.Trial],
+) -> str:
+    """The table of results: the best trials by reward; with a pareto objective the front,
+    which is the search's result."""
+    if looks_for_front(spec.objective):
+        return f"<h2>Pareto front: {len(front)} trials, fastest first</h2>{_table(front, front)}"
+    return f"<h2>Best {len(best)} trials by reward</h2>{_table(best, front)}"
 
 
 def _time(moment: datetime) -> str:
@@ -168,18 +166,24 @@ def _plots(
 ) -> str:
     if not completed:
         return '<p class="empty">No completed trial yet: there is nothing to plot.</p>'
-    target_ms = spec.objective.target_latency_seconds * 1e3
-    pareto = pareto_svg([_point(t) for t in completed], [_point(t) for t in front], target_ms)
+    target = spec.objective.target_latency_seconds * 1e3  # 0: none (pareto)
+    pareto = pareto_svg([_point(t) for t in completed], [_point(t) for t in front], target)
     reward = reward_svg([_point(t) for t in scored])
-    latency = latency_histogram_svg([_latency_ms(t) for t in scored], target_ms)
+    latency = latency_histogram_svg([_latency_ms(t) for t in scored], target)
+    caption = (
+        "no target latency: the front is the result"
+        if looks_for_front(spec.objective)
+        else f"the dashed line is the target latency T = {_e(target_ms(spec.objective))} ms"
+    )
     return (
         f'<figure id="pareto">{pareto}<figcaption>Each completed trial, coloured by reward; '
-        f"the Pareto front (no other trial is both faster and more accurate) in red; the "
-        f"dashed line is the target latency T = {_e(_ms(spec))} ms.</figcaption></figure>"
+        f"the Pareto front (no other trial is both faster and more accurate) in red; "
+        f"{caption}.</figcaption></figure>"
         f'<div class="pair"><figure id="reward">{reward}<figcaption>Reward by trial number '
         f"and the best so far (trials stopped early score their last accuracy)."
         f'</figcaption></figure><figure id="latency">{latency}<figcaption>Latency of every '
-        f"completed or stopped trial, against T.</figcaption></figure></div>"
+        f"completed or stopped trial{'' if looks_for_front(spec.objective) else ', against T'}."
+        f"</figcaption></figure></div>"
     )
 
 
@@ -234,6 +238,6 @@ def render_report(
         f'<p class="sub">id <code>{_e(search.id)}</code>{when}</p>'
         f"{_summary(search, trials, ranked[0] if ranked else None)}"
         f"<h2>Plots</h2>{_plots(search.spec, completed, scored, front)}"
-        f"<h2>Best {len(best)} trials by reward</h2>{_table(best, front)}"
+        f"{_results(search.spec, best, front)}"
         "</main></body></html>\n"
     )

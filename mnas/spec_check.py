@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_RUNS",
     "DEFAULT_STRATEGY",
     "DEFAULT_WARMUP_RUNS",
+    "FRONT_STRATEGY_NAMES",
     "MAX_TRIALS_LIMIT",
     "NO_REFERENCE",
     "SPACE_REFERENCE",
@@ -63,9 +64,11 @@ DEFAULT_DATASET = "fashion-mnist"
 # Data sets every trainer serves without being told (a cluster's trainers may serve more).
 BUILTIN_DATASETS = (DEFAULT_DATASET,)
 DEFAULT_PRESET = "mnasnet"
-DEFAULT_STRATEGY = "random"
+DEFAULT_STRATEGY = "tpe"
 # The strategies the controller runs (it checks against its own registry too).
 STRATEGY_NAMES = ("evolution", "ppo", "random", "tpe")
+# Those that can look for a front of accuracy against latency (objective kind pareto).
+FRONT_STRATEGY_NAMES = ("random", "tpe")
 DEFAULT_DEVICE_CLASS = "host-cpu"
 # spec.reference: the space's own reference network, or none at all.
 SPACE_REFERENCE = "space"
@@ -287,6 +290,9 @@ _RULES: dict[str, _Rule] = {
     "early_stopping.start_step": _Rule(_NON_NEGATIVE),
 }
 
+# The objective's fields a pareto objective leaves out.
+_NOT_PARETO = ("objective.target_latency_seconds", "objective.alpha", "objective.beta")
+
 _REQUIRED_MESSAGES = {
     "budget.max_trials": f"required: how many trials to run, in [1, {MAX_TRIALS_LIMIT}]",
     "objective.target_latency_seconds": "required: the target latency T in seconds, > 0",
@@ -300,6 +306,8 @@ def _numbers(spec: common_pb2.SearchSpec) -> list[Problem]:
         message = getattr(spec, section)
         if message.DESCRIPTOR.fields_by_name[name].has_presence and not message.HasField(name):
             continue
+        if path in _NOT_PARETO and spec.objective.kind == common_pb2.OBJECTIVE_KIND_PARETO:
+            continue  # _objective says what is wrong
         value = getattr(message, name)
         if value == 0 and rule.unset is not None:
             if rule.unset == _REQUIRED and spec.HasField(section):  # type: ignore[arg-type]
@@ -324,6 +332,8 @@ def explicit_zeros(document: object) -> list[Problem]:
         value = _lookup(node, name) if isinstance(node, Mapping) else None
         if not _is_zero(value):
             continue
+        if path in _NOT_PARETO and str(_lookup(node, "kind")).lower().endswith("pareto"):
+            continue  # _objective says what is wrong
         if path == "training.epochs" and not _is_zero(_lookup(node, "steps") or 0):
             continue  # steps is set: epochs is not used
         if rule.unset == _REQUIRED:
@@ -373,10 +383,12 @@ def check_spec(
     dataset: Dataset | None = None,
     device_classes: Collection[str] | None = None,
     strategies: Collection[str] = STRATEGY_NAMES,
+    front_strategies: Collection[str] = FRONT_STRATEGY_NAMES,
 ) -> list[Problem]:
     """Every problem of ``spec`` (empty: valid). ``dataset``: the data set as the trainers
     report it; ``device_classes``: the latency services' classes; either None when not
-    known here, which skips the checks that need it."""
+    known here, which skips the checks that need it. ``front_strategies``: those of
+    ``strategies`` that can run a pareto objective."""
     problems = _numbers(spec)
     if len(spec.name) > MAX_NAME_LENGTH:
         problems.append(Problem("name", f"at most {MAX_NAME_LENGTH} characters"))
@@ -416,6 +428,16 @@ def check_spec(
             problems.append(Problem("latency.device_class", text))
     if spec.strategy and spec.strategy not in strategies:
         problems.append(Problem("strategy", unknown("strategy", spec.strategy, sorted(strategies))))
+    elif spec.objective.kind == common_pb2.OBJECTIVE_KIND_PARETO:
+        strategy = spec.strategy or DEFAULT_STRATEGY
+        if strategy not in front_strategies:
+            problems.append(
+                Problem(
+                    "strategy",
+                    f"{strategy} climbs one reward and cannot look for a front; a pareto "
+                    f"objective needs one of: {', '.join(sorted(front_strategies))}",
+                )
+            )
     ev = spec.evolution
     if ev.population >= 2 and ev.sample_size > ev.population:
         problems.append(
@@ -432,15 +454,31 @@ def _objective(spec: common_pb2.SearchSpec) -> list[Problem]:
         return [
             Problem(
                 "objective",
-                "required: target_latency_seconds and kind (soft, hard or absolute)",
+                "required: kind (soft, hard or absolute, with target_latency_seconds; or "
+                "pareto, without)",
             )
         ]
-    kind = spec.objective.kind
+    objective = spec.objective
+    kind = objective.kind
     if kind == common_pb2.OBJECTIVE_KIND_UNSPECIFIED:
-        return [Problem("objective.kind", "required: soft, hard or absolute")]
+        return [Problem("objective.kind", "required: soft, hard, absolute or pareto")]
     if kind not in common_pb2.ObjectiveKind.values():
-        return [Problem("objective.kind", f"unknown value {kind} (known: soft, hard, absolute)")]
-    return []
+        return [
+            Problem("objective.kind", f"unknown value {kind} (known: soft, hard, absolute, pareto)")
+        ]
+    if kind != common_pb2.OBJECTIVE_KIND_PARETO:
+        return []
+    set_fields = [name for name in ("alpha", "beta") if objective.HasField(name)]
+    if objective.target_latency_seconds:
+        set_fields.insert(0, "target_latency_seconds")
+    return [
+        Problem(
+            f"objective.{name}",
+            "not used by a pareto objective, which looks for the whole accuracy-latency "
+            "front; leave it out",
+        )
+        for name in set_fields
+    ]
 
 
 def _budget(b: common_pb2.Budget) -> list[Problem]:

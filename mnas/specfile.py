@@ -52,6 +52,7 @@ KIND_ALIASES = {
     "soft": "OBJECTIVE_KIND_SOFT",
     "hard": "OBJECTIVE_KIND_HARD",
     "absolute": "OBJECTIVE_KIND_ABSOLUTE",
+    "pareto": "OBJECTIVE_KIND_PARETO",
 }
 # Aliases by (message, field).
 _ALIASES = {("mnas.v1.Objective", "kind"): KIND_ALIASES}

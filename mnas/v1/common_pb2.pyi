@@ -33,6 +33,10 @@ class _ObjectiveKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Objecti
     """The same with alpha = 0, beta = -1 by default."""
     OBJECTIVE_KIND_ABSOLUTE: _ObjectiveKind.ValueType  # 3
     """TuNAS: ACC + beta * |LAT/T - 1|, beta = -0.1 by default."""
+    OBJECTIVE_KIND_PARETO: _ObjectiveKind.ValueType  # 4
+    """No target: the search looks for the front of accuracy against latency (the trials
+    no other trial beats on both). A trial's reward is its accuracy.
+    """
 
 class ObjectiveKind(_ObjectiveKind, metaclass=_ObjectiveKindEnumTypeWrapper): ...
 
@@ -43,6 +47,10 @@ OBJECTIVE_KIND_HARD: ObjectiveKind.ValueType  # 2
 """The same with alpha = 0, beta = -1 by default."""
 OBJECTIVE_KIND_ABSOLUTE: ObjectiveKind.ValueType  # 3
 """TuNAS: ACC + beta * |LAT/T - 1|, beta = -0.1 by default."""
+OBJECTIVE_KIND_PARETO: ObjectiveKind.ValueType  # 4
+"""No target: the search looks for the front of accuracy against latency (the trials
+no other trial beats on both). A trial's reward is its accuracy.
+"""
 Global___ObjectiveKind: _TypeAlias = ObjectiveKind  # noqa: Y015
 
 class _EarlyStoppingRule:
@@ -465,6 +473,7 @@ class Objective(_message.Message):
     ALPHA_FIELD_NUMBER: _builtins.int
     BETA_FIELD_NUMBER: _builtins.int
     target_latency_seconds: _builtins.float
+    """T, required by soft, hard and absolute; pareto takes none."""
     kind: Global___ObjectiveKind.ValueType
     alpha: _builtins.float
     beta: _builtins.float

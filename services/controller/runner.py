@@ -853,6 +853,8 @@ class SearchRunner:
             decisions=tuple(trial.decisions),
             reward=trial.reward if scored else None,
             log_probs=tuple(trial.log_probs),
+            accuracy=trial.training.accuracy if scored else None,
+            latency_seconds=reported_seconds(trial.latency) if scored else None,
         )
 
     def _publish(self, kind: int, trial: common_pb2.Trial | None = None) -> None:

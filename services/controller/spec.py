@@ -40,9 +40,14 @@ from mnas.spec_check import (
     search_space,
 )
 from mnas.v1 import common_pb2
-from services.controller.strategies import EvolutionConfig, PPOConfig, StrategyConfig
+from services.controller.strategies import (
+    EvolutionConfig,
+    PPOConfig,
+    Strategy,
+    StrategyConfig,
+)
 from services.reward.conversions import objective_from_proto
-from services.reward.rewards import Objective
+from services.reward.rewards import Kind, Objective
 
 __all__ = [
     "Dataset",
@@ -135,21 +140,27 @@ def resolve(
     *,
     dataset: Dataset,
     device_classes: Collection[str],
-    strategies: Collection[str],
+    strategies: Mapping[str, type[Strategy]],
 ) -> ResolvedSpec:
     """Check every field of ``spec`` (:class:`SpecError` lists every problem) and return
     it completed with defaults; ``dataset`` is what the trainers report of
     ``spec.training.dataset`` (see :func:`choose_dataset`)."""
     problems = check_spec(
-        spec, dataset=dataset, device_classes=device_classes, strategies=strategies
+        spec,
+        dataset=dataset,
+        device_classes=device_classes,
+        strategies=strategies,
+        front_strategies=[name for name, cls in strategies.items() if cls.searches_front],
     )
     if problems:
         raise SpecError(problems)
     out = common_pb2.SearchSpec()
     out.CopyFrom(spec)
     objective = objective_from_proto(out.objective, "spec.objective")
-    out.objective.alpha = objective.alpha
-    out.objective.beta = objective.beta
+    front = objective.kind is Kind.PARETO
+    if not front:
+        out.objective.alpha = objective.alpha
+        out.objective.beta = objective.beta
     _training(out.training, dataset)
     space = _space(out.space, dataset)
     _budget(out.budget)
@@ -160,6 +171,7 @@ def resolve(
     config = StrategyConfig(  # the strategies' own defaults may still clash with a value
         ppo=_with_defaults(out.ppo, PPOConfig(), "spec.ppo"),
         evolution=_with_defaults(out.evolution, EvolutionConfig(), "spec.evolution"),
+        front=front,
     )
     if out.duplicates == common_pb2.DUPLICATE_POLICY_UNSPECIFIED:
         out.duplicates = common_pb2.DUPLICATE_POLICY_REUSE

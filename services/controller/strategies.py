@@ -50,12 +50,15 @@ class Proposal:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a finished trial reports back: its reward, or None when it failed."""
+    """What a finished trial reports back: its reward, or None when it failed; and, for a
+    strategy that looks for a front, its accuracy and latency (None when it failed)."""
 
     number: int
     decisions: tuple[int, ...]
     reward: float | None
     log_probs: tuple[float, ...] = ()
+    accuracy: float | None = None
+    latency_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -139,11 +142,14 @@ class TPEConfig:
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    """Settings of every strategy; each strategy reads its own part."""
+    """Settings of every strategy; each strategy reads its own part. ``front``: look for
+    the front of accuracy against latency (objective kind pareto) rather than climb the
+    reward; only strategies whose ``searches_front`` is true take it."""
 
     ppo: PPOConfig = PPOConfig()
     evolution: EvolutionConfig = EvolutionConfig()
     tpe: TPEConfig = TPEConfig()
+    front: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,11 +169,15 @@ class Strategy(abc.ABC):
     """
 
     name: ClassVar[str]
+    # Whether it can look for a front (``StrategyConfig.front``) instead of one reward.
+    searches_front: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, seed: int, config: StrategyConfig | None = None) -> None:
         self.space = space
         self.seed = seed
         self.config = config if config is not None else StrategyConfig()
+        if self.config.front and not self.searches_front:
+            raise ValueError(f"strategy {self.name} cannot look for a front (objective pareto)")
         self._sizes = tuple(d.size for d in space.decisions)
         self._observed: set[int] = set()
 
@@ -258,6 +268,11 @@ class Strategy(abc.ABC):
         where = f"outcome {outcome.number}"
         if outcome.reward is not None and not _is_finite(outcome.reward):
             raise ValueError(f"{where}.reward: must be a finite number, got {outcome.reward!r}")
+        if outcome.accuracy is not None and not _is_finite(outcome.accuracy):
+            raise ValueError(f"{where}.accuracy: must be a finite number, got {outcome.accuracy!r}")
+        latency = outcome.latency_seconds
+        if latency is not None and not (_is_finite(latency) and latency > 0):
+            raise ValueError(f"{where}.latency_seconds: must be > 0, got {latency!r}")
         if outcome.reward is not None:
             self._check_decisions(outcome.decisions, f"{where}.decisions")
 
@@ -282,9 +297,11 @@ class Strategy(abc.ABC):
 
 
 class RandomStrategy(Strategy):
-    """Uniform sampling of the space, reproducible from the seed."""
+    """Uniform sampling of the space, reproducible from the seed (blind to the objective,
+    so it samples a front as well as anything)."""
 
     name = "random"
+    searches_front = True
 
     def __init__(self, space: SearchSpace, seed: int, config: StrategyConfig | None = None) -> None:
         super().__init__(space, seed, config)

@@ -31,6 +31,14 @@ proposal is TPE's. ``benchmarks/search_efficiency.py`` measures the mix against 
   proposes what the one before would have.
 - Every reward changes the next proposal, so :meth:`TPEStrategy.observe` reports an update
   for each (and the controller checkpoints).
+
+Looking for a front (objective ``pareto``, ``StrategyConfig.front``): the study has two
+objectives, accuracy (up) and the logarithm of latency (down: equal ratios of latency
+weigh alike, fast and slow), which is Optuna's multi-objective TPE (MOTPE, Ozaki et al.
+2020, "Multiobjective tree-structured Parzen estimator for computationally expensive
+optimization problems": the better group is chosen by non-domination rank, then by
+contribution to the hypervolume). A local move starts from a trial of the front found so
+far, drawn uniformly, so the moves spread along the whole front.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from mnas.pareto import pareto_front
 from mnas.space import SearchSpace
 from services.controller.evolution import mutate
 from services.controller.strategies import (
@@ -62,6 +71,8 @@ from services.controller.strategies import (
 __all__ = ["TPEStrategy"]
 
 STATE_FORMAT = 1
+# What the study is told of a completed trial: its reward, or (accuracy, log latency).
+_Value = float | tuple[float, float]
 LOCAL_TRIES = 20  # draws of a new neighbour of the best trial before TPE proposes instead
 
 # Optuna logs every finished trial, all its parameters included, at INFO on its own
@@ -74,6 +85,7 @@ class TPEStrategy(Strategy):
     """Multivariate TPE with a constant liar for the trials in flight, and local moves."""
 
     name = "tpe"
+    searches_front = True
 
     def __init__(self, space: SearchSpace, seed: int, config: StrategyConfig | None = None) -> None:
         super().__init__(space, seed, config)
@@ -82,11 +94,12 @@ class TPEStrategy(Strategy):
         self._distributions: dict[str, BaseDistribution] = {
             d.name: CategoricalDistribution(list(range(d.size))) for d in space.decisions
         }
-        self._study = _new_study()
+        self._front = self.config.front
+        self._study = _new_study(self._front)
         self._proposed = 0
-        # The study's trials in order, as state() writes them: decisions, and the reward
-        # (None while in flight).
-        self._trials: list[tuple[tuple[int, ...], float | None]] = []
+        # The study's trials in order, as state() writes them: decisions, and the reward,
+        # or (accuracy, log latency) when looking for a front (None while in flight).
+        self._trials: list[tuple[tuple[int, ...], _Value | None]] = []
         # Per decisions, the indices in _trials of those in flight, oldest first.
         self._in_flight: dict[tuple[int, ...], deque[int]] = {}
         self._known: set[tuple[int, ...]] = set()  # every point in the study
@@ -113,12 +126,13 @@ class TPEStrategy(Strategy):
         return math.floor((k + 1) * fraction) > math.floor(k * fraction)
 
     def _local_move(self, k: int) -> tuple[int, ...] | None:
-        """A neighbour of the best trial not yet in the study (None: no best yet, or none
-        found)."""
+        """A neighbour of the best trial (of a trial of the front) not yet in the study
+        (None: none has completed yet, or no new neighbour turned up)."""
         if self._best is None:
             return None
-        parent = self._trials[self._best][0]
         rng = random.Random(derive_seed(self.seed, f"tpe-local:{k}"))
+        front = self._front_trials() if self._front else [self._trials[self._best][0]]
+        parent = rng.choice(front) if len(front) > 1 else front[0]
         for _ in range(LOCAL_TRIES):
             child = tuple(mutate(parent, self._sizes, rng))
             if child not in self._known:
@@ -143,44 +157,61 @@ class TPEStrategy(Strategy):
     # -- learning --------------------------------------------------------------------
 
     def _learn(self, outcome: Outcome) -> bool:
-        if outcome.reward is None:
+        value = self._value(outcome)
+        if value is None:
             return False  # its trial, if ours, stays in flight (see the module's text)
         decisions = tuple(int(d) for d in outcome.decisions)
-        reward = float(outcome.reward)
         waiting = self._in_flight.get(decisions)
         if waiting:
             index = waiting.popleft()
             if not waiting:
                 del self._in_flight[decisions]
-            self._study.tell(index, reward)  # the study numbers its trials as _trials
-            self._trials[index] = (decisions, reward)
+            self._study.tell(index, value)  # the study numbers its trials as _trials
+            self._trials[index] = (decisions, value)
         else:
             index = len(self._trials)
-            self._study.add_trial(self._frozen(decisions, reward))
-            self._trials.append((decisions, reward))
+            self._study.add_trial(self._frozen(decisions, value))
+            self._trials.append((decisions, value))
             self._known.add(decisions)
         self._rank(index)
         return True
 
+    def _value(self, outcome: Outcome) -> _Value | None:
+        """What the study is told of ``outcome`` (None: it failed)."""
+        if not self._front:
+            return None if outcome.reward is None else float(outcome.reward)
+        if outcome.accuracy is None or outcome.latency_seconds is None:
+            return None
+        return (float(outcome.accuracy), math.log(outcome.latency_seconds))
+
     def _rank(self, index: int) -> None:
-        """Keep ``_best`` after trial ``index`` got its reward."""
-        reward = self._trials[index][1]
-        assert reward is not None
+        """Keep ``_best`` (the best reward; any completed trial when looking for a front)
+        after trial ``index`` completed."""
+        value = self._trials[index][1]
+        assert value is not None
         if self._best is None:
             self._best = index
             return
         best = self._trials[self._best][1]
-        assert best is not None
-        if reward > best or (reward == best and index < self._best):
+        better = isinstance(value, float) and isinstance(best, float) and value > best
+        if better or (value == best and index < self._best):
             self._best = index
 
-    def _frozen(self, decisions: Sequence[int], reward: float | None) -> FrozenTrial:
-        """A trial of the study: completed with ``reward``, or RUNNING when None."""
+    def _front_trials(self) -> list[tuple[int, ...]]:
+        """The decisions of the completed trials no other beats on both accuracy and
+        latency, fastest first."""
+        done = [(d, v) for d, v in self._trials if isinstance(v, tuple)]
+        front = pareto_front(done, accuracy=lambda t: t[1][0], latency=lambda t: t[1][1])
+        return [decisions for decisions, _ in front]
+
+    def _frozen(self, decisions: Sequence[int], value: _Value | None) -> FrozenTrial:
+        """A trial of the study: completed with ``value``, or RUNNING when None."""
         return create_trial(
             params=dict(zip(self._distributions, decisions, strict=True)),
             distributions=self._distributions,
-            value=reward,
-            state=TrialState.RUNNING if reward is None else TrialState.COMPLETE,
+            value=value if isinstance(value, float) else None,
+            values=list(value) if isinstance(value, tuple) else None,
+            state=TrialState.RUNNING if value is None else TrialState.COMPLETE,
         )
 
     # -- state -----------------------------------------------------------------------
@@ -191,7 +222,8 @@ class TPEStrategy(Strategy):
             "format": STATE_FORMAT,
             "seed": self.seed,
             "proposed": self._proposed,
-            "trials": [[list(d), r] for d, r in self._trials],
+            "front": self._front,
+            "trials": [[list(d), list(v) if isinstance(v, tuple) else v] for d, v in self._trials],
         }
         return json.dumps(payload, separators=(",", ":")).encode()
 
@@ -200,16 +232,22 @@ class TPEStrategy(Strategy):
         self._check_header(payload)
         if payload.get("format") != STATE_FORMAT:
             raise ValueError("strategy state: not a TPE state of a known format")
-        trials = [_trial(entry, len(self._distributions)) for entry in payload["trials"]]
+        if bool(payload.get("front", False)) != self._front:
+            raise ValueError(
+                "strategy state: made for another objective (a front search and a reward "
+                "search do not share state)"
+            )
+        size = len(self._distributions)
+        trials = [_trial(entry, size, self._front) for entry in payload["trials"]]
         for decisions, _ in trials:
             self._check_decisions(decisions, "strategy state: trial")
-        self._study = _new_study()
+        self._study = _new_study(self._front)
         self._trials, self._in_flight, self._known, self._best = [], {}, set(), None
-        for index, (decisions, reward) in enumerate(trials):
-            self._study.add_trial(self._frozen(decisions, reward))
-            self._trials.append((decisions, reward))
+        for index, (decisions, value) in enumerate(trials):
+            self._study.add_trial(self._frozen(decisions, value))
+            self._trials.append((decisions, value))
             self._known.add(decisions)
-            if reward is None:
+            if value is None:
                 self._in_flight.setdefault(decisions, deque()).append(index)
             else:
                 self._rank(index)
@@ -232,17 +270,30 @@ class _FixedSpaceTPE(optuna.samplers.TPESampler):
         return dict(self._space)
 
 
-def _new_study() -> optuna.Study:
+def _new_study(front: bool) -> optuna.Study:
+    if front:  # accuracy up, log latency down
+        return optuna.create_study(directions=["maximize", "minimize"])
     return optuna.create_study(direction="maximize")
 
 
-def _trial(entry: Any, size: int) -> tuple[tuple[int, ...], float | None]:
-    """One ``[decisions, reward]`` entry of a state; ``ValueError`` when malformed."""
+def _trial(entry: Any, size: int, front: bool) -> tuple[tuple[int, ...], _Value | None]:
+    """One ``[decisions, value]`` entry of a state; ``ValueError`` when malformed."""
     try:
-        decisions, reward = entry
-        values = tuple(decisions)
-        if len(values) != size or (reward is not None and not isinstance(reward, (int, float))):
+        decisions, value = entry
+        points = tuple(decisions)
+        if len(points) != size:
             raise ValueError
+        if value is None:
+            return points, None
+        if front:
+            accuracy, log_latency = value
+            return points, (_number(accuracy), _number(log_latency))
+        return points, _number(value)
     except (TypeError, ValueError):
         raise ValueError(f"strategy state: not a trial: {entry!r:.80}") from None
-    return values, None if reward is None else float(reward)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError
+    return float(value)

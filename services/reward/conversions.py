@@ -13,6 +13,7 @@ _KINDS = {
     common_pb2.OBJECTIVE_KIND_SOFT: Kind.SOFT,
     common_pb2.OBJECTIVE_KIND_HARD: Kind.HARD,
     common_pb2.OBJECTIVE_KIND_ABSOLUTE: Kind.ABSOLUTE,
+    common_pb2.OBJECTIVE_KIND_PARETO: Kind.PARETO,
 }
 
 
@@ -22,7 +23,8 @@ def objective_from_proto(message: common_pb2.Objective, path: str = "objective")
     kind = _KINDS.get(message.kind)
     if kind is None:
         raise InvalidInput(
-            f"{path}.kind: must be OBJECTIVE_KIND_SOFT, _HARD or _ABSOLUTE, got {message.kind}"
+            f"{path}.kind: must be OBJECTIVE_KIND_SOFT, _HARD, _ABSOLUTE or _PARETO, got "
+            f"{message.kind}"
         )
     try:
         return Objective.of(

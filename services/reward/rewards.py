@@ -4,6 +4,8 @@ MnasNet (Tan et al. 2019, section 3): ``ACC * (LAT / T) ** w`` with ``w = alpha`
 ``LAT <= T`` and ``w = beta`` otherwise. Soft constraint: ``alpha = beta = -0.07``
 (doubling latency costs about 5% relative accuracy); hard constraint: ``alpha = 0``,
 ``beta = -1``. TuNAS (Bender et al. 2020): ``ACC + beta * |LAT / T - 1|``, ``beta = -0.1``.
+``pareto`` has no target: the search looks for the front of accuracy against latency, and
+a trial's reward is its accuracy (the strategy weighs latency itself).
 
 Bad input raises :class:`~mnas.errors.InvalidInput` (a ``ValueError``) naming the field.
 """
@@ -23,18 +25,21 @@ class Kind(enum.Enum):
     SOFT = "soft"
     HARD = "hard"
     ABSOLUTE = "absolute"
+    PARETO = "pareto"
 
 
 _DEFAULTS: dict[Kind, tuple[float, float]] = {
     Kind.SOFT: (-0.07, -0.07),
     Kind.HARD: (0.0, -1.0),
     Kind.ABSOLUTE: (0.0, -0.1),  # alpha unused
+    Kind.PARETO: (0.0, 0.0),  # unused
 }
 
 
 @dataclass(frozen=True)
 class Objective:
-    """A target latency and how missing or beating it weighs against accuracy."""
+    """A target latency and how missing or beating it weighs against accuracy; for
+    ``pareto``, no target (``target_seconds`` 0) and no exponents."""
 
     kind: Kind
     target_seconds: float
@@ -64,6 +69,15 @@ class Objective:
             raise InvalidInput(
                 f"kind: expected one of {[k.value for k in Kind]}, got {self.kind!r}"
             )
+        if self.kind is Kind.PARETO:
+            for name in ("target_seconds", "alpha", "beta"):
+                if getattr(self, name) != 0:
+                    field = "target_latency_seconds" if name == "target_seconds" else name
+                    raise InvalidInput(
+                        f"{field}: not used by a pareto objective, which looks for the whole "
+                        "accuracy-latency front; leave it out"
+                    )
+            return
         if not _finite(self.target_seconds) or self.target_seconds <= 0:
             raise InvalidInput(
                 f"target_latency_seconds: must be a positive number, got {self.target_seconds!r}"
@@ -84,6 +98,8 @@ def reward(accuracy: float, latency_seconds: float, objective: Objective) -> flo
         raise InvalidInput(f"accuracy: must be in [0, 1], got {accuracy!r}")
     if not _finite(latency_seconds) or latency_seconds <= 0:
         raise InvalidInput(f"latency_seconds: must be a positive number, got {latency_seconds!r}")
+    if objective.kind is Kind.PARETO:
+        return float(accuracy)
     ratio = latency_seconds / objective.target_seconds
     if objective.kind is Kind.ABSOLUTE:
         return accuracy + objective.beta * abs(ratio - 1.0)

@@ -25,10 +25,11 @@ from mnas.rpc import channel
 from mnas.specfile import parse_spec, spec_from_document
 from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc
 from services.controller.spec import resolve
+from services.controller.strategies import STRATEGIES
 from services.controller.users import User, Users
 from tests.common.fake_trainer import FakeTrainer
 from tests.controller.stack import Stack, controller_stack
-from tests.controller.test_spec import DEVICES, FASHION, STRATEGIES
+from tests.controller.test_spec import DEVICES, FASHION
 
 # Field names a spec document may hold, at any depth, so generated documents often reach
 # the deeper checks instead of failing on the first unknown key.

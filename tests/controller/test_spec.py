@@ -21,12 +21,11 @@ from services.controller.spec import (
     resolve,
     stored_dataset,
 )
-from services.controller.strategies import PPOConfig
+from services.controller.strategies import STRATEGIES, PPOConfig
 from services.reward.conversions import objective_from_proto
 
 DEVICES = {"host-cpu"}
 FASHION = Dataset(name="fashion-mnist", classes=10, resolution=28, examples=60000)
-STRATEGIES = {"random"}
 
 
 def spec(**overrides: Any) -> common_pb2.SearchSpec:
@@ -49,7 +48,7 @@ def spec(**overrides: Any) -> common_pb2.SearchSpec:
 def test_defaults_are_written_in() -> None:
     resolved = resolve(spec(), dataset=FASHION, device_classes=DEVICES, strategies=STRATEGIES)
     s = resolved.spec
-    assert s.strategy == "random"
+    assert s.strategy == "tpe"  # the default
     assert (s.budget.parallel_trials, s.budget.max_failed_trials, s.budget.max_attempts) == (
         1,
         4,
@@ -189,7 +188,7 @@ def test_examples_are_valid(name: str) -> None:
 
     text = (Path(__file__).resolve().parents[2] / "examples" / name).read_text()
     resolved = resolve(
-        parse_spec(text), dataset=FASHION, device_classes=DEVICES, strategies=STRATEGIES | {"ppo"}
+        parse_spec(text), dataset=FASHION, device_classes=DEVICES, strategies=STRATEGIES
     )
     assert resolved.spec.budget.max_trials >= 4
 
@@ -356,14 +355,16 @@ def test_the_controller_refuses_what_the_offline_check_refuses_and_more(
     assert needle.removeprefix("spec.") in served
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "ppo.yaml", "early_stopping.yaml"])
+@pytest.mark.parametrize(
+    "name", ["quickstart.yaml", "ppo.yaml", "early_stopping.yaml", "pareto.yaml"]
+)
 def test_a_resolved_spec_passes_the_checks_again(name: str) -> None:
     """A controller restarted on its store checks each stored spec again."""
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[2] / "examples" / name).read_text()
     resolved = resolve(
-        parse_spec(text), dataset=FASHION, device_classes=DEVICES, strategies=STRATEGY_NAMES
+        parse_spec(text), dataset=FASHION, device_classes=DEVICES, strategies=STRATEGIES
     )
     stored = stored_dataset(resolved.spec)
     assert check_spec(resolved.spec, dataset=stored, device_classes=DEVICES) == []

@@ -7,7 +7,8 @@ import pytest
 from mnas.layers import plan
 from mnas.space import MOBILENETV2_STAGES, SMALL_IMAGE_STAGES
 from services.controller.spec import resolve
-from tests.controller.test_spec import DEVICES, FASHION, STRATEGIES, spec
+from services.controller.strategies import STRATEGIES
+from tests.controller.test_spec import DEVICES, FASHION, spec
 
 
 def test_the_paper_s_space_is_the_default_preset() -> None:
@@ -73,7 +74,7 @@ def test_the_imagenet_example_is_the_paper_s_search() -> None:
         parse_spec(text.read_text()),
         dataset=imagenet,
         device_classes={"pixel-1"},
-        strategies={"ppo"},
+        strategies=STRATEGIES,
     )
     s = resolved.spec
     assert resolved.space.stages == MOBILENETV2_STAGES

@@ -2,12 +2,14 @@
 
 A search drives a strategy the way the controller does: several proposals in flight,
 outcomes back in a shuffled order, some trials failed. Each check runs for every name in
-``STRATEGIES``, with small settings so that PPO updates, evolution mutates and TPE's
-estimators take over within a few dozen trials.
+``STRATEGIES``, and again looking for a front (``name+front``) for those that can, with
+small settings so that PPO updates, evolution mutates and TPE's estimators take over
+within a few dozen trials.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 
@@ -36,6 +38,8 @@ SMALL = StrategyConfig(
     tpe=TPEConfig(startup_trials=5),
 )
 NAMES = sorted(STRATEGIES)
+FRONT = "+front"
+CASES = NAMES + [name + FRONT for name in NAMES if STRATEGIES[name].searches_front]
 
 
 def reward_of(decisions: tuple[int, ...]) -> float:
@@ -43,8 +47,25 @@ def reward_of(decisions: tuple[int, ...]) -> float:
     return sum(d == 0 for d in decisions) / len(decisions)
 
 
-def new(name: str, seed: int = 7) -> Strategy:
-    return make_strategy(name, SPACE, seed, SMALL)
+def latency_of(decisions: tuple[int, ...]) -> float:
+    """A fixed latency that grows with the choices' indices."""
+    return 0.001 * (1 + sum(decisions))
+
+
+def done(number: int, proposal: Proposal) -> Outcome:
+    """The outcome of a completed trial: reward, accuracy (the reward) and latency."""
+    d = proposal.decisions
+    return Outcome(number, d, reward_of(d), proposal.log_probs, reward_of(d), latency_of(d))
+
+
+def new(case: str, seed: int = 7, config: StrategyConfig = SMALL) -> Strategy:
+    """The strategy of ``case``: a registered name, looking for a front with ``+front``."""
+    name, front = case.removesuffix(FRONT), case.endswith(FRONT)
+    return make_strategy(name, SPACE, seed, dataclasses.replace(config, front=front))
+
+
+def base(case: str) -> str:
+    return case.removesuffix(FRONT)
 
 
 class Driver:
@@ -67,8 +88,8 @@ class Driver:
             self.outstanding.append((self.number, proposal))
             self.number += 1
         number, proposal = self.outstanding.pop(self.rng.randrange(len(self.outstanding)))
-        reward = None if failed(number) else reward_of(proposal.decisions)
-        outcome = Outcome(number, proposal.decisions, reward, proposal.log_probs)
+        failure = Outcome(number, proposal.decisions, None, proposal.log_probs)
+        outcome = failure if failed(number) else done(number, proposal)
         self.updates.append(self.strategy.observe(outcome))
 
     def run(self, steps: int) -> Driver:
@@ -90,13 +111,13 @@ def test_unknown_strategy_names_the_known_ones() -> None:
         make_strategy("x", SPACE, 0)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_default_config_works(name: str) -> None:
-    proposal = make_strategy(name, SPACE, 0).propose()
+    proposal = new(name, seed=0, config=StrategyConfig()).propose()
     assert proposal.arch == SPACE.to_architecture(proposal.decisions)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_proposals_are_valid_points(name: str) -> None:
     driver = Driver(new(name)).run(30)
     strategy = new(name)
@@ -113,7 +134,7 @@ def test_proposals_are_valid_points(name: str) -> None:
         SPACE.to_architecture(decisions)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_reproducible_from_the_seed(name: str) -> None:
     first = Driver(new(name, seed=3)).run(40)
     second = Driver(new(name, seed=3)).run(40)
@@ -123,7 +144,7 @@ def test_reproducible_from_the_seed(name: str) -> None:
     assert first.proposals != other.proposals
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_restore_continues_exactly(name: str) -> None:
     original = Driver(new(name)).run(23)  # mid-batch: some outcomes wait for an update
     copy = new(name, seed=99)  # the state carries everything, the seed included
@@ -146,14 +167,14 @@ def test_restore_continues_exactly(name: str) -> None:
     assert copy.state() == original.strategy.state()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_restore_rejects_a_state_of_another_kind(name: str) -> None:
-    other = next(n for n in NAMES if n != name)
+    other = next(n for n in NAMES if n != base(name))
     with pytest.raises(ValueError, match="strategy state"):
         new(name).restore(new(other).state())
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_out_of_order_and_duplicate_outcomes(name: str) -> None:
     strategy = new(name)
     proposals = [strategy.propose() for _ in range(12)]
@@ -161,7 +182,7 @@ def test_out_of_order_and_duplicate_outcomes(name: str) -> None:
     random.Random(1).shuffle(order)
     for n in order[:6]:
         p = proposals[n]
-        strategy.observe(Outcome(n, p.decisions, reward_of(p.decisions), p.log_probs))
+        strategy.observe(done(n, p))
     before = strategy.state()
     n = order[0]
     p = proposals[n]
@@ -171,12 +192,12 @@ def test_out_of_order_and_duplicate_outcomes(name: str) -> None:
     assert strategy.observed_numbers() == frozenset(order[:6])
     for n in order[6:]:
         p = proposals[n]
-        strategy.observe(Outcome(n, p.decisions, reward_of(p.decisions), p.log_probs))
+        strategy.observe(done(n, p))
     assert strategy.observed_numbers() == frozenset(range(12))
     assert strategy.status().observed == 12
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_failed_outcomes_are_counted(name: str) -> None:
     strategy = new(name)
     for n in range(10):
@@ -191,7 +212,7 @@ def test_failed_outcomes_are_counted(name: str) -> None:
     strategy.propose()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_outcomes_outside_the_space_are_rejected(name: str) -> None:
     strategy = new(name)
     with pytest.raises(ValueError, match=r"outcome 0\.decisions: expected 42 decisions, got 3"):
@@ -204,14 +225,14 @@ def test_outcomes_outside_the_space_are_rejected(name: str) -> None:
     assert strategy.observed_numbers() == frozenset()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_status_and_log_prob(name: str) -> None:
     driver = Driver(new(name)).run(30)
     status = driver.strategy.status()
     assert status.observed == 30
     probe = SPACE.reference_decisions()
     log_prob = driver.strategy.log_prob(probe)
-    if name == "ppo":
+    if base(name) == "ppo":
         assert status.updates == sum(driver.updates) > 0
         assert status.entropy is not None and status.entropy > 0
         assert log_prob is not None and log_prob < 0
@@ -221,16 +242,16 @@ def test_status_and_log_prob(name: str) -> None:
         assert log_prob is None
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_observe_reports_updates(name: str) -> None:
     driver = Driver(new(name)).run(30)
-    if name == "random":
+    if base(name) == "random":
         assert not any(driver.updates)
     else:
         assert any(driver.updates)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_leaves_global_random_state_alone(name: str) -> None:
     python_state = random.getstate()
     torch_state = torch.random.get_rng_state()

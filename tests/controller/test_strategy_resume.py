@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from benchmarks.instant_workers import InstantLatency, InstantTrainer
 from mnas.client import Client
+from mnas.latency import reported_seconds
 from mnas.local import Process, start_service, wait_serving
 from mnas.results import SearchState, TrialState
 from mnas.specfile import parse_spec
@@ -40,16 +41,20 @@ from services.controller.strategies import (
 )
 from services.reward.server import make_server as make_reward_server
 
-# Strategies whose proposals follow from the seed and the outcomes alone.
+# Strategies whose proposals follow from the seed and the outcomes alone; those that can
+# look for a front again under a pareto objective (``name+front``).
 INLINE = sorted(
     name
     for name, cls in STRATEGIES.items()
     if cls.learn_in_background is Strategy.learn_in_background
 )
+FRONT = "+front"
+CASES = INLINE + [name + FRONT for name in INLINE if STRATEGIES[name].searches_front]
 BUDGET = 16
 PARALLEL = 2
 KILL_AFTER = 11  # trials finished before the kill: past TPE's 10 uniform startup trials
 TIMEOUT = 120.0
+SOFT = "{kind: soft, target_latency_seconds: 0.001}"
 
 SPEC = """
 name: resume
@@ -58,7 +63,7 @@ strategy: {strategy}
 evolution: {{population: 4, sample_size: 2}}
 duplicates: DUPLICATE_POLICY_RETRAIN
 space: {{resolution: 28, width: 0.5}}
-objective: {{kind: soft, target_latency_seconds: 0.001}}
+objective: {objective}
 budget: {{max_trials: {budget}, parallel_trials: {parallel}}}
 reference: none
 """
@@ -165,9 +170,7 @@ def start_controller(tmp_path: Path, addresses: dict[str, str], port: int | None
     return process
 
 
-def replay(
-    strategy: Strategy, trials: list[tuple[tuple[int, ...], float]]
-) -> tuple[list[tuple[int, ...]], bytes | None]:
+def replay(strategy: Strategy, trials: list[Outcome]) -> tuple[list[tuple[int, ...]], bytes | None]:
     """The proposals of ``strategy`` with ``PARALLEL`` trials in flight, the trials ending
     in number order with the given decisions and rewards; and its state once it has
     observed ``KILL_AFTER`` of them (before it proposes again), None if it has not
@@ -175,8 +178,8 @@ def replay(
     proposals = [strategy.propose().decisions for _ in range(PARALLEL)]
     at_kill = None
     updated = False
-    for number, (decisions, reward) in enumerate(trials):
-        updated = strategy.observe(Outcome(number, decisions, reward)) or updated
+    for number, outcome in enumerate(trials):
+        updated = strategy.observe(outcome) or updated
         if number + 1 == KILL_AFTER and updated:
             at_kill = strategy.state()
         if len(proposals) < len(trials):
@@ -193,10 +196,13 @@ def load_checkpoint(tmp_path: Path, search_id: str) -> bytes | None:
     return None if checkpoint is None else _unpack(checkpoint)[1]
 
 
-@pytest.mark.parametrize("name", INLINE)
-def test_a_search_resumes_exactly_after_sigkill(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize("case", CASES)
+def test_a_search_resumes_exactly_after_sigkill(tmp_path: Path, case: str) -> None:
     trainer = GatedTrainer()
-    spec = parse_spec(SPEC.format(strategy=name, budget=BUDGET, parallel=PARALLEL))
+    name = case.removesuffix(FRONT)
+    objective = "{kind: pareto}" if case.endswith(FRONT) else SOFT
+    text = SPEC.format(strategy=name, budget=BUDGET, parallel=PARALLEL, objective=objective)
+    spec = parse_spec(text)
     with workers(trainer) as addresses:
         controller = start_controller(tmp_path, addresses, None)
         try:
@@ -249,10 +255,21 @@ def test_a_search_resumes_exactly_after_sigkill(tmp_path: Path, name: str) -> No
     def new() -> Strategy:
         return make_strategy(name, resolved.space, spec.seed, resolved.strategy_config)
 
-    outcomes = [(tuple(t.proto.decisions), t.reward) for t in trials]
-    assert all(reward is not None for _, reward in outcomes)
-    expected, at_kill = replay(new(), outcomes)  # type: ignore[arg-type]
-    assert [decisions for decisions, _ in outcomes] == expected
+    assert resolved.strategy_config.front is case.endswith(FRONT)
+
+    outcomes = [
+        Outcome(
+            t.number,
+            tuple(t.proto.decisions),
+            t.reward,
+            accuracy=t.accuracy,
+            latency_seconds=reported_seconds(t.proto.latency),
+        )
+        for t in trials
+    ]
+    assert all(o.reward is not None and o.accuracy is not None for o in outcomes)
+    expected, at_kill = replay(new(), outcomes)
+    assert [o.decisions for o in outcomes] == expected
     if at_kill is None:  # never updated, never checkpointed: a restart replays it all
         assert checkpoint is None
     else:  # the last checkpoint before the kill holds the last outcome before it

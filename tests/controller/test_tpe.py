@@ -116,3 +116,90 @@ def test_restore_rejects_a_malformed_state(change: object, message: str) -> None
     change(payload)  # type: ignore[operator]
     with pytest.raises(ValueError, match=f"strategy state: .*{message}"):
         new().restore(json.dumps(payload).encode())
+
+
+# -- looking for a front (objective pareto) ---------------------------------------------
+
+
+WEIGHTS = [((i * 7) % 5 + 1, (i * 3) % 4 + 1) for i in range(len(SPACE.decisions))]
+
+
+def accuracy_of(decisions: tuple[int, ...]) -> float:
+    """Higher choices are more accurate, each decision by its own weight."""
+    total = sum(w for w, _ in WEIGHTS)
+    sizes = [d.size for d in SPACE.decisions]
+    return (
+        sum(w * d / (n - 1) for (w, _), d, n in zip(WEIGHTS, decisions, sizes, strict=True)) / total
+    )
+
+
+def latency_of(decisions: tuple[int, ...]) -> float:
+    """Higher choices are slower, by other weights: accuracy and latency pull apart."""
+    return 0.001 * (1 + sum(v * d for (_, v), d in zip(WEIGHTS, decisions, strict=True)))
+
+
+def front_search(local_fraction: float = 0.5) -> TPEStrategy:
+    config = TPEConfig(startup_trials=5, local_fraction=local_fraction)
+    return TPEStrategy(SPACE, 3, StrategyConfig(tpe=config, front=True))
+
+
+def finish(number: int, decisions: tuple[int, ...]) -> Outcome:
+    accuracy = accuracy_of(decisions)
+    return Outcome(number, decisions, accuracy, (), accuracy, latency_of(decisions))
+
+
+def front_of(points: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    values = {p: (accuracy_of(p), latency_of(p)) for p in points}
+    return [
+        p
+        for p, (acc, lat) in values.items()
+        if not any(a >= acc and t <= lat and (a, t) != (acc, lat) for a, t in values.values())
+    ]
+
+
+def test_looking_for_a_front_its_local_moves_start_from_the_front() -> None:
+    strategy = front_search()
+    done: list[tuple[int, ...]] = []
+    parents: set[tuple[int, ...]] = set()
+    for number in range(41):
+        proposal = strategy.propose()
+        if number % 2 == 1:  # local moves: one decision away from a trial of the front
+            neighbours = [p for p in front_of(done) if differences(proposal.decisions, p) == 1]
+            assert neighbours
+            assert proposal.decisions not in done
+            parents.update(neighbours)
+        strategy.observe(finish(number, proposal.decisions))
+        done.append(proposal.decisions)
+    assert len(front_of(done)) > 2
+    assert len(parents) > 2  # the moves spread along the front
+
+
+def test_looking_for_a_front_it_learns_from_accuracy_and_latency_not_the_reward() -> None:
+    a, b = front_search(), front_search()
+    for number in range(12):
+        pa, pb = a.propose(), b.propose()
+        assert pa.decisions == pb.decisions
+        accuracy, latency = accuracy_of(pa.decisions), latency_of(pa.decisions)
+        a.observe(Outcome(number, pa.decisions, accuracy, (), accuracy, latency))
+        b.observe(Outcome(number, pb.decisions, 0.0, (), accuracy, latency))  # reward unused
+    assert a.propose().decisions == b.propose().decisions
+    assert a.state() == b.state()
+    state = json.loads(a.state())
+    assert state["front"] is True
+    assert all(len(value) == 2 for _, value in state["trials"] if value is not None)
+
+
+def test_a_front_search_and_a_reward_search_do_not_take_each_others_state() -> None:
+    front, reward = front_search(), new()
+    with pytest.raises(ValueError, match="strategy state: made for another objective"):
+        front.restore(reward.state())
+    with pytest.raises(ValueError, match="strategy state: made for another objective"):
+        reward.restore(front.state())
+
+
+@pytest.mark.parametrize("name", ["ppo", "evolution"])
+def test_strategies_that_climb_one_reward_refuse_to_look_for_a_front(name: str) -> None:
+    from services.controller.strategies import make_strategy
+
+    with pytest.raises(ValueError, match=f"strategy {name} cannot look for a front"):
+        make_strategy(name, SPACE, 0, StrategyConfig(front=True))

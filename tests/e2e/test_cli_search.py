@@ -59,6 +59,31 @@ def test_mnas_search_runs_a_spec_and_prints_results(tmp_path: Path) -> None:
     assert (tmp_path / "mnas.db").exists()
 
 
+@pytest.mark.slow
+def test_mnas_search_with_a_pareto_objective_prints_the_front(tmp_path: Path) -> None:
+    """No target latency: real training, real LiteRT latency, and the front as the result."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        SPEC.replace("{kind: hard, target_latency_seconds: 0.001}", "{kind: pareto}").replace(
+            "max_trials: 2", "max_trials: 3"
+        )
+        + "reference: none\n"
+    )
+    mnas = Path(sys.executable).parent / "mnas"
+    argv = [str(mnas), "search", str(spec), "--store", str(tmp_path / "mnas.db")]
+    argv += ["--logs", str(tmp_path / "logs"), "--report", str(tmp_path / "report.html")]
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "objective pareto: the front of accuracy against latency, no target" in out
+    assert "succeeded: 3 completed, 0 stopped early, 0 failed" in out
+    assert "Pareto front: accuracy vs latency (" in out
+    assert "by reward" not in out
+    assert "<h2>Pareto front: " in (tmp_path / "report.html").read_text()
+
+
 def test_mnas_search_refuses_a_bad_spec_before_starting_anything(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text("budget: {max_trials: [}")

@@ -284,3 +284,44 @@ def test_closest_and_merge() -> None:
         [Problem("budget.max_trials", "required"), Problem("budgets", "unknown")],
     )
     assert [p.path for p in merged] == ["budget", "budgets"]
+
+
+# --- a pareto objective (no target) ---------------------------------------------------------
+
+PARETO = """
+objective: {kind: pareto}
+budget: {max_trials: 4}
+"""
+
+
+def test_a_pareto_objective_needs_no_target() -> None:
+    assert errors(PARETO) == {}
+    assert errors(PARETO + "strategy: random\n") == {}
+    spec = parse_spec(PARETO)
+    assert spec.objective.kind == common_pb2.OBJECTIVE_KIND_PARETO
+    assert not spec.objective.HasField("alpha")
+
+
+def test_a_pareto_objective_refuses_a_target_and_exponents_naming_each() -> None:
+    found = errors(
+        PARETO.replace("{kind: pareto}", "{kind: pareto, target_latency_seconds: 0.01, beta: -1}")
+    )
+    assert set(found) == {"objective.target_latency_seconds", "objective.beta"}
+    assert "not used by a pareto objective" in found["objective.beta"]
+    # an explicit zero target is still "leave it out", not "must be > 0"
+    found = errors(PARETO.replace("{kind: pareto}", "{kind: pareto, target_latency_seconds: 0}"))
+    assert found == {}
+
+
+@pytest.mark.parametrize("strategy", ["ppo", "evolution"])
+def test_a_pareto_objective_refuses_a_strategy_that_climbs_one_reward(strategy: str) -> None:
+    found = errors(PARETO + f"strategy: {strategy}\n")
+    assert found == {
+        "strategy": f"{strategy} climbs one reward and cannot look for a front; a pareto "
+        "objective needs one of: random, tpe"
+    }
+
+
+def test_without_a_kind_the_objective_names_all_four() -> None:
+    found = errors(GOOD.replace("kind: soft, ", ""))
+    assert found == {"objective.kind": "required: soft, hard, absolute or pareto"}

@@ -12,6 +12,7 @@ from services.reward.rewards import Kind, Objective, reward
 SOFT = Objective.of(Kind.SOFT, 0.075)
 HARD = Objective.of(Kind.HARD, 0.075)
 ABS = Objective.of(Kind.ABSOLUTE, 0.075)
+PARETO = Objective.of(Kind.PARETO, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,9 @@ ABS = Objective.of(Kind.ABSOLUTE, 0.075)
         # absolute (TuNAS): ACC - 0.1 |LAT/T - 1|
         (0.75, 0.075, ABS, 0.75),
         (0.75, 0.150, ABS, 0.65),
+        # pareto: no target; the reward is the accuracy, the strategy weighs latency
+        (0.75, 0.150, PARETO, 0.75),
+        (0.75, 10.0, PARETO, 0.75),
         (0.75, 0.0375, ABS, 0.70),
         # custom exponents
         (0.5, 0.2, Objective.of(Kind.SOFT, 0.1, alpha=-0.1, beta=-0.5), 0.5 * 2**-0.5),
@@ -89,3 +93,19 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
     front = pareto_front(points, accuracy=lambda p: p[0], latency=lambda p: p[1])
     assert front == [(0.70, 0.010), (0.80, 0.020), (0.90, 0.050)]
     assert pareto_front([], accuracy=lambda p: p, latency=lambda p: p) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"target_seconds": 0.075}, "target_latency_seconds"),
+        ({"target_seconds": 0.0, "alpha": -0.07}, "alpha"),
+        ({"target_seconds": 0.0, "beta": -1.0}, "beta"),
+    ],
+)
+def test_a_pareto_objective_takes_no_target_and_no_exponents(
+    kwargs: dict[str, float], field: str
+) -> None:
+    target = kwargs.pop("target_seconds")
+    with pytest.raises(ValueError, match=f"^{field}: not used by a pareto objective"):
+        Objective.of(Kind.PARETO, target, **kwargs)
