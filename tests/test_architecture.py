@@ -70,8 +70,6 @@ KNOWN_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset(
         ("services.controller.strategies", "services.controller.ppo"),
         ("services.controller.strategies", "services.controller.evolution"),
         ("services.controller.strategies", "services.controller.tpe"),
-        # The PPO strategy and its learner import each other.
-        ("services.controller.learner", "services.controller.ppo"),
         # mnas.load_model raises the SDK client's SearchNotFound (lazily).
         ("mnas.models", "mnas.client"),
     }

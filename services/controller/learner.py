@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 __all__ = [
@@ -34,8 +33,6 @@ __all__ = [
     "LearnerProcess",
     "UpdateRequest",
     "UpdateResult",
-    "load_state",
-    "save_state",
     "shared_learner",
     "warm_up",
 ]
@@ -58,7 +55,8 @@ class LearnerError(Exception):
 class UpdateRequest:
     """One update: the policy's shape and settings, its state and the batch.
 
-    ``state`` is the policy and optimizer as :func:`save_state` writes them; ``batch`` is
+    ``state`` is the policy and optimizer as
+    :func:`~services.controller.ppo_state.save_state` writes them; ``batch`` is
     one ``(decisions, advantage, log_probs)`` per sample (``log_probs`` empty when
     unknown).
     """
@@ -212,8 +210,9 @@ def _serve(conn: multiprocessing.connection.Connection) -> None:
     with contextlib.suppress(OSError):  # not allowed: the same priority, then
         os.nice(NICENESS)
     torch.set_num_threads(1)
-    # Imported here, not at the top: the controller imports this module from ppo.
-    from services.controller.ppo import apply_update
+    # Imported here, not at the top: the controller imports this module from ppo, which
+    # imports the update.
+    from services.controller.ppo_update import apply_update
 
     # The first optimizer imports torch's compiler modules (about a second): now, not
     # during the first update.
@@ -234,68 +233,3 @@ def _serve(conn: multiprocessing.connection.Connection) -> None:
             conn.send(("error", f"{type(err).__name__}: {err}"))
             continue
         conn.send(("ok", (new_state, entropy)))
-
-
-WEIGHTS_MAGIC = b"mnas-ppo-weights-1\n"
-
-
-def save_state(policy: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bytes:
-    """The policy's parameters and Adam's moments as one flat buffer: no pickling, so
-    writing and reading it cost a copy. The layout: :data:`WEIGHTS_MAGIC`, the number of
-    parameters ``n`` (8 bytes, big-endian), ``n`` float64 step counts (-1: no state yet),
-    then float32 parameters, first moments and second moments, each in the order of
-    ``policy.parameters()``."""
-    params = list(policy.parameters())
-    steps, first, second = [], [], []
-    for param in params:
-        state = optimizer.state.get(param, {})
-        if "step" in state:
-            steps.append(float(state["step"]))
-            first.append(state["exp_avg"].reshape(-1))
-            second.append(state["exp_avg_sq"].reshape(-1))
-        else:
-            steps.append(-1.0)
-            first.append(torch.zeros(param.numel()))
-            second.append(torch.zeros(param.numel()))
-    with torch.no_grad():
-        flat = torch.cat([p.detach().reshape(-1) for p in params] + first + second)
-    return b"".join(
-        [
-            WEIGHTS_MAGIC,
-            len(params).to_bytes(8, "big"),
-            np.asarray(steps, dtype=">f8").tobytes(),
-            flat.numpy().astype("<f4", copy=False).tobytes(),
-        ]
-    )
-
-
-def load_state(data: bytes, policy: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Put a :func:`save_state` buffer back; ``ValueError`` when it is not one of this
-    policy's shape."""
-    params = list(policy.parameters())
-    total = sum(p.numel() for p in params)
-    start = len(WEIGHTS_MAGIC)
-    if not data.startswith(WEIGHTS_MAGIC) or int.from_bytes(data[start : start + 8], "big") != len(
-        params
-    ):
-        raise ValueError("strategy state: weights of another format or policy")
-    start += 8
-    steps = np.frombuffer(data, dtype=">f8", count=len(params), offset=start)
-    start += 8 * len(params)
-    if len(data) - start != 4 * 3 * total:
-        raise ValueError("strategy state: weights of a policy of another size")
-    flat = torch.from_numpy(np.frombuffer(data, dtype="<f4", offset=start).astype(np.float32))
-    values, first, second = (flat[i * total : (i + 1) * total] for i in range(3))
-    optimizer.state.clear()
-    offset = 0
-    with torch.no_grad():
-        for param, step in zip(params, steps.tolist(), strict=True):
-            size = param.numel()
-            param.copy_(values[offset : offset + size].view_as(param))
-            if step >= 0:
-                optimizer.state[param] = {
-                    "step": torch.tensor(step, dtype=torch.float32),
-                    "exp_avg": first[offset : offset + size].view_as(param).clone(),
-                    "exp_avg_sq": second[offset : offset + size].view_as(param).clone(),
-                }
-            offset += size

@@ -1,7 +1,8 @@
 """The controller's store: searches and trials in SQLite (local) or PostgreSQL (cluster).
 
 Records are the protobuf messages themselves, kept as JSON text, next to the few columns
-that queries need (state, architecture id, reward, times). The controller is the only
+that queries need (state, architecture id, reward, times; the tables are
+:mod:`services.controller.store_tables`). The controller is the only
 writer; a store opened again on the same database sees everything committed before.
 
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit is durable as soon as it
@@ -26,18 +27,7 @@ from typing import Any, NamedTuple, TypeVar
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from sqlalchemy import (
-    Column,
-    DateTime,
-    Double,
-    ForeignKey,
-    ForeignKeyConstraint,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
     Table,
-    Text,
     bindparam,
     create_engine,
     delete,
@@ -58,6 +48,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from mnas.v1.common_pb2 import LatencyStats, Search, SearchState, Trial, TrialState
 from services.controller.json_cache import JsonCache
+from services.controller.store_tables import Tables, define_tables
 from services.latency.keys import measurement_key  # what measurements are recorded under
 
 __all__ = ["AlreadyExistsError", "NotFoundError", "Store", "StoreError", "measurement_key"]
@@ -91,88 +82,6 @@ class NotFoundError(StoreError, KeyError):
     """The search a write refers to does not exist."""
 
 
-class _Tables(NamedTuple):
-    metadata: MetaData
-    searches: Table
-    trials: Table
-    strategy_states: Table
-    weights: Table
-    measurements: Table
-
-
-def _tables(schema: str | None) -> _Tables:
-    """The store's tables, in `schema` (PostgreSQL) or the default one.
-
-    A strategy checkpoint (up to megabytes for PPO) has a table of its own: SQLite rewrites
-    a whole row on every update, and the search row is updated with every trial.
-    """
-    metadata = MetaData(schema=schema)
-    searches = Table(
-        "searches",
-        metadata,
-        Column("id", String(), primary_key=True),
-        Column("name", String(), nullable=False),
-        Column("state", Integer, nullable=False),
-        Column("created_at", DateTime(timezone=True), nullable=False, index=True),
-        Column("updated_at", DateTime(timezone=True), nullable=False),
-        Column("search_json", Text, nullable=False),
-    )
-    trials = Table(
-        "trials",
-        metadata,
-        Column(
-            "search_id",
-            String(),
-            ForeignKey(searches.c.id, ondelete="CASCADE"),
-            primary_key=True,
-        ),
-        Column("number", Integer, primary_key=True, autoincrement=False),
-        Column("state", Integer, nullable=False),
-        Column("arch_id", String(), nullable=False),
-        Column("reward", Double, nullable=True),
-        Column("updated_at", DateTime(timezone=True), nullable=False),
-        Column("trial_json", Text, nullable=False),
-        Index("ix_trials_search_arch", "search_id", "arch_id"),
-    )
-    strategy_states = Table(
-        "strategy_states",
-        metadata,
-        Column(
-            "search_id",
-            String(),
-            ForeignKey(searches.c.id, ondelete="CASCADE"),
-            primary_key=True,
-        ),
-        Column("updated_at", DateTime(timezone=True), nullable=False),
-        Column("state", LargeBinary, nullable=False),
-    )
-    weights = Table(
-        "weights",
-        metadata,
-        Column("search_id", String(), primary_key=True),
-        Column("number", Integer, primary_key=True, autoincrement=False),
-        Column("updated_at", DateTime(timezone=True), nullable=False),
-        Column("data", LargeBinary, nullable=False),
-        ForeignKeyConstraint(
-            ["search_id", "number"],
-            [trials.c.search_id, trials.c.number],
-            ondelete="CASCADE",
-        ),
-    )
-    # Latency measurements by what determines them (architecture, device class, build and
-    # settings; see :func:`measurement_key`), across searches: none is measured twice.
-    measurements = Table(
-        "measurements",
-        metadata,
-        Column("key", String(), primary_key=True),
-        Column("arch_id", String(), nullable=False),
-        Column("device_class", String(), nullable=False),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-        Column("stats_json", Text, nullable=False),
-    )
-    return _Tables(metadata, searches, trials, strategy_states, weights, measurements)
-
-
 class _Statements(NamedTuple):
     """The statements of the controller's per-trial path, built once: building one from
     literal values costs more than running it (it is compiled, and its cache key made,
@@ -183,9 +92,10 @@ class _Statements(NamedTuple):
     find_measurement: Executable
     insert_measurement: Executable
     upsert_strategy_state: Executable
+    upsert_weights: Executable
 
     @classmethod
-    def build(cls, tables: _Tables, backend: str) -> _Statements:
+    def build(cls, tables: Tables, backend: str) -> _Statements:
         insert = sqlite_dialect.insert if backend == "sqlite" else pg_dialect.insert
 
         def upsert(table: Table, keys: Sequence[str]) -> Executable:
@@ -215,6 +125,7 @@ class _Statements(NamedTuple):
                 index_elements=[measurements.c.key]
             ),
             upsert_strategy_state=upsert(tables.strategy_states, ["search_id"]),
+            upsert_weights=upsert(tables.weights, ["search_id", "number"]),
         )
 
 
@@ -272,9 +183,8 @@ class Store:
             raise ValueError(f"unsupported store backend {backend!r}: use sqlite or postgresql")
         if schema is not None and backend != "postgresql":
             raise ValueError("a schema is only supported with PostgreSQL")
-        self._backend = backend
         self.retry_seconds = retry_seconds
-        tables = _tables(schema)
+        tables = define_tables(schema)
         self._metadata = tables.metadata
         self._searches, self._trials = tables.searches, tables.trials
         self._strategy_states = tables.strategy_states
@@ -559,14 +469,9 @@ class Store:
                 )
             for number, data in (weights or {}).items():
                 assert search is not None
-                values = {"data": data, "updated_at": _now()}
                 conn.execute(
-                    self._insert(self._weights)
-                    .values(search_id=search.id, number=number, **values)
-                    .on_conflict_do_update(
-                        index_elements=[self._weights.c.search_id, self._weights.c.number],
-                        set_=values,
-                    )
+                    self._statements.upsert_weights,
+                    {"search_id": search.id, "number": number, "data": data, "updated_at": _now()},
                 )
 
         self._transact("saving a search's progress", body)
@@ -621,11 +526,6 @@ class Store:
         self._engine.dispose()
 
     # Helpers, inside a write transaction.
-
-    @property
-    def _insert(self) -> Any:
-        """The dialect's INSERT, which has ON CONFLICT."""
-        return sqlite_dialect.insert if self._backend == "sqlite" else pg_dialect.insert
 
     def _update_search(self, conn: Connection, search: Search) -> None:
         result = conn.execute(

@@ -6,25 +6,23 @@ result, then the trained weights in chunks when the request asks for them. A tri
 runs out of memory, crashes or outlives ``training.timeout_seconds`` ends with
 ``ABORTED`` and the trainer serves on. A call ends early when the client cancels,
 disconnects or its deadline passes (the child is killed at once), and when the server
-stops (``UNAVAILABLE``). Slots: one per GPU on CUDA (slot ``i`` trains on ``cuda:i``),
-else ``max_concurrent``; a call over them is refused with ``RESOURCE_EXHAUSTED``.
+stops (``UNAVAILABLE``). The slots and the jobs in them are
+:class:`~services.trainer.slots.Slots`; a call over them is refused with
+``RESOURCE_EXHAUSTED``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import os
-import queue
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
-import torch
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
 from mnas import recipe
 from mnas.arch import Architecture, decode
@@ -35,15 +33,15 @@ from services.common.errors import MAX_DETAILS, StatusTable
 from services.common.server import RunningServer, build_server
 from services.trainer import data
 from services.trainer.catalog import Catalog, DatasetNotServed
-from services.trainer.cores import threads_per_slot, threads_to_use
 from services.trainer.datasets import DatasetInfo
-from services.trainer.isolation import ChildJob, TrialFailed, run_isolated, start_fork_server
+from services.trainer.isolation import TrialFailed, start_fork_server
+from services.trainer.metrics import TrainerMetrics
+from services.trainer.slots import BuildParams, CapacityExhausted, Job, ShuttingDown, Slots
 from services.trainer.training import (
     Progress,
     TrainingCancelled,
     TrainingConfig,
     TrainOutcome,
-    train,
 )
 
 __all__ = [
@@ -73,18 +71,6 @@ DEFAULT_BATCH_SIZE = 128
 WEIGHTS_CHUNK_BYTES = 1 << 20
 DEFAULT_VALIDATION_EXAMPLES = 10000
 DEFAULT_WIDTH = 1.0
-
-_JOB_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
-_POLL_SECONDS = 0.5
-_JOIN_SECONDS = 10.0
-
-
-class CapacityExhausted(Exception):
-    """Every training slot of this trainer is taken."""
-
-
-class ShuttingDown(Exception):
-    """The trainer is stopping: it takes no new trainings and ends the running ones."""
 
 
 def _describe(err: Exception) -> str:
@@ -137,7 +123,7 @@ def _qualify(message: str) -> str:
     return message
 
 
-# --- configuration and metrics ---------------------------------------------------------
+# --- configuration ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -190,42 +176,7 @@ class TrainerConfig:
             raise ValueError(f"memory_limit_bytes: must be >= 1, got {self.memory_limit_bytes}")
 
 
-class TrainerMetrics:
-    """The trainer's job metrics, registered in ``registry``."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.in_flight = Gauge(
-            "mnas_trainer_jobs_in_flight", "Trainings running now.", registry=registry
-        )
-        self.jobs = Counter(
-            "mnas_trainer_jobs_total",
-            "Trainings ended, by outcome.",
-            ("outcome",),
-            registry=registry,
-        )
-        self.seconds = Histogram(
-            "mnas_trainer_job_seconds",
-            "Wall time of a training, whatever its outcome.",
-            buckets=_JOB_BUCKETS,
-            registry=registry,
-        )
-        self.samples = Counter(
-            "mnas_trainer_samples_total", "Training examples processed.", registry=registry
-        )
-        for outcome in ("completed", "failed", "cancelled"):
-            self.jobs.labels(outcome)
-
-
 # --- proto <-> domain --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BuildParams:
-    """How to instantiate the architecture; ``None`` takes the data set's own value."""
-
-    num_classes: int | None
-    resolution: int | None
-    width: float
 
 
 def architecture_from_proto(message: common_pb2.Architecture) -> Architecture:
@@ -349,76 +300,40 @@ def outcome_to_proto(outcome: TrainOutcome) -> common_pb2.TrainResult:
 # --- the servicer ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Job:
-    arch: Architecture
-    build: BuildParams
-    training: TrainingConfig
-    timeout_seconds: float | None = None
-    keep_weights: bool = False
-
-
-@dataclass(frozen=True)
-class _Done:
-    outcome: TrainOutcome | None = None
-    error: Exception | None = None
-
-
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
-    """``Train`` and ``GetCapacity`` over :func:`services.trainer.training.train`."""
+    """``Train``, ``GetCapacity`` and ``ListDatasets`` over the trainer's
+    :class:`~services.trainer.slots.Slots` and :class:`~services.trainer.catalog.Catalog`."""
 
     def __init__(
         self, config: TrainerConfig, metrics: TrainerMetrics, catalog: Catalog | None = None
     ) -> None:
-        self._config = config
-        self._metrics = metrics
         self._catalog = catalog or Catalog.from_entries(config.datasets, config.data_roots)
-        self._devices = _slot_devices(_resolve_device(config.device), config.max_concurrent)
-        self._threads = config.threads or threads_per_slot(len(self._devices))
-        self._memory_limit = config.memory_limit_bytes
-        if self._memory_limit is None and self._devices[0].type == "cpu":
-            self._memory_limit = _physical_memory() // len(self._devices)
-        self._lock = threading.Lock()
-        self._free = list(range(len(self._devices)))
-        self._stopping = threading.Event()  # refuse new trainings
-        self._cancel_all = threading.Event()  # end running trainings
-
-    @property
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self._devices) - len(self._free)
-
-    @property
-    def capacity(self) -> int:
-        return len(self._devices)
+        self._slots = Slots(
+            metrics,
+            device=config.device,
+            max_concurrent=config.max_concurrent,
+            threads=config.threads,
+            memory_limit_bytes=config.memory_limit_bytes,
+            isolate=config.isolate,
+            drain_seconds=config.drain_seconds,
+        )
 
     @property
     def threads(self) -> int:
         """The most torch intra-op threads a training gets."""
-        return self._threads
+        return self._slots.threads
 
     def begin_shutdown(self) -> None:
         """Refuse new trainings; end running ones after ``drain_seconds``."""
-        _logger.info(
-            "shutting down: %d training(s) running, drain %.1fs",
-            self.in_flight,
-            self._config.drain_seconds,
-        )
-        self._stopping.set()
-        if self._config.drain_seconds > 0:
-            timer = threading.Timer(self._config.drain_seconds, self._cancel_all.set)
-            timer.daemon = True
-            timer.start()
-        else:
-            self._cancel_all.set()
+        self._slots.begin_shutdown()
 
     def GetCapacity(
         self, request: common_pb2.GetCapacityRequest, context: grpc.ServicerContext
     ) -> common_pb2.GetCapacityResponse:
         return common_pb2.GetCapacityResponse(
-            max_concurrent=self.capacity,
-            in_flight=self.in_flight,
-            hardware=_hardware(self._devices, self._threads),
+            max_concurrent=self._slots.capacity,
+            in_flight=self._slots.in_flight,
+            hardware=self._slots.hardware(),
         )
 
     def ListDatasets(
@@ -440,16 +355,25 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     ) -> Iterator[trainer_pb2.TrainResponse]:
         try:
             job = self._job(request)
-            slot = self._acquire()
-            yield from self._stream(job, slot, context)
+            client_gone = threading.Event()
+            context.add_callback(client_gone.set)
+            events = self._slots.run(job, client_gone, context.is_active)
+            with contextlib.closing(events):
+                for event in events:
+                    if isinstance(event, Progress):
+                        yield trainer_pb2.TrainResponse(progress=progress_to_proto(event))
+                        continue
+                    yield trainer_pb2.TrainResponse(result=outcome_to_proto(event))
+                    if job.keep_weights and event.weights is not None:
+                        yield from _weights_chunks(event.weights)
         except Exception as err:
             _STATUS_TABLE.abort(context, err, logger=_logger, call="Train")
 
-    def _job(self, request: trainer_pb2.TrainRequest) -> _Job:
+    def _job(self, request: trainer_pb2.TrainRequest) -> Job:
         """The request, validated: :class:`InvalidInput` names the bad field."""
         try:
             training = training_config_from_proto(request.training)
-            return _Job(
+            return Job(
                 arch=architecture_from_proto(request.architecture),
                 build=build_params_from_proto(request.build),
                 training=replace(training, dataset=self._catalog.directory(training.dataset)),
@@ -460,154 +384,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             raise
         except ValueError as err:
             raise InvalidInput(str(err)) from None
-
-    def _acquire(self) -> int:
-        if self._stopping.is_set():
-            raise ShuttingDown("trainer is shutting down; train elsewhere")
-        with self._lock:
-            if not self._free:
-                raise CapacityExhausted(
-                    f"trainer busy: all {len(self._devices)} training slots in use"
-                )
-            slot = self._free.pop(0)
-        self._metrics.in_flight.inc()
-        return slot
-
-    def _release(self, slot: int) -> None:
-        with self._lock:
-            self._free.append(slot)
-            self._free.sort()
-        self._metrics.in_flight.dec()
-
-    def _stream(
-        self, job: _Job, slot: int, context: grpc.ServicerContext
-    ) -> Iterator[trainer_pb2.TrainResponse]:
-        """Run ``job`` on a worker thread (which owns the slot) and relay its events."""
-        events: queue.Queue[Progress | _Done] = queue.Queue()
-        client_gone = threading.Event()
-        context.add_callback(client_gone.set)
-
-        def cancelled() -> bool:
-            return client_gone.is_set() or self._cancel_all.is_set()
-
-        worker = threading.Thread(
-            target=self._work,
-            args=(job, slot, events, cancelled),
-            name=f"train-{job.arch.id}",
-            daemon=True,
-        )
-        try:
-            worker.start()
-        except BaseException:
-            self._release(slot)
-            raise
-        try:
-            while True:
-                try:
-                    event = events.get(timeout=_POLL_SECONDS)
-                except queue.Empty:
-                    if not context.is_active():
-                        client_gone.set()
-                    continue
-                if isinstance(event, Progress):
-                    yield trainer_pb2.TrainResponse(progress=progress_to_proto(event))
-                    continue
-                if event.error is not None:
-                    raise event.error
-                assert event.outcome is not None
-                yield trainer_pb2.TrainResponse(result=outcome_to_proto(event.outcome))
-                if job.keep_weights and event.outcome.weights is not None:
-                    yield from _weights_chunks(event.outcome.weights)
-                return
-        finally:
-            client_gone.set()  # no-op when the training already ended
-            worker.join(_JOIN_SECONDS)
-
-    def _work(
-        self,
-        job: _Job,
-        slot: int,
-        events: queue.Queue[Progress | _Done],
-        cancelled: Callable[[], bool],
-    ) -> None:
-        """Train ``job``; free its slot, then post the outcome (so a client that got the
-        result can start the next training at once)."""
-        start = time.perf_counter()
-        reported = 0
-
-        def on_progress(progress: Progress) -> None:
-            nonlocal reported
-            self._metrics.samples.inc(progress.samples_seen - reported)
-            reported = progress.samples_seen
-            events.put(progress)
-
-        done: _Done
-        try:
-            outcome = self._train(job, self._devices[slot], on_progress, cancelled)
-            self._metrics.samples.inc(max(0, outcome.samples_seen - reported))
-            label, done = "completed", _Done(outcome=outcome)
-        except TrainingCancelled as err:
-            if self._cancel_all.is_set():
-                label, done = (
-                    "cancelled",
-                    _Done(
-                        error=ShuttingDown("trainer shut down during the training; train elsewhere")
-                    ),
-                )
-            else:
-                label, done = "cancelled", _Done(error=err)
-            _logger.info("training of %s cancelled", job.arch.id)
-        except TrialFailed as err:
-            label, done = "failed", _Done(error=err)
-            _logger.warning("training of %s failed: %s", job.arch.id, err)
-        except Exception as err:
-            label, done = "failed", _Done(error=err)
-            if not isinstance(err, InvalidInput):
-                _logger.error("training of %s failed", job.arch.id, exc_info=err)
-        finally:
-            self._metrics.seconds.observe(time.perf_counter() - start)
-            self._release(slot)
-        self._metrics.jobs.labels(label).inc()
-        events.put(done)
-
-    def _train(
-        self,
-        job: _Job,
-        device: torch.device,
-        on_progress: Callable[[Progress], None],
-        cancelled: Callable[[], bool],
-    ) -> TrainOutcome:
-        threads = self._threads
-        if device.type == "cpu":
-            threads = threads_to_use(self._threads)
-            _logger.debug("training %s on %d of %d threads", job.arch.id, threads, self._threads)
-        if not self._config.isolate:
-            return train(
-                job.arch,
-                num_classes=job.build.num_classes,
-                resolution=job.build.resolution,
-                width=job.build.width,
-                config=job.training,
-                on_progress=on_progress,
-                cancelled=cancelled,
-                threads=threads,
-                device=device,
-                keep_weights=job.keep_weights,
-            )
-        child = ChildJob(
-            arch=job.arch,
-            num_classes=job.build.num_classes,
-            resolution=job.build.resolution,
-            width=job.build.width,
-            config=job.training,
-            device=str(device),
-            threads=threads,
-            keep_weights=job.keep_weights,
-            memory_limit_bytes=self._memory_limit if device.type == "cpu" else None,
-        )
-        return run_isolated(
-            child, on_progress=on_progress, cancelled=cancelled, timeout_seconds=job.timeout_seconds
-        )
 
 
 def _preload_directory(catalog: Catalog, name: str) -> str:
@@ -629,40 +405,6 @@ def _weights_chunks(weights: bytes) -> Iterator[trainer_pb2.TrainResponse]:
                 total_bytes=total,
             )
         )
-
-
-def _slot_devices(device: torch.device, max_concurrent: int) -> list[torch.device]:
-    """The device of every slot: one per GPU for plain ``cuda``, else ``max_concurrent``
-    slots on ``device``."""
-    if device.type == "cuda" and device.index is None:
-        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
-    return [device] * max_concurrent
-
-
-def _physical_memory() -> int:
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"device: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} asked for but CUDA is not available")
-    return device
-
-
-def _hardware(devices: list[torch.device], threads: int) -> str:
-    version = f"torch {torch.__version__}"
-    if devices[0].type == "cuda":
-        names = sorted(
-            {f"cuda:{d.index or 0} {torch.cuda.get_device_name(d.index or 0)}" for d in devices}
-        )
-        return f"{', '.join(names)} ({version})"
-    return f"cpu x{threads} ({version})"
 
 
 def make_server(config: TrainerConfig, registry: CollectorRegistry) -> RunningServer:

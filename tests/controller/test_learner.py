@@ -26,9 +26,9 @@ from services.controller.learner import (
     LearnerProcess,
     UpdateRequest,
     UpdateResult,
-    load_state,
 )
 from services.controller.ppo import PPOStrategy
+from services.controller.ppo_state import load_state
 from services.controller.runner import MAX_BACKLOG
 from services.controller.strategies import Outcome, PPOConfig, StrategyConfig
 from tests.common.fake_trainer import FakeTrainer

@@ -396,6 +396,16 @@ def test_strategy_state_is_atomic_with_its_trials(store: Store) -> None:
     assert store.count_trials("s1") == 0
 
 
+def test_kept_weights_are_replaced_and_dropped(store: Store) -> None:
+    search = make_search()
+    store.create_search(search)
+    store.save(search=search, trials=[make_trial(number=0)], weights={0: b"first"})
+    store.save(search=search, weights={0: b"second"})
+    assert store.load_weights("s1", 0) == b"second"
+    store.save(search=search, drop_weights=[0])
+    assert store.load_weights("s1", 0) is None
+
+
 # Threads and restarts.
 
 

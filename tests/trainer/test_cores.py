@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
-from services.trainer import cores, server
+from services.trainer import cores, slots
 from services.trainer.cores import (
     cgroup_cpu_limit,
     cpu_idle_ticks,
@@ -327,8 +327,8 @@ def test_a_training_gets_the_threads_of_the_idle_cores(monkeypatch: pytest.Monke
         return TrainOutcome(accuracy=0.5, loss=1.0, seconds=0.1, samples_seen=10)
 
     monkeypatch.setattr(cores, "usable_cores", lambda root="/": 6)
-    monkeypatch.setattr(server, "threads_to_use", fit)
-    monkeypatch.setattr(server, "train", fake_train)
+    monkeypatch.setattr(slots, "threads_to_use", fit)
+    monkeypatch.setattr(slots, "train", fake_train)
     running = make_server(TrainerConfig(max_concurrent=2, isolate=False), CollectorRegistry())
     try:
         with grpc.insecure_channel(running.address) as channel:
