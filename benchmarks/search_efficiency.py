@@ -92,8 +92,8 @@ import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from mnas.cost import count
+from mnas.defaults import DEFAULT_STRATEGY
 from mnas.space import DECISIONS_PER_BLOCK, SearchSpace
-from mnas.spec_check import DEFAULT_STRATEGY
 from services.controller.strategies import (
     STRATEGIES,
     Outcome,

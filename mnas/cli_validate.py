@@ -8,8 +8,7 @@ import sys
 from typing import Any
 
 from mnas.cli_output import add_output_argument, print_data
-from mnas.objective import FRONT_TEXT, looks_for_front
-from mnas.spec_check import (
+from mnas.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATASET,
     DEFAULT_DEVICE_CLASS,
@@ -18,11 +17,9 @@ from mnas.spec_check import (
     DEFAULT_RUNS,
     DEFAULT_STRATEGY,
     DEFAULT_WARMUP_RUNS,
-    SPACE_REFERENCE,
-    Problem,
-    SpecError,
-    search_space,
 )
+from mnas.objective import FRONT_TEXT, looks_for_front
+from mnas.spec_check import SPACE_REFERENCE, Problem, SpecError, search_space
 from mnas.specfile import check_file
 from mnas.v1 import common_pb2
 

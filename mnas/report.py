@@ -11,11 +11,11 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from mnas.defaults import DEFAULT_DATASET, DEFAULT_DEVICE_CLASS, DEFAULT_STRATEGY
 from mnas.latency import reported_seconds
 from mnas.objective import describe, looks_for_front, target_ms
 from mnas.pareto import pareto_front
 from mnas.report_plots import Point, latency_histogram_svg, pareto_svg, reward_svg
-from mnas.spec_check import DEFAULT_STRATEGY
 from mnas.v1 import common_pb2
 
 __all__ = ["reference_summary", "render_report"]
@@ -129,8 +129,8 @@ def _summary(
     rows += [
         ("objective", describe(spec.objective)),
         ("strategy", spec.strategy or DEFAULT_STRATEGY),
-        ("device class", spec.latency.device_class or "host-cpu"),
-        ("dataset", spec.training.dataset or "fashion-mnist"),
+        ("device class", spec.latency.device_class or DEFAULT_DEVICE_CLASS),
+        ("dataset", spec.training.dataset or DEFAULT_DATASET),
         ("budget", f"{spec.budget.max_trials} trials, {spec.budget.parallel_trials or 1} at once"),
     ]
     if search.HasField("created_at"):

@@ -24,6 +24,18 @@ from typing import Any
 
 from mnas import references
 from mnas.arch import Activation, Architecture
+from mnas.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DATASET,
+    DEFAULT_DEVICE_CLASS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MIN_TRIALS,
+    DEFAULT_PRESET,
+    DEFAULT_RUNS,
+    DEFAULT_STRATEGY,
+    DEFAULT_VALIDATION_EXAMPLES,
+    DEFAULT_WARMUP_RUNS,
+)
 from mnas.errors import InvalidInput
 from mnas.layers import plan
 from mnas.space import PRESETS, SearchSpace, Stage, preset
@@ -31,15 +43,6 @@ from mnas.v1 import common_pb2
 
 __all__ = [
     "BUILTIN_DATASETS",
-    "DEFAULT_BATCH_SIZE",
-    "DEFAULT_DATASET",
-    "DEFAULT_DEVICE_CLASS",
-    "DEFAULT_MAX_ATTEMPTS",
-    "DEFAULT_MIN_TRIALS",
-    "DEFAULT_PRESET",
-    "DEFAULT_RUNS",
-    "DEFAULT_STRATEGY",
-    "DEFAULT_WARMUP_RUNS",
     "FRONT_STRATEGY_NAMES",
     "MAX_TRIALS_LIMIT",
     "NO_REFERENCE",
@@ -60,28 +63,19 @@ __all__ = [
     "unknown",
 ]
 
-DEFAULT_DATASET = "fashion-mnist"
 # Data sets every trainer serves without being told (a cluster's trainers may serve more).
 BUILTIN_DATASETS = (DEFAULT_DATASET,)
-DEFAULT_PRESET = "mnasnet"
-DEFAULT_STRATEGY = "tpe"
 # The strategies the controller runs (it checks against its own registry too).
 STRATEGY_NAMES = ("evolution", "ppo", "random", "tpe")
 # Those that can look for a front of accuracy against latency (objective kind pareto).
 FRONT_STRATEGY_NAMES = ("random", "tpe")
-DEFAULT_DEVICE_CLASS = "host-cpu"
 # spec.reference: the space's own reference network, or none at all.
 SPACE_REFERENCE = "space"
 NO_REFERENCE = "none"
 
 MAX_NAME_LENGTH = 200
 MAX_TRIALS_LIMIT = 1_000_000
-DEFAULT_MAX_ATTEMPTS = 3
-DEFAULT_BATCH_SIZE = 128
-DEFAULT_MIN_TRIALS = 3
-DEFAULT_WARMUP_RUNS = 5
-DEFAULT_RUNS = 50
-MAX_DEFAULT_VALIDATION = 10_000
+MAX_DEFAULT_VALIDATION = DEFAULT_VALIDATION_EXAMPLES
 
 # Faster than any trainer trains any network of a space: a training that needs longer than
 # its timeout even at these rates cannot finish (a bound, not an estimate).

@@ -18,8 +18,7 @@ from typing import Any
 
 from mnas import recipe, references
 from mnas.arch import Architecture
-from mnas.space import PRESETS, SearchSpace
-from mnas.spec_check import (
+from mnas.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATASET,
     DEFAULT_DEVICE_CLASS,
@@ -29,6 +28,9 @@ from mnas.spec_check import (
     DEFAULT_RUNS,
     DEFAULT_STRATEGY,
     DEFAULT_WARMUP_RUNS,
+)
+from mnas.space import PRESETS, SearchSpace
+from mnas.spec_check import (
     NO_REFERENCE,
     SPACE_REFERENCE,
     Dataset,

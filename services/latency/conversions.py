@@ -9,6 +9,7 @@ that is set too.
 
 from __future__ import annotations
 
+from mnas.defaults import DEFAULT_RUNS, DEFAULT_THREADS, DEFAULT_WARMUP_RUNS
 from mnas.errors import InvalidInput
 from mnas.v1 import common_pb2, latency_pb2
 from services.latency.oracle import HOST_CPU, MeasureSettings
@@ -16,18 +17,11 @@ from services.latency.phones.oracle import PhoneLatencyResult, PhoneOracle
 from services.latency.service import BuildParams, LatencyService, Measurement
 
 __all__ = [
-    "DEFAULT_RUNS",
-    "DEFAULT_THREADS",
-    "DEFAULT_WARMUP_RUNS",
     "build_from_proto",
     "devices_to_proto",
     "settings_from_proto",
     "stats_to_proto",
 ]
-
-DEFAULT_WARMUP_RUNS = 5
-DEFAULT_RUNS = 50
-DEFAULT_THREADS = 1
 
 
 def settings_from_proto(message: common_pb2.LatencySettings) -> tuple[str, MeasureSettings]:

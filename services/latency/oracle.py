@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnas.defaults import DEFAULT_RUNS, DEFAULT_THREADS, DEFAULT_WARMUP_RUNS
 from mnas.validation import check_int
 
 __all__ = [
@@ -72,9 +73,9 @@ class MeasureSettings:
     is 0.05-0.25 s of timed runs.
     """
 
-    warmup_runs: int = 5
-    runs: int = 50
-    threads: int = 1
+    warmup_runs: int = DEFAULT_WARMUP_RUNS
+    runs: int = DEFAULT_RUNS
+    threads: int = DEFAULT_THREADS
 
     def validate(self, prefix: str = "settings") -> None:
         """Raise ``ValueError`` naming the first bad field (``settings.runs``, ...)."""

@@ -26,6 +26,12 @@ from prometheus_client import CollectorRegistry
 
 from mnas import recipe
 from mnas.arch import Architecture, decode
+from mnas.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_VALIDATION_EXAMPLES,
+    DEFAULT_WIDTH,
+)
 from mnas.errors import InvalidInput
 from mnas.tls import ServerTLS
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
@@ -65,12 +71,7 @@ _logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "mnas.v1.Trainer"
 
-# Proto defaults: a zero (unset) field takes these values.
-DEFAULT_EPOCHS = 1
-DEFAULT_BATCH_SIZE = 128
 WEIGHTS_CHUNK_BYTES = 1 << 20
-DEFAULT_VALIDATION_EXAMPLES = 10000
-DEFAULT_WIDTH = 1.0
 
 
 def _describe(err: Exception) -> str:

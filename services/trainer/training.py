@@ -37,6 +37,7 @@ from torch import nn
 
 from mnas import recipe
 from mnas.arch import Architecture
+from mnas.defaults import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_VALIDATION_EXAMPLES
 from mnas.errors import InvalidInput
 from services.trainer import data
 from services.trainer.builder import build_torch
@@ -80,13 +81,13 @@ class TrainingConfig:
     """
 
     dataset: str = data.FASHION_MNIST
-    epochs: int = 1
+    epochs: int = DEFAULT_EPOCHS
     steps: int = 0
-    batch_size: int = 128
+    batch_size: int = DEFAULT_BATCH_SIZE
     learning_rate: float = recipe.SGD_LEARNING_RATE
     seed: int = 0
     train_examples: int = 0
-    validation_examples: int = 10000
+    validation_examples: int = DEFAULT_VALIDATION_EXAMPLES
     label_smoothing: float = recipe.LABEL_SMOOTHING
     optimizer: str = "sgd"
     momentum: float = DEFAULT_MOMENTUM
