@@ -71,10 +71,11 @@ def hypervolume(points: Sequence[Point], reference: Point) -> float:
     """The area the points dominate up to ``reference`` (first objective minimized, second
     maximized)."""
     inside = sorted(p for p in points if p[0] < reference[0] and p[1] > reference[1])
+    ends = [x for x, _ in inside[1:]] + [reference[0]]
     area, best = 0.0, reference[1]
-    for (x, y), following in zip(inside, [*inside[1:], (reference[0], 0.0)], strict=True):
+    for (x, y), end in zip(inside, ends[: len(inside)], strict=True):
         best = max(best, y)
-        area += (following[0] - x) * (best - reference[1])
+        area += (end - x) * (best - reference[1])
     return area
 
 
