@@ -1,6 +1,7 @@
 """A controller's promises at the edges of work: a cancel does not wait for an in-flight
 measurement, a submission during shutdown is refused, never stored and left unstarted,
-and a worker's internal error is retried where bad input is not.
+and watchers past the cap are refused. (Which worker failures are retried:
+test_runner_conformance.py.)
 
 Real controller, latency and reward services on loopback; the trainer is scripted and the
 latency service's oracle one that blocks until the test lets it go.
@@ -20,7 +21,7 @@ from mnas.client import Client, ControllerUnavailable
 from mnas.results import SearchState, TrialState
 from mnas.rpc import channel
 from mnas.specfile import parse_spec
-from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc, trainer_pb2
+from mnas.v1 import controller_pb2, controller_pb2_grpc
 from services.common.server import RunningServer
 from services.latency.server import make_server as make_latency_server
 from tests.common.blocked_oracle import BlockedOracle
@@ -90,45 +91,6 @@ def test_a_submission_during_shutdown_is_unavailable_and_not_stored(tmp_path: Pa
         assert stack.store.list_searches() == []
         with Client(stack.address) as client, pytest.raises(ControllerUnavailable):
             client.submit(parse_spec(SPEC))
-
-
-class FailingOnceTrainer(FakeTrainer):
-    """Answers its first call with ``code``, then trains (reports 0.5)."""
-
-    def __init__(self, code: grpc.StatusCode) -> None:
-        self.code = code
-        self.calls = 0
-
-    def Train(
-        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
-    ) -> Iterator[trainer_pb2.TrainResponse]:
-        self.calls += 1
-        if self.calls == 1:
-            context.abort(self.code, "training failed: ValueError: math domain error")
-        yield trainer_pb2.TrainResponse(result=common_pb2.TrainResult(accuracy=0.5, samples_seen=1))
-
-
-@pytest.mark.parametrize(
-    ("code", "state", "attempts"),
-    [
-        (grpc.StatusCode.INTERNAL, TrialState.COMPLETED, 2),
-        (grpc.StatusCode.INVALID_ARGUMENT, TrialState.FAILED, 1),
-    ],
-    ids=["internal-is-retried", "invalid-input-is-not"],
-)
-def test_a_workers_internal_error_is_retried_and_bad_input_is_not(
-    tmp_path: Path, code: grpc.StatusCode, state: TrialState, attempts: int
-) -> None:
-    spec = parse_spec(SPEC.replace("max_trials: 2", "max_trials: 1, max_attempts: 3"))
-    with (
-        controller_stack(tmp_path, FailingOnceTrainer(code)) as stack,
-        Client(stack.address) as client,
-    ):
-        search = client.submit(spec)
-        search.wait(timeout=120)
-        trial = next(iter(search.trials()))  # a failed trial is replaced by another
-    assert trial.state is state, trial.error
-    assert trial.attempts == attempts
 
 
 def test_watchers_past_the_cap_are_refused_and_other_calls_still_answer(
