@@ -81,9 +81,11 @@ def controller_stack(
 
 
 @contextlib.contextmanager
-def local_stack(tmp_path: Path, workers: Workers) -> Iterator[Stack]:
+def local_stack(
+    tmp_path: Path, workers: Workers, *, work_slots: int = DEFAULT_SLOTS
+) -> Iterator[Stack]:
     """A controller served on loopback, its workers ``workers`` (in process)."""
-    with _controller(tmp_path, workers) as (address, store, core):
+    with _controller(tmp_path, workers, work_slots=work_slots) as (address, store, core):
         yield Stack(address, store, CollectorRegistry(), core)
 
 
