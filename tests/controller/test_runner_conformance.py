@@ -28,10 +28,13 @@ from services.controller.clients import Backends
 from services.controller.core import Controller
 from services.controller.metrics import ControllerMetrics
 from services.controller.store import Store
+from services.latency.oracle import HostOracle, LatencyOracle
 from services.latency.server import make_server as make_latency_server
+from services.latency.service import LatencyService
 from services.reward.server import make_server as make_reward_server
 from services.trainer.isolation import TrialFailed
 from services.trainer.server import CapacityExhausted
+from tests.common.blocked_oracle import BlockedOracle
 from tests.common.fake_trainer import ServedTraining, serve
 from tests.common.local_workers import InProcessWorkers, TrainFn, real_training
 
@@ -74,14 +77,17 @@ class Harness:
         self._tmp_path = tmp_path
         self._stack = stack
 
-    def workers(self, training: TrainFn) -> Workers:
+    def workers(self, training: TrainFn, *, oracle: LatencyOracle | None = None) -> Workers:
+        """Workers that train with ``training`` and measure on ``oracle`` (this machine's
+        CPU by default)."""
+        oracles = [oracle or HostOracle()]
         if self.kind == "in-process":
-            local = InProcessWorkers(training)
+            local = InProcessWorkers(training, latency=LatencyService(oracles))
             self._stack.callback(local.close)
             return local
         servers = [
             serve(ServedTraining(training)),
-            make_latency_server(registry=CollectorRegistry()),
+            make_latency_server(registry=CollectorRegistry(), oracles=oracles),
             make_reward_server(registry=CollectorRegistry()),
         ]
         for server in servers:
@@ -91,10 +97,11 @@ class Harness:
         self._stack.callback(remote.close)
         return remote
 
-    def controller(self, training: TrainFn) -> Controller:
+    def controller(self, training: TrainFn, *, oracle: LatencyOracle | None = None) -> Controller:
         store = Store.open(str(self._tmp_path / "mnas.db"))
         self._stack.callback(store.close)
-        core = Controller(store, self.workers(training), ControllerMetrics(CollectorRegistry()))
+        workers = self.workers(training, oracle=oracle)
+        core = Controller(store, workers, ControllerMetrics(CollectorRegistry()))
         self._stack.callback(core.shutdown)
         return core
 
@@ -200,6 +207,24 @@ def test_a_cancel_aborts_the_training_in_flight(harness: Harness) -> None:
     assert trial.state == TS.TRIAL_STATE_CANCELLED
     assert trial.attempts == 1  # the abort is not a failed attempt
     assert saw_abort.wait(WAIT_SECONDS)  # the training itself was told
+
+
+def test_a_cancel_does_not_wait_for_the_measurement_in_flight(harness: Harness) -> None:
+    """The measurement is still blocked when the cancel has returned: the controller
+    aborted its call instead of waiting out the measurement."""
+    oracle = BlockedOracle(timeout=WAIT_SECONDS)
+    try:
+        core = harness.controller(Scripted(), oracle=oracle)
+        search = core.submit(spec())
+        assert oracle.entered.wait(WAIT_SECONDS)
+        final = core.cancel(search.id)
+        assert not oracle.release.is_set()  # the measurement has not finished
+    finally:
+        oracle.release.set()
+    assert final.state == SS.SEARCH_STATE_CANCELLED
+    (trial,) = trials(core, search.id)
+    assert trial.state == TS.TRIAL_STATE_CANCELLED
+    assert trial.attempts == 1  # the abort was not counted as a failed attempt
 
 
 class TrainingCancelledHere(Exception):
