@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 from mnas.tls import ServerTLS
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common.server import RunningServer, build_server
-from services.trainer.server import status_for
-from tests.common.local_workers import Aborted, Failed, Relay, TrainFn, real_training
+from services.trainer.server import CapacityExhausted, status_for
+from tests.common.local_workers import Aborted, Failed, Relay, Slots, TrainFn, real_training
 
 FASHION_MNIST = trainer_pb2.Dataset(
     name="fashion-mnist", format="idx", classes=10, resolution=28, examples=60000, channels=1
@@ -48,18 +48,15 @@ class ServedTraining(FakeTrainer):
 
     def __init__(self, training: TrainFn = real_training, *, capacity: int = 1) -> None:
         self.training = training
-        self.capacity = capacity
-        self._lock = threading.Lock()
-        self._in_use = 0
+        self.slots = Slots(capacity)
 
     def Train(
         self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
     ) -> Iterator[trainer_pb2.TrainResponse]:
-        with self._lock:
-            full = self._in_use >= self.capacity
-            self._in_use += 0 if full else 1
-        if full:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "trainer busy")
+        try:
+            self.slots.take()
+        except CapacityExhausted as err:
+            context.abort(*status_for(err))
 
         def work(
             report: Callable[[common_pb2.TrainProgress], None], aborted: threading.Event
@@ -67,8 +64,7 @@ class ServedTraining(FakeTrainer):
             try:
                 return self.training(request, report, aborted)
             finally:
-                with self._lock:
-                    self._in_use -= 1
+                self.slots.give_back()
 
         relay: Relay[common_pb2.TrainProgress, tuple[common_pb2.TrainResult, bytes | None]]
         relay = Relay(work)
@@ -99,7 +95,7 @@ class ServedTraining(FakeTrainer):
     def GetCapacity(
         self, request: common_pb2.GetCapacityRequest, context: grpc.ServicerContext
     ) -> common_pb2.GetCapacityResponse:
-        return common_pb2.GetCapacityResponse(max_concurrent=self.capacity, hardware="served")
+        return common_pb2.GetCapacityResponse(max_concurrent=self.slots.capacity, hardware="served")
 
 
 def serve(

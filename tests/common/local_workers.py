@@ -39,7 +39,7 @@ from services.trainer.server import (
     progress_to_proto,
     training_config_from_proto,
 )
-from services.trainer.training import TrainingCancelled, train
+from services.trainer.training import train
 
 __all__ = [
     "FASHION_MNIST",
@@ -47,6 +47,7 @@ __all__ = [
     "Failed",
     "InProcessWorkers",
     "Relay",
+    "Slots",
     "TrainFn",
     "instant_training",
     "real_training",
@@ -94,8 +95,7 @@ class Relay(Generic[Report, Result]):
     def __init__(self, work: Callable[[Callable[[Report], None], threading.Event], Result]) -> None:
         self.aborted = threading.Event()
         self._events: queue.Queue[Report | _Ended[Result] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._run, args=(work,), daemon=True).start()
 
     def _run(self, work: Callable[[Callable[[Report], None], threading.Event], Result]) -> None:
         try:
@@ -119,9 +119,20 @@ class Relay(Generic[Report, Result]):
                 raise Failed(event.error)
             return event.result  # type: ignore[return-value]  # set when error is None
 
+    def wait(self, on_report: Callable[[Report], None]) -> Result:
+        """The result, ``on_report`` called with each report first; what it raises
+        propagates (the work goes on until aborted)."""
+        events = self.events()
+        while True:
+            try:
+                report = next(events)
+            except StopIteration as end:
+                return end.value  # type: ignore[no-any-return]
+            on_report(report)
 
-class _Slots:
-    """An endpoint's slots; taking one beyond its capacity raises CapacityExhausted."""
+
+class Slots:
+    """A trainer's slots; taking one beyond its capacity raises CapacityExhausted."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -206,7 +217,7 @@ class InProcessWorkers:
     ) -> None:
         self._training = training
         self._latency = latency or LatencyService([HostOracle()])
-        self._slots = {f"trainer-{i}": _Slots(trainer_capacity) for i in range(trainers)}
+        self._slots = {f"trainer-{i}": Slots(trainer_capacity) for i in range(trainers)}
         self._datasets = {d.name: d for d in datasets}
         self._trainers = WorkerPool("trainer", list(self._slots), self._trainer_capacity)
         self._latency_pool = WorkerPool("latency", ["latency-0"], lambda _: self._latency.capacity)
@@ -245,7 +256,7 @@ class InProcessWorkers:
         if register_cancel is not None:
             register_cancel(relay.abort)
         try:
-            return _drain(relay.events())
+            return relay.wait(lambda _: None)
         except Aborted:
             raise WorkerError(
                 f"latency {address}: measurement cancelled", retryable=False, endpoint_failed=False
@@ -293,28 +304,23 @@ class InProcessWorkers:
         relay = Relay(work)
         register_cancel(relay.abort)
         answered = False
-        events = relay.events()
+
+        def relay_progress(progress: common_pb2.TrainProgress) -> None:
+            nonlocal answered
+            answered = True
+            on_progress(progress)  # what it raises propagates
+
         try:
-            while True:
-                try:
-                    progress = next(events)
-                except StopIteration as end:
-                    result, weights = end.value
-                    return result, weights if request.training.return_weights else None
-                answered = True
-                on_progress(progress)  # what it raises ends the training
+            result, weights = relay.wait(relay_progress)
         except Aborted:
             raise WorkerError(
                 f"trainer {address}: training cancelled", retryable=False, endpoint_failed=False
             ) from None
         except Failed as failed:
-            if isinstance(failed.error, TrainingCancelled):
-                raise WorkerError(
-                    f"trainer {address}: training cancelled", retryable=False, endpoint_failed=False
-                ) from None
             raise _worker_error("trainer", address, failed.error, answered=answered) from None
         finally:
-            relay.abort()  # a no-op when the training has ended
+            relay.abort()  # ends the training when left early; a no-op when it has ended
+        return result, weights if request.training.return_weights else None
 
     def score(self, request: reward_pb2.ScoreRequest) -> float:
         try:
@@ -327,12 +333,3 @@ class InProcessWorkers:
     def close(self) -> None:
         self._trainers.close()
         self._latency_pool.close()
-
-
-def _drain(events: Generator[None, None, Result]) -> Result:
-    """The result of a relay that reports nothing."""
-    while True:
-        try:
-            next(events)
-        except StopIteration as end:
-            return end.value  # type: ignore[no-any-return]
