@@ -17,7 +17,7 @@ from mnas.v1 import common_pb2, latency_pb2, reward_pb2, trainer_pb2
 from services.controller.spec import Dataset
 from services.controller.workers import WorkerPool
 
-__all__ = ["DatasetOffers", "TrialWorkers", "WorkerError", "Workers"]
+__all__ = ["DatasetOffers", "RegisterCancel", "TrialWorkers", "WorkerError", "Workers"]
 
 # A function that receives the function that aborts a call in flight.
 RegisterCancel = Callable[[Callable[[], None]], None]
@@ -75,8 +75,9 @@ class TrialWorkers(Protocol):
         register_cancel: RegisterCancel,
     ) -> tuple[common_pb2.TrainResult, bytes | None]:
         """One training: ``on_progress`` gets each report on the caller's thread (what it
-        raises ends the training and propagates); ``register_cancel`` receives a function
-        that aborts it. The result and, when the request asked for them, the weights."""
+        raises propagates, and the caller aborts the training); ``register_cancel``
+        receives the function that aborts it. The result and, when the request asked for
+        them, the weights."""
         ...
 
     def score(self, request: reward_pb2.ScoreRequest) -> float:

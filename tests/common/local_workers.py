@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from mnas.errors import InvalidInput
 from mnas.v1 import common_pb2, latency_pb2, reward_pb2, trainer_pb2
-from services.controller.backends import DatasetOffers, WorkerError
+from services.controller.backends import DatasetOffers, RegisterCancel, WorkerError
 from services.controller.spec import Dataset
 from services.controller.workers import WorkerPool
 from services.latency.conversions import build_from_proto, settings_from_proto, stats_to_proto
@@ -202,23 +202,21 @@ def _worker_error(kind: str, address: str, err: BaseException, *, answered: bool
 
 
 class InProcessWorkers:
-    """``trainers`` trainer endpoints of ``trainer_capacity`` slots each, running
-    ``training``; one latency endpoint measuring with ``latency`` (this machine's CPU by
-    default); the reward computed here. The trainers offer ``datasets``."""
+    """One trainer endpoint of ``trainer_capacity`` slots running ``training``, offering
+    Fashion-MNIST; one latency endpoint measuring with ``latency`` (this machine's CPU by
+    default); the reward computed here."""
 
     def __init__(
         self,
         training: TrainFn = real_training,
         *,
         latency: LatencyService | None = None,
-        trainers: int = 1,
         trainer_capacity: int = 1,
-        datasets: Sequence[Dataset] = (FASHION_MNIST,),
     ) -> None:
         self._training = training
         self._latency = latency or LatencyService([HostOracle()])
-        self._slots = {f"trainer-{i}": Slots(trainer_capacity) for i in range(trainers)}
-        self._datasets = {d.name: d for d in datasets}
+        self._slots = {"trainer-0": Slots(trainer_capacity)}
+        self._datasets = {FASHION_MNIST.name: FASHION_MNIST}
         self._trainers = WorkerPool("trainer", list(self._slots), self._trainer_capacity)
         self._latency_pool = WorkerPool("latency", ["latency-0"], lambda _: self._latency.capacity)
 
@@ -248,7 +246,7 @@ class InProcessWorkers:
         address: str,
         request: latency_pb2.MeasureRequest,
         *,
-        register_cancel: Callable[[Callable[[], None]], None] | None = None,
+        register_cancel: RegisterCancel | None = None,
     ) -> latency_pb2.MeasureResponse:
         relay: Relay[None, latency_pb2.MeasureResponse] = Relay(
             lambda report, aborted: self._measure(request)
@@ -284,7 +282,7 @@ class InProcessWorkers:
         request: trainer_pb2.TrainRequest,
         *,
         on_progress: Callable[[common_pb2.TrainProgress], None],
-        register_cancel: Callable[[Callable[[], None]], None],
+        register_cancel: RegisterCancel,
     ) -> tuple[common_pb2.TrainResult, bytes | None]:
         slots = self._slots[address]
         try:
