@@ -1,8 +1,9 @@
-"""The controller's calls to trainers, latency services and the reward service.
+"""The controller's calls to trainers, latency services and the reward service, over gRPC.
 
-Every call has a deadline; channels retry UNAVAILABLE with back-off (``mnas.rpc``). A
-failed call becomes :class:`WorkerError`, which says whether another endpoint may succeed
-where this one failed.
+:class:`Backends` implements :class:`~services.controller.backends.Workers`. Every call
+has a deadline; channels retry UNAVAILABLE with back-off (``mnas.rpc``). A failed call
+becomes :class:`~services.controller.backends.WorkerError`, which says whether another
+endpoint may succeed where this one failed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mnas.v1 import (
     trainer_pb2,
     trainer_pb2_grpc,
 )
+from services.controller.backends import DatasetOffers, WorkerError
 from services.controller.spec import Dataset
 from services.controller.workers import WorkerPool
 
@@ -43,19 +45,6 @@ _PERMANENT = {
 }
 
 
-class WorkerError(Exception):
-    """A worker call failed; ``retryable`` when another attempt may succeed; ``busy`` when
-    the worker refused the job for want of a free slot (no attempt was made)."""
-
-    def __init__(
-        self, message: str, *, retryable: bool, endpoint_failed: bool, busy: bool = False
-    ) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.endpoint_failed = endpoint_failed
-        self.busy = busy
-
-
 def _error(kind: str, address: str, err: grpc.RpcError, *, answered: bool = True) -> WorkerError:
     """``answered``: the call had sent something back before it failed (a refusal for want
     of a slot comes first)."""
@@ -72,15 +61,6 @@ def _error(kind: str, address: str, err: grpc.RpcError, *, answered: bool = True
 
 
 @dataclass(frozen=True)
-class DatasetOffers:
-    """What the trainers that answered say about data sets: each endpoint's offers by
-    name, and why an endpoint could not serve the name asked about."""
-
-    by_endpoint: dict[str, dict[str, Dataset]]
-    problems: dict[str, str]
-
-
-@dataclass(frozen=True)
 class Deadlines:
     train_seconds: float = 3600.0
     measure_seconds: float = 900.0
@@ -89,8 +69,8 @@ class Deadlines:
 
 
 class Backends:
-    """Channels to every worker endpoint, the pools that schedule them, and the reward;
-    ``tls``: call them all over TLS (plaintext when None)."""
+    """The workers over gRPC: channels to every worker endpoint, the pools that schedule
+    them, and the reward; ``tls``: call them all over TLS (plaintext when None)."""
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from google.protobuf.timestamp import from_current_time as _now
 
 from mnas.errors import InvalidInput
 from mnas.v1 import common_pb2, controller_pb2
-from services.controller.clients import Backends
+from services.controller.backends import Workers
 from services.controller.events import EventHub
 from services.controller.gate import DEFAULT_SLOTS, WorkGate
 from services.controller.metrics import ControllerMetrics
@@ -67,7 +67,7 @@ class Controller:
     def __init__(
         self,
         store: Store,
-        backends: Backends,
+        backends: Workers,
         metrics: ControllerMetrics,
         *,
         work_slots: int = DEFAULT_SLOTS,

@@ -34,7 +34,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from mnas.latency import is_predicted, reported_seconds
 from mnas.v1 import common_pb2, controller_pb2, latency_pb2, reward_pb2, trainer_pb2
-from services.controller.clients import Backends, WorkerError
+from services.controller.backends import TrialWorkers, WorkerError
 from services.controller.events import EventHub
 from services.controller.gate import WorkGate
 from services.controller.metrics import ControllerMetrics
@@ -92,7 +92,7 @@ class SearchRunner:
         search: common_pb2.Search,
         *,
         store: Store,
-        backends: Backends,
+        backends: TrialWorkers,
         hub: EventHub,
         metrics: ControllerMetrics,
         trials: Sequence[common_pb2.Trial] = (),

@@ -1,6 +1,7 @@
-"""A controller on loopback with the real latency and reward services and a given trainer
-servicer (for tests whose subject is what the controller does with a trainer's answers);
-optionally with every service on mutual TLS, and the controller checking tokens."""
+"""A controller on loopback, on in-process workers or with the real latency and reward
+services and a given trainer servicer (for tests whose subject is what the controller
+does with its workers' answers); optionally with every service on mutual TLS, and the
+controller checking tokens."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from mnas.tls import ServerTLS
 from mnas.v1 import trainer_pb2_grpc
 from services.common.server import RunningServer, build_server
+from services.controller.backends import Workers
 from services.controller.clients import Backends
 from services.controller.core import Controller
 from services.controller.gate import DEFAULT_SLOTS
@@ -29,7 +32,7 @@ from tests.common.certs import Pki
 class Stack:
     address: str  # the controller's
     store: Store
-    latency_registry: CollectorRegistry
+    latency_registry: CollectorRegistry  # the latency server's (empty in process)
     controller: Controller
 
 
@@ -61,27 +64,48 @@ def controller_stack(
     if latency is None:
         servers.append(make_latency_server(registry=latency_registry, tls=tls))
         latency = servers[-1].address
-    store = Store.open(str(tmp_path / "mnas.db"))
     backends = Backends(
         trainers=[servers[0].address],
         latency=[latency],
         reward=servers[1].address,
         tls=pki.client() if pki is not None else None,
     )
-    core = Controller(
-        store, backends, ControllerMetrics(CollectorRegistry()), work_slots=work_slots
-    )
-    controller = make_server(
-        core,
-        registry=CollectorRegistry(),
-        tls=tls,
-        users=users,
-        max_workers=max_workers,
-    )
     try:
-        yield Stack(controller.address, store, latency_registry, core)
+        with _controller(
+            tmp_path, backends, tls=tls, users=users, max_workers=max_workers, work_slots=work_slots
+        ) as (address, store, core):
+            yield Stack(address, store, latency_registry, core)
     finally:
-        controller.stop(0)
         for server in servers:
             server.stop(0)
+
+
+@contextlib.contextmanager
+def local_stack(
+    tmp_path: Path, workers: Workers, *, work_slots: int = DEFAULT_SLOTS
+) -> Iterator[Stack]:
+    """A controller served on loopback, its workers ``workers`` (in process)."""
+    with _controller(tmp_path, workers, work_slots=work_slots) as (address, store, core):
+        yield Stack(address, store, CollectorRegistry(), core)
+
+
+@contextlib.contextmanager
+def _controller(
+    tmp_path: Path,
+    workers: Workers,
+    *,
+    tls: ServerTLS | None = None,
+    users: Users | None = None,
+    max_workers: int = 256,
+    work_slots: int = DEFAULT_SLOTS,
+) -> Iterator[tuple[str, Store, Controller]]:
+    store = Store.open(str(tmp_path / "mnas.db"))
+    core = Controller(store, workers, ControllerMetrics(CollectorRegistry()), work_slots=work_slots)
+    controller = make_server(
+        core, registry=CollectorRegistry(), tls=tls, users=users, max_workers=max_workers
+    )
+    try:
+        yield controller.address, store, core
+    finally:
+        controller.stop(0)
         store.close()

@@ -1,25 +1,28 @@
 """The duplicate policy: a re-sampled architecture reuses its accuracy, or is retrained.
 
-The controller, the latency service (real LiteRT) and the reward service are real, on
-loopback; the trainer is a real gRPC server whose Train answers at once and counts its
-calls, since what is under test is whether the controller calls it at all.
+The controller is real, on loopback; its workers are in process: the latency service's
+core (real LiteRT) and the reward function, and a training that answers at once and
+counts its calls, since what is under test is whether the controller calls it at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import grpc
 import pytest
-from prometheus_client import CollectorRegistry
 
 from mnas.client import Client
 from mnas.results import SearchState, TrialState
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2
-from tests.common.fake_trainer import FakeTrainer
-from tests.controller.stack import controller_stack
+from services.latency.oracle import HostOracle
+from services.latency.service import LatencyService, Measurement
+from tests.common.local_workers import InProcessWorkers
+from tests.controller.stack import local_stack
 
 # A space of exactly one architecture: every trial samples the same network.
 SPEC = """
@@ -37,36 +40,51 @@ reference: none
 """
 
 
-class CountingTrainer(FakeTrainer):
+class CountingTraining:
+    """Trains at once, counting its calls."""
+
     def __init__(self) -> None:
         self.calls = 0
 
-    def Train(
-        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
-    ) -> Iterator[trainer_pb2.TrainResponse]:
+    def __call__(
+        self,
+        request: trainer_pb2.TrainRequest,
+        report: Callable[[common_pb2.TrainProgress], None],
+        aborted: threading.Event,
+    ) -> tuple[common_pb2.TrainResult, bytes | None]:
         self.calls += 1
-        yield trainer_pb2.TrainResponse(
-            result=common_pb2.TrainResult(accuracy=0.5 + self.calls / 100, samples_seen=1)
-        )
+        return common_pb2.TrainResult(accuracy=0.5 + self.calls / 100, samples_seen=1), None
 
-    def GetCapacity(
-        self, request: common_pb2.GetCapacityRequest, context: grpc.ServicerContext
-    ) -> common_pb2.GetCapacityResponse:
-        return common_pb2.GetCapacityResponse(max_concurrent=1, hardware="counting")
+
+class CountingLatency(LatencyService):
+    """The latency service's core on this machine's CPU, counting the measurements asked."""
+
+    def __init__(self) -> None:
+        super().__init__([HostOracle()])
+        self.calls = 0
+
+    def measure(self, *args: Any, **kwargs: Any) -> Measurement:
+        self.calls += 1
+        return super().measure(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class Running:
+    address: str
+    trainer: CountingTraining
+    latency: CountingLatency
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[str, CountingTrainer, CollectorRegistry]]:
-    trainer = CountingTrainer()
-    with controller_stack(tmp_path, trainer) as running:
-        yield running.address, trainer, running.latency_registry
+def stack(tmp_path: Path) -> Iterator[Running]:
+    trainer, latency = CountingTraining(), CountingLatency()
+    with local_stack(tmp_path, InProcessWorkers(trainer, latency=latency)) as running:
+        yield Running(running.address, trainer, latency)
 
 
 @pytest.mark.parametrize("strategy", ["random", "ppo"])
-def test_duplicates_reuse_the_earlier_accuracy(
-    stack: tuple[str, CountingTrainer, CollectorRegistry], strategy: str
-) -> None:
-    address, trainer, _ = stack
+def test_duplicates_reuse_the_earlier_accuracy(stack: Running, strategy: str) -> None:
+    address, trainer = stack.address, stack.trainer
     with Client(address) as client:
         search = client.submit(
             parse_spec(SPEC % {"strategy": strategy, "policy": "DUPLICATE_POLICY_REUSE"})
@@ -88,9 +106,9 @@ def test_duplicates_reuse_the_earlier_accuracy(
 
 
 def test_retrain_policy_trains_every_trial(
-    stack: tuple[str, CountingTrainer, CollectorRegistry],
+    stack: Running,
 ) -> None:
-    address, trainer, _ = stack
+    address, trainer = stack.address, stack.trainer
     with Client(address) as client:
         search = client.submit(
             parse_spec(SPEC % {"strategy": "random", "policy": "DUPLICATE_POLICY_RETRAIN"})
@@ -103,11 +121,11 @@ def test_retrain_policy_trains_every_trial(
 
 
 def test_no_architecture_is_measured_twice_across_searches(
-    stack: tuple[str, CountingTrainer, CollectorRegistry],
+    stack: Running,
 ) -> None:
     """The store records every measurement; later trials of the same network, in this
     search or the next, take it from there without calling the latency service."""
-    address, _, latency = stack
+    address = stack.address
     spec = parse_spec(SPEC % {"strategy": "random", "policy": "DUPLICATE_POLICY_RETRAIN"})
     with Client(address) as client:
         first = client.submit(spec)
@@ -116,14 +134,7 @@ def test_no_architecture_is_measured_twice_across_searches(
         second.wait(timeout=120)
         trials = [*first.trials(), *second.trials()]
     assert len(trials) == 8
-    calls = sum(
-        latency.get_sample_value(
-            "mnas_latency_measurements_total", {"device_class": "host-cpu", "cached": cached}
-        )
-        or 0.0
-        for cached in ("true", "false")
-    )
-    assert calls == 1
+    assert stack.latency.calls == 1
     measured, *recorded = trials
     assert measured.latency_worker != "store"
     assert all(t.latency_worker == "store" for t in recorded)

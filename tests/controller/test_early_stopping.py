@@ -1,19 +1,18 @@
 """Early stopping with the median rule, and keeping the weights of the best trials.
 
-The rule itself is tested on its own. In the search tests the controller, the latency
-service (real LiteRT) and the reward service are real, on loopback; the trainer is a real
-gRPC server that streams intermediate accuracies scripted per architecture (and weights
-when asked for), since what is under test is what the controller does with them: real
-intermediate evaluations are tested in tests/trainer/test_training.py.
+The rule itself is tested on its own. In the search tests the controller is real, on
+loopback; its workers are in process: the latency service's core (real LiteRT), the
+reward function, and a training that reports intermediate accuracies scripted per
+architecture (and weights), since what is under test is what the controller does with
+them: real intermediate evaluations are tested in tests/trainer/test_training.py.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from mnas.arch import decode
@@ -23,8 +22,9 @@ from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2
 from services.controller.stopping import MedianStopping
 from services.controller.store import Store
-from tests.common.fake_trainer import FakeTrainer
-from tests.controller.stack import controller_stack
+from services.trainer.training import TrainingCancelled
+from tests.common.local_workers import InProcessWorkers
+from tests.controller.stack import local_stack
 
 TOTAL_STEPS = 40
 EVERY = 10
@@ -53,44 +53,38 @@ def curve(canonical: str) -> list[float]:
     return [0.12, 0.14, 0.15, 0.16] if filters < 16 else [0.5, 0.6, 0.7, 0.8]
 
 
-class ScriptedTrainer(FakeTrainer):
-    """Streams progress with the scripted accuracies, then the result (and weights)."""
+class ScriptedTraining:
+    """Reports progress with the scripted accuracies, then the result (and weights)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.calls = 0
 
-    def Train(
-        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
-    ) -> Iterator[trainer_pb2.TrainResponse]:
+    def __call__(
+        self,
+        request: trainer_pb2.TrainRequest,
+        report: Callable[[common_pb2.TrainProgress], None],
+        aborted: threading.Event,
+    ) -> tuple[common_pb2.TrainResult, bytes | None]:
         with self.lock:
             self.calls += 1
         accuracies = curve(request.architecture.canonical)
         for i, step in enumerate(range(EVERY, TOTAL_STEPS, EVERY)):
-            yield trainer_pb2.TrainResponse(
-                progress=common_pb2.TrainProgress(
+            if aborted.is_set():
+                raise TrainingCancelled("training cancelled")
+            report(
+                common_pb2.TrainProgress(
                     step=step, total_steps=TOTAL_STEPS, accuracy=accuracies[i], samples_seen=step
                 )
             )
-        yield trainer_pb2.TrainResponse(
-            result=common_pb2.TrainResult(accuracy=accuracies[-1], samples_seen=TOTAL_STEPS)
-        )
-        if request.training.return_weights:
-            data = request.architecture.canonical.encode()
-            yield trainer_pb2.TrainResponse(
-                weights=common_pb2.WeightsChunk(data=data, offset=0, total_bytes=len(data))
-            )
-
-    def GetCapacity(
-        self, request: common_pb2.GetCapacityRequest, context: grpc.ServicerContext
-    ) -> common_pb2.GetCapacityResponse:
-        return common_pb2.GetCapacityResponse(max_concurrent=1, hardware="scripted")
+        result = common_pb2.TrainResult(accuracy=accuracies[-1], samples_seen=TOTAL_STEPS)
+        return result, request.architecture.canonical.encode()
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[str, ScriptedTrainer, Store]]:
-    trainer = ScriptedTrainer()
-    with controller_stack(tmp_path, trainer) as running:
+def stack(tmp_path: Path) -> Iterator[tuple[str, ScriptedTraining, Store]]:
+    trainer = ScriptedTraining()
+    with local_stack(tmp_path, InProcessWorkers(trainer)) as running:
         yield running.address, trainer, running.store
 
 
@@ -109,7 +103,7 @@ def test_median_rule_needs_min_trials_and_compares_the_best_so_far() -> None:
 
 
 def test_a_bad_architecture_stops_before_its_budget(
-    stack: tuple[str, ScriptedTrainer, Store],
+    stack: tuple[str, ScriptedTraining, Store],
 ) -> None:
     address, trainer, _ = stack
     with Client(address) as client:
@@ -138,7 +132,7 @@ def test_a_bad_architecture_stops_before_its_budget(
     assert final.best_trial in {t.number for t in completed}
 
 
-def test_the_best_trials_weights_are_kept(stack: tuple[str, ScriptedTrainer, Store]) -> None:
+def test_the_best_trials_weights_are_kept(stack: tuple[str, ScriptedTraining, Store]) -> None:
     address, _, store = stack
     with Client(address) as client:
         search = client.submit(parse_spec(SPEC))

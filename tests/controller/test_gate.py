@@ -1,24 +1,23 @@
 """The work gate: how many trial threads run the controller's own work at once.
 
-The unit tests use real threads; the search test runs a real controller, latency and
-reward service on loopback with a trainer that answers at once, so what is under test is
-that a gate of one slot bounds the controller's work without ever deadlocking it.
+The unit tests use real threads; the search test runs a real controller on in-process
+workers (the latency service's core, the reward function, a training that answers at
+once), so what is under test is that a gate of one slot bounds the controller's work
+without ever deadlocking it.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
-from mnas.v1 import common_pb2, trainer_pb2
+from mnas.v1 import common_pb2
 from services.controller.gate import WorkGate
-from tests.common.fake_trainer import FakeTrainer
+from tests.common.local_workers import InProcessWorkers, instant_training
 from tests.common.tiny_spec import tiny_spec
-from tests.controller.stack import controller_stack
+from tests.controller.stack import local_stack
 
 WAIT = 30.0  # seconds: only ever reached when a test is about to fail
 
@@ -100,20 +99,11 @@ def test_a_gate_needs_a_slot() -> None:
         WorkGate(0)
 
 
-class InstantTrainer(FakeTrainer):
-    """Answers every training at once, one at a time."""
-
-    def Train(
-        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
-    ) -> Iterator[trainer_pb2.TrainResponse]:
-        yield trainer_pb2.TrainResponse(result=common_pb2.TrainResult(accuracy=0.5, samples_seen=1))
-
-
 def test_searches_end_with_one_slot_and_one_trainer_slot(tmp_path: Path) -> None:
     """Eight trials in flight over two searches wait for one trainer slot and one gate
     slot: a trial thread must give its gate slot up while it waits for a worker's, or
     the one that holds the worker waits for the gate forever."""
-    with controller_stack(tmp_path, InstantTrainer(), work_slots=1) as stack:
+    with local_stack(tmp_path, InProcessWorkers(instant_training), work_slots=1) as stack:
         core = stack.controller
         ids = [
             core.submit(tiny_spec(f"gated-{i}", seed=i, trials=6, parallel=4)).id for i in range(2)

@@ -9,7 +9,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 import torch
 
@@ -17,7 +16,6 @@ from mnas.client import Client
 from mnas.results import SearchState
 from mnas.space import SearchSpace
 from mnas.specfile import parse_spec
-from mnas.v1 import common_pb2, trainer_pb2
 from services.controller import learner as learner_module
 from services.controller import ppo as ppo_module
 from services.controller.learner import (
@@ -31,8 +29,8 @@ from services.controller.ppo import PPOStrategy
 from services.controller.ppo_state import load_state
 from services.controller.runner import MAX_BACKLOG
 from services.controller.strategies import Outcome, PPOConfig, StrategyConfig
-from tests.common.fake_trainer import FakeTrainer
-from tests.controller.stack import controller_stack
+from tests.common.local_workers import InProcessWorkers, instant_training
+from tests.controller.stack import local_stack
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -245,18 +243,6 @@ class _Held(LearnerProcess):
         raise LearnerError("released")
 
 
-class _InstantTrainer(FakeTrainer):
-    def Train(
-        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
-    ) -> Iterator[trainer_pb2.TrainResponse]:
-        yield trainer_pb2.TrainResponse(result=common_pb2.TrainResult(accuracy=0.5))
-
-    def GetCapacity(
-        self, request: common_pb2.GetCapacityRequest, context: grpc.ServicerContext
-    ) -> common_pb2.GetCapacityResponse:
-        return common_pb2.GetCapacityResponse(max_concurrent=1, hardware="instant")
-
-
 BACKLOG_SPEC = """
 strategy: ppo
 ppo: {batch_size: 2, hidden_size: 16}
@@ -276,12 +262,15 @@ def test_trials_wait_for_a_learner_that_falls_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the learner held, trials go on until MAX_BACKLOG batches wait besides the one
-    it is learning, then wait; released, the search completes. The controller, latency
-    and reward services are real; the trainer answers at once."""
+    it is learning, then wait; released, the search completes. The controller is real, on
+    in-process workers whose training answers at once."""
     held = _Held()
     monkeypatch.setattr(ppo_module, "shared_learner", lambda: held)
     limit = 2 * (MAX_BACKLOG + 1)  # trials whose batches fill the backlog
-    with controller_stack(tmp_path, _InstantTrainer()) as stack, Client(stack.address) as client:
+    with (
+        local_stack(tmp_path, InProcessWorkers(instant_training)) as stack,
+        Client(stack.address) as client,
+    ):
         search = client.submit(parse_spec(BACKLOG_SPEC))
         try:
             for event in search.watch(timeout=120):

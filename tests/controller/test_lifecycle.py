@@ -1,6 +1,6 @@
-"""A controller's promises at the edges of work: a cancel does not wait for an in-flight
-measurement, a submission during shutdown is refused, never stored and left unstarted,
-and a worker's internal error is retried where bad input is not.
+"""A controller's promises at the edges of work: a submission during shutdown is refused,
+never stored and left unstarted, and watchers past the cap are refused. (Cancels of work
+in flight and which worker failures are retried: test_runner_conformance.py.)
 
 Real controller, latency and reward services on loopback; the trainer is scripted and the
 latency service's oracle one that blocks until the test lets it go.
@@ -17,10 +17,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mnas.client import Client, ControllerUnavailable
-from mnas.results import SearchState, TrialState
+from mnas.results import SearchState
 from mnas.rpc import channel
 from mnas.specfile import parse_spec
-from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc, trainer_pb2
+from mnas.v1 import controller_pb2, controller_pb2_grpc
 from services.common.server import RunningServer
 from services.latency.server import make_server as make_latency_server
 from tests.common.blocked_oracle import BlockedOracle
@@ -56,25 +56,6 @@ def latency(oracle: BlockedOracle) -> Iterator[RunningServer]:
     running.stop(0)
 
 
-def test_a_cancel_does_not_wait_for_an_in_flight_measurement(
-    tmp_path: Path, oracle: BlockedOracle, latency: RunningServer
-) -> None:
-    """The measurement is still blocked when the cancel has returned: the controller
-    aborted its call instead of waiting out the measurement's deadline (900 s)."""
-    with (
-        controller_stack(tmp_path, FakeTrainer(), latency=latency.address) as stack,
-        Client(stack.address) as client,
-    ):
-        search = client.submit(parse_spec(SPEC))
-        assert oracle.entered.wait(timeout=60)
-        cancelled = search.cancel()
-        assert not oracle.release.is_set()  # the measurement has not finished
-        assert cancelled.state is SearchState.CANCELLED
-        (trial,) = search.trials()
-        assert trial.state is TrialState.CANCELLED
-        assert trial.attempts == 1  # the abort was not counted as a failed attempt
-
-
 def test_a_submission_during_shutdown_is_unavailable_and_not_stored(tmp_path: Path) -> None:
     with controller_stack(tmp_path, FakeTrainer()) as stack:
         stack.controller.shutdown()
@@ -90,45 +71,6 @@ def test_a_submission_during_shutdown_is_unavailable_and_not_stored(tmp_path: Pa
         assert stack.store.list_searches() == []
         with Client(stack.address) as client, pytest.raises(ControllerUnavailable):
             client.submit(parse_spec(SPEC))
-
-
-class FailingOnceTrainer(FakeTrainer):
-    """Answers its first call with ``code``, then trains (reports 0.5)."""
-
-    def __init__(self, code: grpc.StatusCode) -> None:
-        self.code = code
-        self.calls = 0
-
-    def Train(
-        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
-    ) -> Iterator[trainer_pb2.TrainResponse]:
-        self.calls += 1
-        if self.calls == 1:
-            context.abort(self.code, "training failed: ValueError: math domain error")
-        yield trainer_pb2.TrainResponse(result=common_pb2.TrainResult(accuracy=0.5, samples_seen=1))
-
-
-@pytest.mark.parametrize(
-    ("code", "state", "attempts"),
-    [
-        (grpc.StatusCode.INTERNAL, TrialState.COMPLETED, 2),
-        (grpc.StatusCode.INVALID_ARGUMENT, TrialState.FAILED, 1),
-    ],
-    ids=["internal-is-retried", "invalid-input-is-not"],
-)
-def test_a_workers_internal_error_is_retried_and_bad_input_is_not(
-    tmp_path: Path, code: grpc.StatusCode, state: TrialState, attempts: int
-) -> None:
-    spec = parse_spec(SPEC.replace("max_trials: 2", "max_trials: 1, max_attempts: 3"))
-    with (
-        controller_stack(tmp_path, FailingOnceTrainer(code)) as stack,
-        Client(stack.address) as client,
-    ):
-        search = client.submit(spec)
-        search.wait(timeout=120)
-        trial = next(iter(search.trials()))  # a failed trial is replaced by another
-    assert trial.state is state, trial.error
-    assert trial.attempts == attempts
 
 
 def test_watchers_past_the_cap_are_refused_and_other_calls_still_answer(

@@ -1,29 +1,26 @@
 """The controller's per-search and worker metrics, read from a fresh registry while a real
 search runs.
 
-The controller core, the latency service (real LiteRT) and the reward service are real, on
-loopback; the trainer is a real gRPC server with scripted answers (a training fails, one is
-refused and retried, one waits until the test lets it go), since what is under test is what
-the controller records.
+The controller core is real, on in-process workers: the latency service's core (real
+LiteRT), the reward function, and a training with scripted answers (one fails, one is
+refused and made again, one waits until the test lets it go), since what is under test is
+what the controller records.
 The samples-per-hour window runs on a clock the test moves.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
 from mnas.latency import reported_seconds
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, controller_pb2, trainer_pb2
-from services.common.server import RunningServer
-from services.controller.clients import Backends
 from services.controller.core import Controller
 from services.controller.metrics import (
     ENDED_SEARCHES_KEPT,
@@ -33,9 +30,9 @@ from services.controller.metrics import (
 )
 from services.controller.runner import SearchRunner
 from services.controller.store import Store
-from services.latency.server import make_server as make_latency_server
-from services.reward.server import make_server as make_reward_server
-from tests.common.fake_trainer import FakeTrainer, serve
+from services.trainer.isolation import TrialFailed
+from services.trainer.server import CapacityExhausted
+from tests.common.local_workers import InProcessWorkers
 
 SPEC = """
 strategy: random
@@ -51,17 +48,17 @@ latency: {warmup_runs: 1, runs: 2}
 duplicates: DUPLICATE_POLICY_RETRAIN
 reference: none
 """
-# Train calls, one at a time: the second fails its trial (ABORTED: the trial's fault), the
-# third is refused (RESOURCE_EXHAUSTED: no free slot) and made as the fourth, not counted
+# Train calls, one at a time: the second fails its trial (TrialFailed: the trial's fault),
+# the third is refused (CapacityExhausted: no free slot) and made as the fourth, not counted
 # as an attempt or a retry; the others succeed.
 ACCURACIES = {1: 0.5, 4: 0.7, 5: 0.6}  # later calls reach 0.55
 FAILING_CALL = 2
 REFUSED_CALL = 3
 
 
-class ScriptedTrainer(FakeTrainer):
-    """Answers Train as scripted; call ``hold`` (if any) waits for ``release`` after
-    setting ``entered``."""
+class ScriptedTrainer:
+    """Trains as scripted; call ``hold`` (if any) waits for ``release`` after setting
+    ``entered``."""
 
     def __init__(self, *, hold: int | None = None) -> None:
         self.lock = threading.Lock()
@@ -70,9 +67,12 @@ class ScriptedTrainer(FakeTrainer):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def Train(
-        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
-    ) -> Iterator[trainer_pb2.TrainResponse]:
+    def __call__(
+        self,
+        request: trainer_pb2.TrainRequest,
+        report: Callable[[common_pb2.TrainProgress], None],
+        aborted: threading.Event,
+    ) -> tuple[common_pb2.TrainResult, bytes | None]:
         with self.lock:
             self.calls += 1
             call = self.calls
@@ -80,17 +80,10 @@ class ScriptedTrainer(FakeTrainer):
             self.entered.set()
             assert self.release.wait(60), "the test never released the training"
         if call == FAILING_CALL:
-            context.abort(grpc.StatusCode.ABORTED, "scripted: out of memory")
+            raise TrialFailed("scripted: out of memory")
         if call == REFUSED_CALL:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "scripted: busy")
-        yield trainer_pb2.TrainResponse(
-            result=common_pb2.TrainResult(accuracy=ACCURACIES.get(call, 0.55), samples_seen=1)
-        )
-
-    def GetCapacity(
-        self, request: common_pb2.GetCapacityRequest, context: grpc.ServicerContext
-    ) -> common_pb2.GetCapacityResponse:
-        return common_pb2.GetCapacityResponse(max_concurrent=2, hardware="scripted")
+            raise CapacityExhausted("scripted: busy")
+        return common_pb2.TrainResult(accuracy=ACCURACIES.get(call, 0.55), samples_seen=1), None
 
 
 class Clock:
@@ -118,28 +111,16 @@ class Running:
 
 
 def start(tmp_path: Path, trainer: ScriptedTrainer) -> Iterator[Running]:
-    servers: list[RunningServer] = [
-        serve(trainer),
-        make_latency_server(registry=CollectorRegistry()),
-        make_reward_server(registry=CollectorRegistry()),
-    ]
-    trainer_server, latency, reward = servers
     store = Store.open(str(tmp_path / "mnas.db"))
-    backends = Backends(
-        trainers=[trainer_server.address], latency=[latency.address], reward=reward.address
-    )
+    workers = InProcessWorkers(trainer, trainer_capacity=2)
     registry = CollectorRegistry()
     clock = Clock()
-    controller = Controller(store, backends, ControllerMetrics(registry, clock=clock))
+    controller = Controller(store, workers, ControllerMetrics(registry, clock=clock))
     try:
-        yield Running(
-            controller, registry, clock, trainer, trainer_server.address, latency.address, store
-        )
+        yield Running(controller, registry, clock, trainer, "trainer-0", "latency-0", store)
     finally:
         trainer.release.set()
         controller.shutdown(10)
-        for server in servers:
-            server.stop(0)
         store.close()
 
 

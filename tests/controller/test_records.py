@@ -1,17 +1,17 @@
 """What the store holds while trials run: a controller killed at any moment is resumed from
 it, so every trial must be recorded as running before any worker sees it.
 
-The controller, the latency service (real LiteRT) and the reward service are real, on
-loopback; the trainer is a real gRPC server that reads the controller's store (SQLite) each
-time it is called.
+The controller is real, on loopback; its workers are in process: the latency service's
+core (real LiteRT), the reward function, and a training that reads the controller's store
+(SQLite) each time it is called.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
-import grpc
 import pytest
 
 from mnas.client import Client
@@ -19,8 +19,8 @@ from mnas.results import SearchState
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2
 from services.controller.store import Store
-from tests.common.fake_trainer import FakeTrainer
-from tests.controller.stack import controller_stack
+from tests.common.local_workers import InProcessWorkers
+from tests.controller.stack import local_stack
 
 SPEC = """
 strategy: %(strategy)s
@@ -37,30 +37,26 @@ reference: none
 """
 
 
-class StoreReadingTrainer(FakeTrainer):
+class StoreReadingTraining:
     """Notes, at each call, the trials the store holds as running."""
 
     def __init__(self) -> None:
         self.store: Store | None = None
         self.seen: list[tuple[str, list[str]]] = []  # (the request's network, running ones)
 
-    def Train(
-        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
-    ) -> Iterator[trainer_pb2.TrainResponse]:
+    def __call__(
+        self,
+        request: trainer_pb2.TrainRequest,
+        report: Callable[[common_pb2.TrainProgress], None],
+        aborted: threading.Event,
+    ) -> tuple[common_pb2.TrainResult, bytes | None]:
         assert self.store is not None
         (search,) = self.store.list_searches()
         running = self.store.list_trials(search.id, states=[common_pb2.TRIAL_STATE_RUNNING])
         self.seen.append(
             (request.architecture.canonical, [t.architecture.canonical for t in running])
         )
-        yield trainer_pb2.TrainResponse(
-            result=common_pb2.TrainResult(accuracy=0.5 + len(self.seen) / 100, samples_seen=1)
-        )
-
-    def GetCapacity(
-        self, request: common_pb2.GetCapacityRequest, context: grpc.ServicerContext
-    ) -> common_pb2.GetCapacityResponse:
-        return common_pb2.GetCapacityResponse(max_concurrent=1, hardware="store-reading")
+        return common_pb2.TrainResult(accuracy=0.5 + len(self.seen) / 100, samples_seen=1), None
 
 
 @pytest.mark.parametrize("strategy", ["random", "ppo"])
@@ -69,8 +65,8 @@ def test_every_trial_is_recorded_running_before_its_trainer_is_called(
 ) -> None:
     # The first trial starts on the scheduler's thread, the next ones on the thread of the
     # trial before, whose end is written in the same transaction.
-    trainer = StoreReadingTrainer()
-    with controller_stack(tmp_path, trainer) as running:
+    trainer = StoreReadingTraining()
+    with local_stack(tmp_path, InProcessWorkers(trainer)) as running:
         trainer.store = running.store
         with Client(running.address) as client:
             search = client.submit(parse_spec(SPEC % {"strategy": strategy}))

@@ -2,19 +2,18 @@
 stored with the search, shown by the SDK and the CLI, and not trained again by a
 controller that resumes the search.
 
-The controller, the latency service (real LiteRT) and the reward service are real, on
-loopback; the trainer is a real gRPC server whose Train answers at once and tells the
-reference's trainings from the trials' by the architecture it is sent.
+The controller is real, on loopback; its workers are in process: the latency service's
+core (real LiteRT), the reward function, and a training that answers at once and tells
+the reference's trainings from the trials' by the architecture it is sent.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -25,14 +24,15 @@ from mnas.results import ReferenceState, SearchState
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2
 from services.common.server import RunningServer
-from services.controller.clients import Backends
 from services.controller.core import Controller
 from services.controller.metrics import ControllerMetrics
 from services.controller.server import make_server
 from services.controller.store import Store
-from services.latency.server import make_server as make_latency_server
-from services.reward.server import make_server as make_reward_server
-from tests.common.fake_trainer import FakeTrainer, serve
+from services.latency.oracle import HostOracle
+from services.latency.service import LatencyService
+from services.trainer.isolation import TrialFailed
+from services.trainer.training import TrainingCancelled
+from tests.common.local_workers import InProcessWorkers
 
 RS = common_pb2.ReferenceState
 REFERENCE_ACCURACY = 0.8125
@@ -61,12 +61,12 @@ def spec(reference: str, trials: int = 3) -> common_pb2.SearchSpec:
     return parse_spec(text + (f"reference: {reference}\n" if reference else ""))
 
 
-class ReferenceTrainer(FakeTrainer):
-    """Trains nothing. MnasNet-A1 (the reference of most tests) gets REFERENCE_ACCURACY,
-    or fails as out of memory with ``fail_reference``; any other network is a trial's and
-    gets the next of ``accuracies`` (TRIAL_ACCURACY once they run out). While
-    ``hold["trial"]`` (``hold["reference"]``) is set, those trainings wait for it to be
-    cleared, or for their cancellation, and ``held[...]`` says one is waiting."""
+class ReferenceTrainer:
+    """A training that trains nothing. MnasNet-A1 (the reference of most tests) gets
+    REFERENCE_ACCURACY, or fails as out of memory with ``fail_reference``; any other
+    network is a trial's and gets the next of ``accuracies`` (TRIAL_ACCURACY once they run
+    out). While ``hold["trial"]`` (``hold["reference"]``) is set, those trainings wait for
+    it to be cleared, or for their abort, and ``held[...]`` says one is waiting."""
 
     def __init__(self) -> None:
         self.fail_reference = False
@@ -76,9 +76,12 @@ class ReferenceTrainer(FakeTrainer):
         self.held = {"trial": threading.Event(), "reference": threading.Event()}
         self._lock = threading.Lock()
 
-    def Train(
-        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
-    ) -> Iterator[trainer_pb2.TrainResponse]:
+    def __call__(
+        self,
+        request: trainer_pb2.TrainRequest,
+        report: Callable[[common_pb2.TrainProgress], None],
+        aborted: threading.Event,
+    ) -> tuple[common_pb2.TrainResult, bytes | None]:
         canonical = request.architecture.canonical
         with self._lock:
             self.calls.append(canonical)
@@ -86,46 +89,34 @@ class ReferenceTrainer(FakeTrainer):
         kind = "reference" if canonical == MNASNET_A1 else "trial"
         while self.hold[kind].is_set():
             self.held[kind].set()
-            if not context.is_active():
-                return
-            time.sleep(0.02)  # pacing the poll of a held training
+            if aborted.wait(0.02):  # pacing the poll of a held training
+                raise TrainingCancelled("training cancelled")
         if kind == "reference":
             if self.fail_reference:
-                context.abort(grpc.StatusCode.ABORTED, "training ran out of memory (scripted)")
+                raise TrialFailed("training ran out of memory (scripted)")
             accuracy = REFERENCE_ACCURACY
-        yield trainer_pb2.TrainResponse(
-            result=common_pb2.TrainResult(accuracy=accuracy, samples_seen=1)
-        )
-
-    def GetCapacity(
-        self, request: common_pb2.GetCapacityRequest, context: grpc.ServicerContext
-    ) -> common_pb2.GetCapacityResponse:
-        return common_pb2.GetCapacityResponse(max_concurrent=2, hardware="scripted")
+        return common_pb2.TrainResult(accuracy=accuracy, samples_seen=1), None
 
     def reference_calls(self) -> int:
         return self.calls.count(MNASNET_A1)
 
 
 class Workers:
-    """A trainer, a latency and a reward service on loopback, and controllers started and
-    stopped on one store file, as a controller restarted in place."""
+    """In-process workers (two trainer slots) for controllers started and stopped on one
+    store file, as a controller restarted in place."""
 
     def __init__(self, tmp_path: Path, trainer: ReferenceTrainer) -> None:
         self.store_path = tmp_path / "mnas.db"
-        self.servers: list[RunningServer] = [
-            serve(trainer),
-            make_latency_server(registry=CollectorRegistry()),
-            make_reward_server(registry=CollectorRegistry()),
-        ]
+        self.trainer = trainer
+        self.latency = LatencyService([HostOracle()])
         self.stores: list[Store] = []
 
     def controller(self) -> tuple[RunningServer, Controller]:
         """A controller on the store, with every running search it holds resumed."""
-        trainer, latency, reward = (server.address for server in self.servers)
         store = Store.open(str(self.store_path))
         self.stores.append(store)
-        backends = Backends(trainers=[trainer], latency=[latency], reward=reward)
-        core = Controller(store, backends, ControllerMetrics(CollectorRegistry()))
+        workers = InProcessWorkers(self.trainer, latency=self.latency, trainer_capacity=2)
+        core = Controller(store, workers, ControllerMetrics(CollectorRegistry()))
         core.resume()
         return make_server(core, registry=CollectorRegistry()), core
 
@@ -138,8 +129,6 @@ class Workers:
             store.close()
 
     def close(self) -> None:
-        for server in self.servers:
-            server.stop(0)
         for store in self.stores:
             store.close()
 

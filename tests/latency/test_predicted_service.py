@@ -80,8 +80,10 @@ def test_a_search_on_the_predicted_class(
     """The controller takes latencies from the predictor and records none in its store;
     the predictor refuses a network at sizes it was not calibrated for, or, with a live
     oracle attached, measures the kernels it lacks."""
+    from tests.common.fake_trainer import ServedTraining
+    from tests.common.local_workers import instant_training
     from tests.controller.stack import controller_stack
-    from tests.controller.test_duplicates import SPEC, CountingTrainer
+    from tests.controller.test_duplicates import SPEC
 
     spec = parse_spec(
         SPEC % {"strategy": "random", "policy": "DUPLICATE_POLICY_RETRAIN"}
@@ -97,7 +99,9 @@ def test_a_search_on_the_predicted_class(
     assert "was not calibrated" in str(info.value.details())
     predictor.measure_unseen = KernelMeasurer(HostOracle(), QUICK)
     with (
-        controller_stack(tmp_path, CountingTrainer(), latency=server.address) as stack,
+        controller_stack(
+            tmp_path, ServedTraining(instant_training), latency=server.address
+        ) as stack,
         Client(stack.address) as client,
     ):
         search = client.submit(spec)
