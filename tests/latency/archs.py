@@ -74,8 +74,7 @@ def coverage(plans: list[NetworkPlan]) -> set[str]:
 
 ALL_FEATURES = frozenset(
     {
-        "act:relu",
-        "act:relu6",
+        *(f"act:{a.value}" for a in Activation),
         "op:conv",
         "op:dconv",
         "op:mbconv",
