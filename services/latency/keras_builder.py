@@ -78,6 +78,7 @@ def build_keras(
 _ACTIVATIONS: dict[Activation, Callable[[str], keras.layers.Layer]] = {
     Activation.RELU: lambda name: keras.layers.ReLU(name=name),
     Activation.RELU6: lambda name: keras.layers.ReLU(max_value=6.0, name=name),
+    Activation.HARD_SWISH: lambda name: keras.layers.Activation("hard_swish", name=name),
 }
 
 

@@ -42,6 +42,7 @@ def build_torch(
 _ACTIVATIONS: dict[Activation, Callable[[], nn.Module]] = {
     Activation.RELU: lambda: nn.ReLU(inplace=True),
     Activation.RELU6: lambda: nn.ReLU6(inplace=True),
+    Activation.HARD_SWISH: lambda: nn.Hardswish(inplace=True),
 }
 
 

@@ -25,6 +25,7 @@ from mnas.arch import Activation
 from mnas.layers import IMAGE_CHANNELS, NetworkPlan
 from mnas.primitives import entry, head_conv, layer_recipe, stem_conv
 from services.latency.tflite.graph import (
+    Builtin,
     FusedActivation,
     Graph,
     GraphBuilder,
@@ -51,6 +52,7 @@ class _Activation:
 _ACTIVATIONS: dict[Activation, _Activation] = {
     Activation.RELU: _Activation(fused=FusedActivation.RELU),
     Activation.RELU6: _Activation(fused=FusedActivation.RELU6),
+    Activation.HARD_SWISH: _Activation(operator=Builtin.HARD_SWISH),
 }
 _LINEAR = _Activation()
 
