@@ -122,26 +122,19 @@ class SqueezeExcite(nn.Module):
         return x * torch.sigmoid(s)
 
 
-class Path(nn.Module):
-    """Primitives applied in order, each built as the module :data:`_MODULES` names, under
-    the primitive's name."""
+class Shortcut(nn.Module):
+    """Adds the layer's input, through the shortcut's primitives (each a module named as
+    the primitive), to the output so far."""
 
     def __init__(self, steps: Iterable[primitives.Primitive]) -> None:
         super().__init__()
         for step in steps:
             self.add_module(step.name, _module(step))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         for module in self.children():
             x = module(x)
-        return x
-
-
-class Shortcut(Path):
-    """Adds the layer's input, through the shortcut's primitives, to the output so far."""
-
-    def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return y + super().forward(x)
+        return y + x
 
 
 class Layer(nn.Module):

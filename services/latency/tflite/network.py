@@ -3,7 +3,8 @@
 This walks :func:`mnas.layers.plan` as ``services.latency.keras_builder`` does, each
 primitive of a layer's recipe (:mod:`mnas.primitives`) through one table, and emits what
 ``TFLiteConverter`` makes of that Keras model, in the same order: every
-convolution with its batch norm folded in and its activation fused, "same" padding
+convolution with its batch norm folded in and its activation fused (or, one TFLite does
+not fuse, as the operator after it), "same" padding
 except the squeeze-and-excite convolutions ("valid", as Keras' default), the SE gate as
 ``MEAN``, two ``CONV_2D``, ``LOGISTIC`` and ``MUL``, dropout gone, the head's global pool
 as ``MEAN`` and the classifier as ``FULLY_CONNECTED``.
