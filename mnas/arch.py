@@ -58,6 +58,7 @@ class Skip(enum.Enum):
 class Activation(enum.Enum):
     RELU = "relu"  # MnasNet
     RELU6 = "relu6"  # MobileNetV2
+    HARD_SWISH = "hard_swish"  # x * relu6(x + 3) / 6 (MobileNetV3)
 
 
 @dataclass(frozen=True)

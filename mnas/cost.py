@@ -1,5 +1,7 @@
 """Parameters and multiply-adds, counted analytically from the network plan.
 
+Each primitive of :mod:`mnas.primitives` is counted by one entry of one table.
+
 Parameters are the trainable ones (what ``torch.nn.Module.parameters()`` and Keras'
 trainable weights hold): convolution kernels, batch-norm scale and shift (2 per channel;
 the running statistics are buffers), SE and classifier biases. Multiply-adds count
@@ -10,12 +12,34 @@ multiply-adds.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from mnas.arch import Architecture, Op
-from mnas.layers import IMAGE_CHANNELS, STEM_KERNEL, LayerPlan, NetworkPlan, plan
+from mnas.arch import Architecture
+from mnas.layers import LayerPlan, NetworkPlan, plan
+from mnas.primitives import (
+    Add,
+    AvgPool,
+    Conv,
+    Depthwise,
+    Primitive,
+    SqueezeExcite,
+    entry,
+    head_conv,
+    layer_recipe,
+    stem_conv,
+)
 
-__all__ = ["BlockCost", "Cost", "CostReport", "count", "count_plan", "layer_cost"]
+__all__ = [
+    "BlockCost",
+    "Cost",
+    "CostReport",
+    "count",
+    "count_plan",
+    "layer_cost",
+    "primitive_cost",
+]
 
 
 @dataclass(frozen=True)
@@ -60,9 +84,7 @@ def count(
 
 
 def count_plan(net: NetworkPlan) -> CostReport:
-    stem = _conv(IMAGE_CHANNELS, net.stem_channels, STEM_KERNEL, net.stem_size) + _bn(
-        net.stem_channels
-    )
+    stem = primitive_cost(stem_conv(net))
     per_block: dict[int, Cost] = {}
     for layer in net.layers:
         per_block[layer.block] = per_block.get(layer.block, ZERO) + layer_cost(layer)
@@ -81,13 +103,9 @@ def count_plan(net: NetworkPlan) -> CostReport:
                 out_size=last.out_size,
             )
         )
-    head = (
-        _conv(net.last_channels, net.head_channels, 1, net.final_size)
-        + _bn(net.head_channels)
-        + Cost(
-            net.head_channels * net.num_classes + net.num_classes,
-            net.head_channels * net.num_classes,
-        )
+    head = primitive_cost(head_conv(net)) + Cost(
+        net.head_channels * net.num_classes + net.num_classes,
+        net.head_channels * net.num_classes,
     )
     total = stem + head
     for cost in per_block.values():
@@ -99,35 +117,49 @@ def count_plan(net: NetworkPlan) -> CostReport:
 
 def layer_cost(layer: LayerPlan) -> Cost:
     """One layer: its main path, SE and shortcut projection."""
-    size_in, size = layer.in_size, layer.out_size
+    return _sum(layer_recipe(layer).steps)
+
+
+def primitive_cost(step: Primitive) -> Cost:
+    """What one primitive holds and computes."""
+    return entry(_COSTS, type(step))(step)
+
+
+def _sum(steps: Iterable[Primitive]) -> Cost:
     total = ZERO
-    if layer.op is Op.CONV:
-        total += _conv(layer.in_channels, layer.out_channels, layer.kernel, size)
-        total += _bn(layer.out_channels)
-    else:
-        if layer.expands:
-            total += _conv(layer.in_channels, layer.mid_channels, 1, size_in)
-            total += _bn(layer.mid_channels)
-        total += _depthwise(layer.mid_channels, layer.kernel, size) + _bn(layer.mid_channels)
-        total += _conv(layer.mid_channels, layer.out_channels, 1, size) + _bn(layer.out_channels)
-    if layer.se_channels:
-        mid, se = layer.mid_channels, layer.se_channels
-        total += Cost(mid * se + se, mid * se)  # reduce, with bias
-        total += Cost(se * mid + mid, se * mid)  # expand, with bias
-    if layer.shortcut_projects:
-        total += _conv(layer.in_channels, layer.out_channels, 1, size) + _bn(layer.out_channels)
+    for step in steps:
+        total += primitive_cost(step)
     return total
 
 
-def _conv(cin: int, cout: int, kernel: int, out_size: int) -> Cost:
-    weights = kernel * kernel * cin * cout
-    return Cost(weights, weights * out_size * out_size)
+def _conv(step: Conv) -> Cost:
+    weights = step.kernel * step.kernel * step.in_channels * step.out_channels
+    return Cost(weights, weights * step.out_size**2) + _bn(step.out_channels)
 
 
-def _depthwise(channels: int, kernel: int, out_size: int) -> Cost:
-    weights = kernel * kernel * channels
-    return Cost(weights, weights * out_size * out_size)
+def _depthwise(step: Depthwise) -> Cost:
+    weights = step.kernel * step.kernel * step.channels
+    return Cost(weights, weights * step.out_size**2) + _bn(step.channels)
+
+
+def _squeeze_excite(step: SqueezeExcite) -> Cost:
+    mid, se = step.channels, step.squeezed
+    return Cost(mid * se + se, mid * se) + Cost(se * mid + mid, se * mid)  # reduce, expand
+
+
+def _add(step: Add) -> Cost:
+    return _sum(step.shortcut)
 
 
 def _bn(channels: int) -> Cost:
     return Cost(2 * channels, 0)
+
+
+# Activations, pooling, additions and the SE gating cost nothing here.
+_COSTS: dict[type, Callable[[Any], Cost]] = {
+    Conv: _conv,
+    Depthwise: _depthwise,
+    SqueezeExcite: _squeeze_excite,
+    AvgPool: lambda step: ZERO,
+    Add: _add,
+}

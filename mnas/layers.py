@@ -52,12 +52,14 @@ class LayerPlan:
     kernel: int
     stride: int
     in_channels: int  # channels that arrive
+    declared_in: int  # declared input filters (set the expansion and SE widths, the shortcut)
     mid_channels: int  # width of the depthwise and SE stage (conv: the output)
     out_channels: int
     se_channels: int  # squeeze width, 0 when the layer has no SE
     shortcut: Shortcut
     in_size: int  # spatial size (height = width) that arrives
     out_size: int
+    activation: Activation  # the network's, after every convolution but the linear ones
 
     @property
     def name(self) -> str:
@@ -151,12 +153,14 @@ def plan(
                     kernel=block.kernel,
                     stride=stride,
                     in_channels=arriving,
+                    declared_in=declared_in,
                     mid_channels=mid,
                     out_channels=out,
                     se_channels=se,
                     shortcut=_shortcut(block.skip, stride, declared_in, arriving, out),
                     in_size=size,
                     out_size=out_size,
+                    activation=arch.activation,
                 )
             )
             arriving = out

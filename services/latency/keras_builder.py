@@ -1,6 +1,7 @@
 """Build a Keras model from an architecture, for export to TFLite.
 
-``build_keras`` walks :func:`mnas.layers.plan` exactly as the PyTorch builder does; the
+``build_keras`` walks :func:`mnas.layers.plan` exactly as the PyTorch builder does and
+builds each primitive of a layer's recipe (:mod:`mnas.primitives`) through one table; the
 helpers here only wire layers. Every layer that holds weights is named by the module path
 of its PyTorch counterpart (``stem.conv``, ``blocks.3.1.dw.bn``, ``head.conv``,
 ``classifier``), so weights can be carried across by name.
@@ -13,12 +14,15 @@ any padding at the bottom and right.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import keras
 
-from mnas.arch import Activation, Architecture, Op
-from mnas.layers import IMAGE_CHANNELS, STEM_KERNEL, STEM_STRIDE, LayerPlan, Shortcut, plan
+from mnas import primitives
+from mnas.arch import Activation, Architecture
+from mnas.layers import IMAGE_CHANNELS, plan
+from mnas.primitives import entry, head_conv, layer_recipe, stem_conv
 
 __all__ = ["BN_EPS", "BN_MOMENTUM", "build_keras"]
 
@@ -53,22 +57,29 @@ def build_keras(
     dynamic.
     """
     net = plan(arch, width=width, resolution=resolution, num_classes=num_classes)
-    act = arch.activation
     image = keras.Input(
         (resolution, resolution, IMAGE_CHANNELS), batch_size=batch_size, name="image"
     )
-    x = _conv_bn(image, "stem", net.stem_channels, STEM_KERNEL, STEM_STRIDE, act)
+    x = _apply(stem_conv(net), image, "", image)
     for layer in net.layers:
-        x = _layer(x, layer, act)
-    x = _conv_bn(x, "head", net.head_channels, 1, 1, act)
+        recipe = layer_recipe(layer)
+        y = layer_input = x
+        for step in recipe.steps:
+            y = _apply(step, y, recipe.name + ".", layer_input)
+        x = y
+    x = _apply(head_conv(net), x, "", x)
     x = keras.layers.GlobalAveragePooling2D(name="head.pool")(x)
     x = keras.layers.Dropout(arch.dropout, name="dropout")(x)
     logits = keras.layers.Dense(num_classes, kernel_initializer=_DENSE_INIT, name="classifier")(x)
     return keras.Model(image, logits, name=f"mnas_{arch.id}")
 
 
-def _activation(kind: Activation, name: str) -> keras.layers.Layer:
-    return keras.layers.ReLU(max_value=6.0 if kind is Activation.RELU6 else None, name=name)
+# Each activation as a layer.
+_ACTIVATIONS: dict[Activation, Callable[[str], keras.layers.Layer]] = {
+    Activation.RELU: lambda name: keras.layers.ReLU(name=name),
+    Activation.RELU6: lambda name: keras.layers.ReLU(max_value=6.0, name=name),
+    Activation.HARD_SWISH: lambda name: keras.layers.Activation("hard_swish", name=name),
+}
 
 
 def _conv_bn(
@@ -103,47 +114,62 @@ def _conv_bn(
         )
     x = conv(x)
     x = keras.layers.BatchNormalization(epsilon=BN_EPS, momentum=BN_MOMENTUM, name=f"{name}.bn")(x)
-    return _activation(activation, f"{name}.act")(x) if activation is not None else x
+    if activation is None:
+        return x
+    return entry(_ACTIVATIONS, activation)(f"{name}.act")(x)
 
 
-def _squeeze_excite(x: Tensor, name: str, channels: int, squeezed: int) -> Tensor:
+def _conv(step: primitives.Conv, x: Tensor, name: str, _: Tensor) -> Tensor:
+    return _conv_bn(x, name, step.out_channels, step.kernel, step.stride, step.activation)
+
+
+def _depthwise(step: primitives.Depthwise, x: Tensor, name: str, _: Tensor) -> Tensor:
+    return _conv_bn(
+        x, name, step.channels, step.kernel, step.stride, step.activation, depthwise=True
+    )
+
+
+def _squeeze_excite(step: primitives.SqueezeExcite, x: Tensor, name: str, _: Tensor) -> Tensor:
     """Gate ``x`` by a squeeze (``<name>.reduce``) and excite (``<name>.expand``) of its mean."""
     s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}.pool")(x)
-    s = keras.layers.Conv2D(squeezed, 1, kernel_initializer=_CONV_INIT, name=f"{name}.reduce")(s)
+    s = keras.layers.Conv2D(step.squeezed, 1, kernel_initializer=_CONV_INIT, name=f"{name}.reduce")(
+        s
+    )
     s = keras.layers.ReLU(name=f"{name}.act")(s)
     s = keras.layers.Conv2D(
-        channels, 1, activation="sigmoid", kernel_initializer=_CONV_INIT, name=f"{name}.expand"
+        step.channels,
+        1,
+        activation="sigmoid",
+        kernel_initializer=_CONV_INIT,
+        name=f"{name}.expand",
     )(s)
     return keras.layers.Multiply(name=f"{name}.scale")([x, s])
 
 
-def _pool_shortcut(x: Tensor, layer: LayerPlan) -> Tensor:
-    """Average-pool to the stride (covered pixels only), then project channels if needed."""
-    name = f"{layer.name}.shortcut"
-    if layer.shortcut_pools:
-        x = keras.layers.AveragePooling2D(
-            layer.stride, layer.stride, padding="same", name=f"{name}.pool"
-        )(x)
-    if layer.shortcut_projects:
-        x = _conv_bn(x, f"{name}.proj", layer.out_channels, 1, 1, None)
-    return x
+def _avg_pool(step: primitives.AvgPool, x: Tensor, name: str, _: Tensor) -> Tensor:
+    """Covered pixels only: TensorFlow's "same" average pool excludes the padding."""
+    return keras.layers.AveragePooling2D(step.stride, step.stride, padding="same", name=name)(x)
 
 
-def _layer(x: Tensor, layer: LayerPlan, act: Activation) -> Tensor:
-    """One layer of a block: conv, dconv or mbconv, optional SE, optional shortcut."""
-    name, mid = layer.name, layer.mid_channels
-    y = x
-    if layer.op is Op.CONV:
-        y = _conv_bn(y, f"{name}.conv", layer.out_channels, layer.kernel, layer.stride, act)
-    else:
-        if layer.expands:
-            y = _conv_bn(y, f"{name}.expand", mid, 1, 1, act)
-        y = _conv_bn(y, f"{name}.dw", mid, layer.kernel, layer.stride, act, depthwise=True)
-    if layer.se_channels:
-        y = _squeeze_excite(y, f"{name}.se", mid, layer.se_channels)
-    if layer.op is not Op.CONV:
-        y = _conv_bn(y, f"{name}.project", layer.out_channels, 1, 1, None)
-    if layer.shortcut is Shortcut.NONE:
-        return y
-    shortcut = _pool_shortcut(x, layer) if layer.shortcut is Shortcut.POOL else x
-    return keras.layers.Add(name=f"{name}.add")([y, shortcut])
+def _add(step: primitives.Add, y: Tensor, name: str, layer_input: Tensor) -> Tensor:
+    """``y`` plus the layer's input through the shortcut path (named ``<layer>.shortcut.*``)."""
+    prefix = f"{name.rpartition('.')[0]}.{step.path}."  # beside the add, in its layer
+    shortcut = layer_input
+    for part in step.shortcut:
+        shortcut = _apply(part, shortcut, prefix, layer_input)
+    return keras.layers.Add(name=name)([y, shortcut])
+
+
+# Each primitive as layers: (primitive, its input, its name, the layer's input) -> output.
+_LAYERS: dict[type, Callable[[Any, Tensor, str, Tensor], Tensor]] = {
+    primitives.Conv: _conv,
+    primitives.Depthwise: _depthwise,
+    primitives.SqueezeExcite: _squeeze_excite,
+    primitives.AvgPool: _avg_pool,
+    primitives.Add: _add,
+}
+
+
+def _apply(step: primitives.Primitive, x: Tensor, prefix: str, layer_input: Tensor) -> Tensor:
+    """``step`` on ``x``, its layers named ``<prefix><step.name>``."""
+    return entry(_LAYERS, type(step))(step, x, prefix + step.name, layer_input)

@@ -1,8 +1,10 @@
 """Build a PyTorch module from an architecture.
 
-``build_torch`` walks :func:`mnas.layers.plan`; the modules here only wire layers. Module
-paths (``stem.conv``, ``blocks.3.1.dw.bn``, ``head.conv``, ``classifier``) are the layer
-names of the Keras builder, so weights can be carried across by name.
+``build_torch`` walks :func:`mnas.layers.plan` and builds each primitive of a layer's
+recipe (:mod:`mnas.primitives`) as the small module one table names; the modules here
+only wire them. Module paths (``stem.conv``, ``blocks.3.1.dw.bn``, ``head.conv``,
+``classifier``) are the layer names of the Keras builder, so weights can be carried
+across by name.
 
 Padding is TensorFlow's "same" (for stride 2 on even sizes, the extra row and column go
 at the bottom and right), so both builders compute the same function.
@@ -11,13 +13,17 @@ at the bottom and right), so both builders compute the same function.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnas.arch import Activation, Architecture, Op
-from mnas.layers import IMAGE_CHANNELS, STEM_KERNEL, STEM_STRIDE, LayerPlan, Shortcut, plan
+from mnas import primitives
+from mnas.arch import Activation, Architecture
+from mnas.layers import plan
+from mnas.primitives import entry, head_conv, layer_recipe, stem_conv
 
 __all__ = ["BN_EPS", "BN_MOMENTUM", "MnasModel", "build_torch", "conv_init_std"]
 
@@ -32,8 +38,16 @@ def build_torch(
     return MnasModel(arch, num_classes=num_classes, resolution=resolution, width=width)
 
 
-def _activation(kind: Activation) -> nn.Module:
-    return nn.ReLU6(inplace=True) if kind is Activation.RELU6 else nn.ReLU(inplace=True)
+# Each activation as a module.
+_ACTIVATIONS: dict[Activation, Callable[[], nn.Module]] = {
+    Activation.RELU: lambda: nn.ReLU(inplace=True),
+    Activation.RELU6: lambda: nn.ReLU6(inplace=True),
+    Activation.HARD_SWISH: lambda: nn.Hardswish(inplace=True),
+}
+
+
+def _activation(kind: Activation | None) -> nn.Module:
+    return nn.Identity() if kind is None else entry(_ACTIVATIONS, kind)()
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -89,7 +103,7 @@ class ConvBN(nn.Module):
         super().__init__()
         self.conv = SameConv2d(cin, cout, kernel, stride, groups=groups)
         self.bn = _bn(cout)
-        self.act = _activation(activation) if activation is not None else nn.Identity()
+        self.act = _activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y: torch.Tensor = self.act(self.bn(self.conv(x)))
@@ -108,81 +122,68 @@ class SqueezeExcite(nn.Module):
         return x * torch.sigmoid(s)
 
 
-class PoolShortcut(nn.Module):
-    """Average-pool to the stride (covered pixels only), then project channels if needed."""
+class Shortcut(nn.Module):
+    """Adds the layer's input, through the shortcut's primitives (each a module named as
+    the primitive), to the output so far."""
 
-    def __init__(self, layer: LayerPlan) -> None:
+    def __init__(self, steps: Iterable[primitives.Primitive]) -> None:
         super().__init__()
-        self.pool: nn.Module = (
-            nn.AvgPool2d(layer.stride, layer.stride, ceil_mode=True, count_include_pad=False)
-            if layer.shortcut_pools
-            else nn.Identity()
-        )
-        self.proj: nn.Module = (
-            ConvBN(layer.in_channels, layer.out_channels, 1)
-            if layer.shortcut_projects
-            else nn.Identity()
-        )
+        for step in steps:
+            self.add_module(step.name, _module(step))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y: torch.Tensor = self.proj(self.pool(x))
-        return y
+    def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        for module in self.children():
+            x = module(x)
+        return y + x
 
 
 class Layer(nn.Module):
-    """One layer of a block: conv, dconv or mbconv, optional SE, optional shortcut."""
+    """One layer of a block: its recipe's primitives in order (see :mod:`mnas.primitives`)."""
 
-    def __init__(self, layer: LayerPlan, activation: Activation) -> None:
+    def __init__(self, recipe: primitives.LayerRecipe) -> None:
         super().__init__()
-        self.expand: nn.Module | None = None
-        self.dw: nn.Module | None = None
-        self.conv: nn.Module | None = None
-        self.project: nn.Module | None = None
-        if layer.op is Op.CONV:
-            self.conv = ConvBN(
-                layer.in_channels,
-                layer.out_channels,
-                layer.kernel,
-                layer.stride,
-                activation=activation,
+        for step in recipe.steps:
+            self.add_module(
+                step.path if isinstance(step, primitives.Add) else step.name, _module(step)
             )
-        else:
-            if layer.expands:
-                self.expand = ConvBN(
-                    layer.in_channels, layer.mid_channels, 1, activation=activation
-                )
-            mid = layer.mid_channels
-            self.dw = ConvBN(
-                mid, mid, layer.kernel, layer.stride, groups=mid, activation=activation
-            )
-        self.se = (
-            SqueezeExcite(layer.mid_channels, layer.se_channels) if layer.se_channels else None
-        )
-        if layer.op is not Op.CONV:
-            self.project = ConvBN(layer.mid_channels, layer.out_channels, 1)
-        self.residual = layer.shortcut is not Shortcut.NONE
-        self.shortcut = PoolShortcut(layer) if layer.shortcut is Shortcut.POOL else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x
-        for stage in (self.expand, self.dw, self.conv, self.se, self.project):
-            if stage is not None:
-                y = stage(y)
-        if not self.residual:
-            return y
-        return y + (self.shortcut(x) if self.shortcut is not None else x)
+        for module in self.children():
+            y = module(y, x) if isinstance(module, Shortcut) else module(y)
+        return y
 
 
-class Head(nn.Module):
-    def __init__(self, cin: int, cout: int, activation: Activation) -> None:
-        super().__init__()
-        self.conv = SameConv2d(cin, cout, 1)
-        self.bn = _bn(cout)
-        self.act = _activation(activation)
+def _conv(step: primitives.Conv) -> ConvBN:
+    return ConvBN(
+        step.in_channels, step.out_channels, step.kernel, step.stride, activation=step.activation
+    )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y: torch.Tensor = self.act(self.bn(self.conv(x)))
-        return y.mean((2, 3))
+
+def _avg_pool(step: primitives.AvgPool) -> nn.Module:
+    """Covered pixels only, as TensorFlow's "same" average pool."""
+    return nn.AvgPool2d(step.stride, step.stride, ceil_mode=True, count_include_pad=False)
+
+
+# Each primitive as a module (all but the add hold a primitive's own module path).
+_MODULES: dict[type, Callable[[Any], nn.Module]] = {
+    primitives.Conv: _conv,
+    primitives.Depthwise: lambda step: ConvBN(
+        step.channels,
+        step.channels,
+        step.kernel,
+        step.stride,
+        groups=step.channels,
+        activation=step.activation,
+    ),
+    primitives.SqueezeExcite: lambda step: SqueezeExcite(step.channels, step.squeezed),
+    primitives.AvgPool: _avg_pool,
+    primitives.Add: lambda step: Shortcut(step.shortcut),
+}
+
+
+def _module(step: primitives.Primitive) -> nn.Module:
+    return entry(_MODULES, type(step))(step)
 
 
 def conv_init_std(conv: nn.Conv2d) -> float:
@@ -199,7 +200,7 @@ def conv_init_std(conv: nn.Conv2d) -> float:
 
 
 class MnasModel(nn.Module):
-    """Stem, blocks of layers, head, dropout, classifier."""
+    """Stem, blocks of layers, head (convolution, global average pool), dropout, classifier."""
 
     def __init__(
         self, arch: Architecture, *, num_classes: int, resolution: int, width: float
@@ -210,21 +211,20 @@ class MnasModel(nn.Module):
         self.resolution = resolution
         self.num_classes = num_classes
         self.width = width
-        self.stem = ConvBN(
-            IMAGE_CHANNELS, net.stem_channels, STEM_KERNEL, STEM_STRIDE, activation=arch.activation
-        )
+        self.stem = _conv(stem_conv(net))
         blocks: list[nn.Sequential] = []
         for b in range(len(arch.blocks)):
-            layers = [Layer(layer, arch.activation) for layer in net.layers if layer.block == b]
+            layers = [Layer(layer_recipe(layer)) for layer in net.layers if layer.block == b]
             blocks.append(nn.Sequential(*layers))
         self.blocks = nn.Sequential(*blocks)
-        self.head = Head(net.last_channels, net.head_channels, arch.activation)
+        self.head = _conv(head_conv(net))
         self.dropout = nn.Dropout(arch.dropout)
         self.classifier = nn.Linear(net.head_channels, num_classes)
         self._init_weights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.classifier(self.dropout(self.head(self.blocks(self.stem(x)))))
+        features = self.head(self.blocks(self.stem(x))).mean((2, 3))
+        logits: torch.Tensor = self.classifier(self.dropout(features))
         return logits
 
     def _init_weights(self) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
 import torch
 
 from mnas import references
-from mnas.arch import Architecture
+from mnas.arch import Activation, Architecture
 from mnas.cost import count
 from mnas.layers import plan
 from services.latency.keras_builder import build_keras
@@ -119,3 +121,12 @@ def test_random_builders_compute_the_same_function(index: int) -> None:
 @pytest.mark.parametrize("name", ["mnasnet-a1", "mobilenetv2", "mnasnet-small"])
 def test_reference_builders_compute_the_same_function(name: str) -> None:
     _assert_same_logits(references.get(name), 112, seed=7)  # 56, 28, 14, 7, 7, 4
+
+
+@pytest.mark.parametrize("activation", list(Activation), ids=lambda a: a.value)
+def test_every_activation_builds_alike_in_both_builders(activation: Activation) -> None:
+    arch = dataclasses.replace(references.get("mnasnet-a1"), activation=activation)
+    params = _trainable_params(build_keras(arch, num_classes=10, resolution=64))
+    assert params == count(arch, num_classes=10, resolution=64).params
+    assert params == _torch_params(build_torch(arch, num_classes=10, resolution=64))
+    _assert_same_logits(arch, 64, seed=3)

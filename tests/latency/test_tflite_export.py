@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mnas import references
-from mnas.arch import Architecture, Op
+from mnas.arch import Activation, Architecture, Op
 from mnas.layers import NetworkPlan, Shortcut, plan
 from services.latency.export import (
     EXPORTERS,
@@ -30,25 +30,31 @@ from services.latency.keras_builder import build_keras
 from tests.latency.archs import ALL_FEATURES, coverage, random_architectures
 
 REFERENCES = references.names()
-RANDOM = random_architectures(6, seed=0)
+RANDOM = random_architectures(6, seed=3)
 RANDOM_RESOLUTION = 50
 
 
 def expected_operators(net: NetworkPlan) -> dict[str, int]:
     """What a fully folded export holds: batch norm inside the convolutions, activations
-    fused, dropout gone; SE is mean, two convolutions, logistic and multiply."""
+    fused (hard-swish: its own operator after each activated convolution), dropout gone;
+    SE is mean, two convolutions, logistic and multiply."""
     ops: Counter[str] = Counter({"CONV_2D": 2, "MEAN": 1, "FULLY_CONNECTED": 1})  # stem, head
+    activated = 2  # stem, head
     for layer in net.layers:
         if layer.op is Op.CONV:
             ops["CONV_2D"] += 1
+            activated += 1
         else:
             ops["CONV_2D"] += 2 if layer.expands else 1
             ops["DEPTHWISE_CONV_2D"] += 1
+            activated += 2 if layer.expands else 1
         if layer.se_channels:
             ops.update({"MEAN": 1, "CONV_2D": 2, "LOGISTIC": 1, "MUL": 1})
         ops["AVERAGE_POOL_2D"] += layer.shortcut_pools
         ops["CONV_2D"] += layer.shortcut_projects
         ops["ADD"] += layer.shortcut is not Shortcut.NONE
+    if net.activation is Activation.HARD_SWISH:
+        ops["HARD_SWISH"] += activated
     return {op: n for op, n in ops.items() if n}
 
 

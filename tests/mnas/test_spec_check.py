@@ -131,7 +131,7 @@ def test_misspelt_names_of_strategies_presets_and_networks_suggest_the_valid_one
     assert found["strategy"].endswith("did you mean 'evolution'?")
     assert found["reference"].startswith("unknown network 'mnasnet-a2' (known: space, ")
     assert found["space.preset"].endswith("did you mean 'small-images'?")
-    assert found["space.activation"].startswith("unknown activation 'relu7' (known: relu, relu6)")
+    assert found["space.activation"].startswith("unknown activation 'relu7' (known: relu, relu6")
 
 
 # --- every problem at once ---------------------------------------------------------------

@@ -14,8 +14,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from mnas.cost import layer_cost
+from mnas.cost import layer_cost, primitive_cost
 from mnas.layers import plan
+from mnas.primitives import Depthwise, layer_recipe
 from services.latency.predictor.kernels import Kernel, LayerKernel
 from services.latency.predictor.probes import probes
 
@@ -31,9 +32,8 @@ def layer_features(kernel: LayerKernel) -> np.ndarray:
     """What the layer computes and moves, from the probe that reproduces it; last: 1."""
     probe, _ = probes(kernel)
     (layer,) = plan(probe.arch, width=1.0, resolution=probe.resolution, num_classes=1).layers
-    depthwise = (
-        0 if kernel.op == "conv" else layer.mid_channels * layer.kernel**2 * layer.out_size**2
-    )
+    steps = layer_recipe(layer).steps
+    depthwise = sum(primitive_cost(s).macs for s in steps if isinstance(s, Depthwise))
     pointwise = layer_cost(layer).macs - depthwise
     read = layer.in_size**2 * layer.in_channels
     expanded = layer.in_size**2 * layer.mid_channels if layer.expands else 0

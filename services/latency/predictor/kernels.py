@@ -13,9 +13,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mnas.arch import Architecture, Op, Skip, round_filters
-from mnas.cost import layer_cost
-from mnas.layers import IMAGE_CHANNELS, STEM_KERNEL, plan
+from mnas.arch import Architecture, Op, Skip
+from mnas.cost import count_plan, layer_cost
+from mnas.layers import plan
 from mnas.space import SearchSpace
 
 __all__ = [
@@ -93,14 +93,11 @@ def network_kernels(
     """The stem, every layer and the head of ``arch`` built at these sizes, as kernels."""
     net = plan(arch, width=width, resolution=resolution, num_classes=num_classes)
     act = arch.activation.value
+    cost = count_plan(net)
     kernels: list[Kernel] = [StemKernel(net.stem_channels, resolution, act)]
-    stem_macs = STEM_KERNEL * STEM_KERNEL * IMAGE_CHANNELS * net.stem_channels * net.stem_size**2
-    macs: list[int] = [stem_macs]
+    macs: list[int] = [cost.stem.macs]
     for layer in net.layers:
         block = arch.blocks[layer.block]
-        declared = (
-            round_filters(block.input_filters, width) if layer.index == 0 else layer.out_channels
-        )
         kernels.append(
             LayerKernel(
                 op=block.op.value,
@@ -108,7 +105,7 @@ def network_kernels(
                 stride=layer.stride,
                 expansion=block.expansion,
                 in_channels=layer.in_channels,
-                declared_in=declared,
+                declared_in=layer.declared_in,
                 out_channels=layer.out_channels,
                 se_ratio=float(block.se_ratio),
                 skip=block.skip.value,
@@ -120,9 +117,7 @@ def network_kernels(
     kernels.append(
         HeadKernel(net.last_channels, net.final_size, net.head_channels, num_classes, act)
     )
-    macs.append(
-        net.last_channels * net.head_channels * net.final_size**2 + net.head_channels * num_classes
-    )
+    macs.append(cost.head.macs)
     return NetworkKernels(tuple(kernels), tuple(macs), sum(macs), len(net.layers))
 
 

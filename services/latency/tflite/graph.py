@@ -160,10 +160,14 @@ class GraphBuilder:
         )
         return out
 
-    def logistic(self, name: str, x: Tensor) -> Tensor:
+    def unary(self, code: int, name: str, x: Tensor) -> Tensor:
+        """An elementwise builtin without options (``LOGISTIC``, ...) on ``x``."""
         out = Tensor(name, x.shape)
-        self._append(Builtin.LOGISTIC, (x,), out)
+        self._append(code, (x,), out)
         return out
+
+    def logistic(self, name: str, x: Tensor) -> Tensor:
+        return self.unary(Builtin.LOGISTIC, name, x)
 
     def mul(self, name: str, x: Tensor, y: Tensor) -> Tensor:
         """``MUL`` of ``x`` by ``y`` broadcast to ``x``'s shape."""

@@ -39,6 +39,7 @@ _MIN_RUNTIME = {
     schema.BuiltinOperator.MUL: (1, 5, 0),
     schema.BuiltinOperator.MEAN: (1, 6, 0),
     schema.BuiltinOperator.LOGISTIC: (1, 14, 0),
+    schema.BuiltinOperator.HARD_SWISH: (1, 15, 0),
 }
 
 
