@@ -429,7 +429,7 @@ class SearchSpaceSpec(_message.Message):
     head_filters: _builtins.int
     """default 1280"""
     activation: _builtins.str
-    """relu (default), relu6"""
+    """relu (default), relu6, hard_swish"""
     dropout: _builtins.float
     """default 0.2"""
     preset: _builtins.str
