@@ -37,8 +37,10 @@ objectives, accuracy (up) and the logarithm of latency (down: equal ratios of la
 weigh alike, fast and slow), which is Optuna's multi-objective TPE (MOTPE, Ozaki et al.
 2020, "Multiobjective tree-structured Parzen estimator for computationally expensive
 optimization problems": the better group is chosen by non-domination rank, then by
-contribution to the hypervolume). A local move starts from a trial of the front found so
-far, drawn uniformly, so the moves spread along the whole front.
+contribution to the hypervolume). ``front_local_fraction`` (a quarter) of the proposals
+are local moves from a trial of the front found so far where the front is sparsest, so
+they fill its gaps and extend its ends; ``benchmarks/front_search.py`` measured that mix
+against MOTPE alone, against a half and against parents drawn uniformly.
 """
 
 from __future__ import annotations
@@ -121,8 +123,10 @@ class TPEStrategy(Strategy):
         return self._proposal(decisions)
 
     def _is_local(self, k: int) -> bool:
-        """Whether proposal ``k`` is one of the ``local_fraction`` spread evenly."""
-        fraction = self.settings.local_fraction
+        """Whether proposal ``k`` is one of the ``local_fraction`` (looking for a front:
+        ``front_local_fraction``) spread evenly."""
+        settings = self.settings
+        fraction = settings.front_local_fraction if self._front else settings.local_fraction
         return math.floor((k + 1) * fraction) > math.floor(k * fraction)
 
     def _local_move(self, k: int) -> tuple[int, ...] | None:
@@ -131,8 +135,7 @@ class TPEStrategy(Strategy):
         if self._best is None:
             return None
         rng = random.Random(derive_seed(self.seed, f"tpe-local:{k}"))
-        front = self._front_trials() if self._front else [self._trials[self._best][0]]
-        parent = rng.choice(front) if len(front) > 1 else front[0]
+        parent = self._sparse_front_trial(rng) if self._front else self._trials[self._best][0]
         for _ in range(LOCAL_TRIES):
             child = tuple(mutate(parent, self._sizes, rng))
             if child not in self._known:
@@ -197,12 +200,29 @@ class TPEStrategy(Strategy):
         if better or (value == best and index < self._best):
             self._best = index
 
-    def _front_trials(self) -> list[tuple[int, ...]]:
-        """The decisions of the completed trials no other beats on both accuracy and
-        latency, fastest first."""
+    def _sparse_front_trial(self, rng: random.Random) -> tuple[int, ...]:
+        """A trial of the front (the completed trials no other beats on both accuracy and
+        latency), by a binary tournament on crowding distance (NSGA-II's, Deb et al.
+        2002): of two drawn at random the one whose neighbours on the front lie further
+        apart, the two ends first, so the moves fill the front's gaps and extend it."""
         done = [(d, v) for d, v in self._trials if isinstance(v, tuple)]
         front = pareto_front(done, accuracy=lambda t: t[1][0], latency=lambda t: t[1][1])
-        return [decisions for decisions, _ in front]
+        if len(front) < 3:
+            return front[rng.randrange(len(front))][0]
+        accuracy = [v[0] for _, v in front]  # both increase along the front
+        latency = [v[1] for _, v in front]
+        spans = (accuracy[-1] - accuracy[0]) or 1.0, (latency[-1] - latency[0]) or 1.0
+        crowding = (
+            [math.inf]
+            + [
+                (accuracy[i + 1] - accuracy[i - 1]) / spans[0]
+                + (latency[i + 1] - latency[i - 1]) / spans[1]
+                for i in range(1, len(front) - 1)
+            ]
+            + [math.inf]
+        )
+        a, b = rng.randrange(len(front)), rng.randrange(len(front))
+        return front[a if crowding[a] >= crowding[b] else b][0]
 
     def _frozen(self, decisions: Sequence[int], value: _Value | None) -> FrozenTrial:
         """A trial of the study: completed with ``value``, or RUNNING when None."""

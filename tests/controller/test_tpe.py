@@ -139,7 +139,7 @@ def latency_of(decisions: tuple[int, ...]) -> float:
 
 
 def front_search(local_fraction: float = 0.5) -> TPEStrategy:
-    config = TPEConfig(startup_trials=5, local_fraction=local_fraction)
+    config = TPEConfig(startup_trials=5, front_local_fraction=local_fraction)
     return TPEStrategy(SPACE, 3, StrategyConfig(tpe=config, front=True))
 
 
@@ -203,3 +203,23 @@ def test_strategies_that_climb_one_reward_refuse_to_look_for_a_front(name: str) 
 
     with pytest.raises(ValueError, match=f"strategy {name} cannot look for a front"):
         make_strategy(name, SPACE, 0, StrategyConfig(front=True))
+
+
+def test_looking_for_a_front_a_quarter_of_the_proposals_are_local_moves_by_default() -> None:
+    config = StrategyConfig(tpe=TPEConfig(startup_trials=5), front=True)
+    local, plain = (
+        TPEStrategy(SPACE, 3, config),
+        TPEStrategy(
+            SPACE,
+            3,
+            StrategyConfig(tpe=TPEConfig(startup_trials=5, front_local_fraction=0.0), front=True),
+        ),
+    )
+    moved = []
+    for number in range(16):
+        a, b = local.propose(), plain.propose()
+        moved.append(a.decisions != b.decisions)
+        local.observe(finish(number, a.decisions))
+        plain.observe(finish(number, b.decisions))
+    assert [i for i, m in enumerate(moved) if m][:1] == [3]  # proposals 3, 7, 11, 15
+    assert all(moved[3::4])
