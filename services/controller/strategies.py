@@ -126,30 +126,19 @@ class TPEConfig:
     ``startup_trials`` completed trials are sampled uniformly before the estimators take
     over, and ``candidates`` are drawn from the better group's estimator per proposal
     (Optuna's ``n_startup_trials`` and ``n_ei_candidates``); ``local_fraction`` of the
-    proposals are instead one-decision changes of the best trial so far (0: TPE alone).
-    Looking for a front, ``front_local_fraction`` of them are one-decision changes of a
-    trial of the front, where the front is sparsest (``benchmarks/front_search.py``).
+    proposals are instead one-decision changes of the best trial so far (0: TPE alone);
+    looking for a front, of a trial of the front where the front is sparsest.
     """
 
     startup_trials: int = 3
     candidates: int = 24
-    local_fraction: float = 0.5
-    front_local_fraction: float = 0.25
+    local_fraction: float = 0.25
 
     def validate(self, prefix: str = "tpe") -> None:
         """``ValueError`` naming the first field out of range."""
         _check_int(prefix, "startup_trials", self.startup_trials, 0)
         _check_int(prefix, "candidates", self.candidates, 1)
         _check_float(prefix, "local_fraction", self.local_fraction, 0.0, 1.0, "[0, 1)", closed=True)
-        _check_float(
-            prefix,
-            "front_local_fraction",
-            self.front_local_fraction,
-            0.0,
-            1.0,
-            "[0, 1)",
-            closed=True,
-        )
 
 
 @dataclass(frozen=True)

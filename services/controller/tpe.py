@@ -37,10 +37,10 @@ objectives, accuracy (up) and the logarithm of latency (down: equal ratios of la
 weigh alike, fast and slow), which is Optuna's multi-objective TPE (MOTPE, Ozaki et al.
 2020, "Multiobjective tree-structured Parzen estimator for computationally expensive
 optimization problems": the better group is chosen by non-domination rank, then by
-contribution to the hypervolume). ``front_local_fraction`` (a quarter) of the proposals
-are local moves from a trial of the front found so far where the front is sparsest, so
-they fill its gaps and extend its ends; ``benchmarks/front_search.py`` measured that mix
-against MOTPE alone, against a half and against parents drawn uniformly.
+contribution to the hypervolume). The local moves start from a trial of the front found
+so far where the front is sparsest, so they fill its gaps and extend its ends;
+``benchmarks/front_search.py`` measured that mix against MOTPE alone, against a half and
+against parents drawn uniformly.
 """
 
 from __future__ import annotations
@@ -123,10 +123,8 @@ class TPEStrategy(Strategy):
         return self._proposal(decisions)
 
     def _is_local(self, k: int) -> bool:
-        """Whether proposal ``k`` is one of the ``local_fraction`` (looking for a front:
-        ``front_local_fraction``) spread evenly."""
-        settings = self.settings
-        fraction = settings.front_local_fraction if self._front else settings.local_fraction
+        """Whether proposal ``k`` is one of the ``local_fraction`` spread evenly."""
+        fraction = self.settings.local_fraction
         return math.floor((k + 1) * fraction) > math.floor(k * fraction)
 
     def _local_move(self, k: int) -> tuple[int, ...] | None:

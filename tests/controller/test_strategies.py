@@ -282,10 +282,6 @@ def test_leaves_global_random_state_alone(name: str) -> None:
         (TPEConfig(candidates=0), "tpe.candidates: must be an integer >= 1, got 0"),
         (TPEConfig(local_fraction=1.0), "tpe.local_fraction: must be in [0, 1), got 1"),
         (TPEConfig(local_fraction=-0.1), "tpe.local_fraction: must be in [0, 1), got -0.1"),
-        (
-            TPEConfig(front_local_fraction=1.0),
-            "tpe.front_local_fraction: must be in [0, 1), got 1",
-        ),
     ],
 )
 def test_config_validation_names_the_field(

@@ -139,7 +139,7 @@ def latency_of(decisions: tuple[int, ...]) -> float:
 
 
 def front_search(local_fraction: float = 0.5) -> TPEStrategy:
-    config = TPEConfig(startup_trials=5, front_local_fraction=local_fraction)
+    config = TPEConfig(startup_trials=5, local_fraction=local_fraction)
     return TPEStrategy(SPACE, 3, StrategyConfig(tpe=config, front=True))
 
 
@@ -212,7 +212,7 @@ def test_looking_for_a_front_a_quarter_of_the_proposals_are_local_moves_by_defau
         TPEStrategy(
             SPACE,
             3,
-            StrategyConfig(tpe=TPEConfig(startup_trials=5, front_local_fraction=0.0), front=True),
+            StrategyConfig(tpe=TPEConfig(startup_trials=5, local_fraction=0.0), front=True),
         ),
     )
     moved = []
