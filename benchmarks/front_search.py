@@ -55,7 +55,8 @@ from benchmarks.search_efficiency import (
 )
 from mnas.pareto import pareto_front
 from mnas.space import SearchSpace
-from services.controller.strategies import STRATEGIES, Outcome, StrategyConfig, make_strategy
+from services.controller.strategies import STRATEGIES, make_strategy
+from services.controller.strategy import Outcome, StrategyConfig
 
 Point = tuple[float, float]  # (log latency, accuracy): the first down, the second up
 

@@ -94,13 +94,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from mnas.cost import count
 from mnas.defaults import DEFAULT_STRATEGY
 from mnas.space import DECISIONS_PER_BLOCK, SearchSpace
-from services.controller.strategies import (
-    STRATEGIES,
-    Outcome,
-    Proposal,
-    StrategyConfig,
-    make_strategy,
-)
+from services.controller.strategies import STRATEGIES, make_strategy
+from services.controller.strategy import Outcome, Proposal, StrategyConfig
 from services.reward.rewards import Kind, Objective, reward
 
 RESOLUTION = 224

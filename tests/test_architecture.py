@@ -66,10 +66,6 @@ GRPC_CLIENTS: dict[str, str] = {
 # slips in meanwhile. Lazy imports count: a cycle through one still ties the two modules.
 KNOWN_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset(
     {
-        # The strategy registry imports the strategies that implement its interface.
-        ("services.controller.strategies", "services.controller.ppo"),
-        ("services.controller.strategies", "services.controller.evolution"),
-        ("services.controller.strategies", "services.controller.tpe"),
         # mnas.load_model raises the SDK client's SearchNotFound (lazily).
         ("mnas.models", "mnas.client"),
     }

@@ -20,13 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mnas.space import SearchSpace
-from services.controller.strategies import (
+from services.controller.strategy import (
     Outcome,
     Proposal,
     Strategy,
     StrategyConfig,
     load_json_state,
-    register,
     rng_state,
     set_rng_state,
 )
@@ -56,7 +55,6 @@ def mutate(decisions: Sequence[int], sizes: Sequence[int], rng: random.Random) -
     return child
 
 
-@register
 class EvolutionStrategy(Strategy):
     """Aging evolution with tournament selection and single-decision mutation."""
 

@@ -61,14 +61,13 @@ from services.controller.ppo_state import (
     write_state,
 )
 from services.controller.ppo_update import Sample, apply_update, ppo_loss, run_epochs
-from services.controller.strategies import (
+from services.controller.strategy import (
     Outcome,
     Proposal,
     Strategy,
     StrategyConfig,
     StrategyStatus,
     derive_seed,
-    register,
 )
 
 __all__ = ["PPOStrategy", "Policy", "apply_update", "ppo_loss", "run_epochs"]
@@ -82,7 +81,6 @@ PROPOSALS_AHEAD = 16
 PROPOSALS_PAST_BATCH = 4
 
 
-@register
 class PPOStrategy(Strategy):
     """Samples from the LSTM policy; a PPO update after every ``batch_size`` rewards."""
 

@@ -13,7 +13,7 @@ from services.controller.ppo_policy import Policy
 from services.controller.ppo_state import load_state, save_state
 
 if TYPE_CHECKING:  # the registry imports the strategies: the learner process imports this first
-    from services.controller.strategies import PPOConfig
+    from services.controller.strategy import PPOConfig
 
 __all__ = ["Sample", "apply_update", "ppo_loss", "run_epochs"]
 

@@ -41,7 +41,8 @@ from services.controller.metrics import ControllerMetrics
 from services.controller.spec import ResolvedSpec
 from services.controller.stopping import MedianStopping
 from services.controller.store import Store, measurement_key
-from services.controller.strategies import Outcome, StrategyStatus, make_strategy
+from services.controller.strategies import make_strategy
+from services.controller.strategy import Outcome, StrategyStatus
 from services.controller.workers import NoWorkers, WorkerPool
 
 __all__ = ["SearchRunner"]

@@ -42,12 +42,7 @@ from mnas.spec_check import (
     search_space,
 )
 from mnas.v1 import common_pb2
-from services.controller.strategies import (
-    EvolutionConfig,
-    PPOConfig,
-    Strategy,
-    StrategyConfig,
-)
+from services.controller.strategy import EvolutionConfig, PPOConfig, Strategy, StrategyConfig
 from services.reward.conversions import objective_from_proto
 from services.reward.rewards import Kind, Objective
 

@@ -60,14 +60,13 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from mnas.pareto import pareto_front
 from mnas.space import SearchSpace
 from services.controller.evolution import mutate
-from services.controller.strategies import (
+from services.controller.strategy import (
     Outcome,
     Proposal,
     Strategy,
     StrategyConfig,
     derive_seed,
     load_json_state,
-    register,
 )
 
 __all__ = ["TPEStrategy"]
@@ -82,7 +81,6 @@ LOCAL_TRIES = 20  # draws of a new neighbour of the best trial before TPE propos
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@register
 class TPEStrategy(Strategy):
     """Multivariate TPE with a constant liar for the trials in flight, and local moves."""
 

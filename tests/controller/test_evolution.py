@@ -6,7 +6,7 @@ import random
 
 from mnas.space import SearchSpace
 from services.controller.evolution import EvolutionStrategy, mutate
-from services.controller.strategies import EvolutionConfig, Outcome, StrategyConfig
+from services.controller.strategy import EvolutionConfig, Outcome, StrategyConfig
 
 SPACE = SearchSpace()
 SIZES = [d.size for d in SPACE.decisions]

@@ -28,7 +28,7 @@ from services.controller.learner import (
 from services.controller.ppo import PPOStrategy
 from services.controller.ppo_state import load_state
 from services.controller.runner import MAX_BACKLOG
-from services.controller.strategies import Outcome, PPOConfig, StrategyConfig
+from services.controller.strategy import Outcome, PPOConfig, StrategyConfig
 from tests.common.local_workers import InProcessWorkers, instant_training
 from tests.controller.stack import local_stack
 

@@ -14,7 +14,7 @@ import torch
 
 from mnas.space import SearchSpace
 from services.controller.ppo import Policy, PPOStrategy, ppo_loss
-from services.controller.strategies import Outcome, PPOConfig, StrategyConfig
+from services.controller.strategy import Outcome, PPOConfig, StrategyConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from mnas.space import SearchSpace
-from services.controller.strategies import (
-    STRATEGIES,
+from services.controller.strategies import STRATEGIES, make_strategy
+from services.controller.strategy import (
     EvolutionConfig,
     Outcome,
     PPOConfig,
@@ -26,7 +26,6 @@ from services.controller.strategies import (
     Strategy,
     StrategyConfig,
     TPEConfig,
-    make_strategy,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

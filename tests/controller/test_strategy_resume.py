@@ -33,12 +33,8 @@ from services.common.server import RunningServer, build_server
 from services.controller.runner import _unpack
 from services.controller.spec import resolve, stored_dataset
 from services.controller.store import Store
-from services.controller.strategies import (
-    STRATEGIES,
-    Outcome,
-    Strategy,
-    make_strategy,
-)
+from services.controller.strategies import STRATEGIES, make_strategy
+from services.controller.strategy import Outcome, Strategy
 from services.reward.server import make_server as make_reward_server
 
 # Strategies whose proposals follow from the seed and the outcomes alone; those that can

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from mnas.space import SearchSpace
-from services.controller.strategies import Outcome, StrategyConfig, TPEConfig
+from services.controller.strategy import Outcome, StrategyConfig, TPEConfig
 from services.controller.tpe import TPEStrategy
 
 SPACE = SearchSpace()
