@@ -25,25 +25,24 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mnas.latency import is_predicted, reported_seconds
-from mnas.v1 import common_pb2, controller_pb2, latency_pb2, reward_pb2, trainer_pb2
+from mnas.latency import reported_seconds
+from mnas.v1 import common_pb2, controller_pb2
 from services.controller.backends import TrialWorkers, WorkerError
 from services.controller.events import EventHub
 from services.controller.gate import WorkGate
 from services.controller.metrics import ControllerMetrics
 from services.controller.spec import ResolvedSpec
 from services.controller.stopping import MedianStopping
-from services.controller.store import Store, measurement_key
+from services.controller.store import Store
 from services.controller.strategies import make_strategy
 from services.controller.strategy import Outcome, StrategyStatus
-from services.controller.workers import NoWorkers, WorkerPool
+from services.controller.trial_calls import Cancelled, Stopped, TrialCalls
 
 __all__ = ["SearchRunner"]
 
@@ -62,26 +61,12 @@ SCORED_STATES = (TS.TRIAL_STATE_COMPLETED, TS.TRIAL_STATE_STOPPED)
 # Batches the strategy's background learner may have waiting (besides the one it is
 # learning) before new trials wait for it.
 MAX_BACKLOG = 2
-# The reference's training among the in-flight work to abort (trial numbers are >= 0).
-_REFERENCE = -1
 
 
 def _now() -> Timestamp:
     stamp = Timestamp()
     stamp.GetCurrentTime()
     return stamp
-
-
-class _Cancelled(Exception):
-    pass
-
-
-class _Stopped(Exception):
-    """The stopping rule ended the training at ``progress``."""
-
-    def __init__(self, progress: common_pb2.TrainProgress) -> None:
-        super().__init__(f"stopped at step {progress.step}")
-        self.progress = progress
 
 
 class SearchRunner:
@@ -121,7 +106,6 @@ class SearchRunner:
         self._running: set[int] = set()  # numbers of the trials in flight
         self._checkpoint: bytes | None = None  # taken after an update, not yet written
         self._workers = 0  # threads started to run trials
-        self._aborts: dict[int, list[Callable[[], None]]] = {}
         self._strategy = make_strategy(
             self.spec.strategy, resolved.space, self.spec.seed, resolved.strategy_config
         )
@@ -134,8 +118,17 @@ class SearchRunner:
             )
         # Trials whose weights the store keeps: (reward, number), at most keep_weights.
         self._kept: list[tuple[float, int]] = []
-        self._weights: dict[int, bytes] = {}  # trained, not yet recorded
-        self._measured: dict[int, tuple[str, common_pb2.LatencyStats]] = {}  # not yet recorded
+        self._calls = TrialCalls(
+            resolved,
+            search_id=search.id,
+            store=store,
+            backends=backends,
+            gate=self._gate,
+            metrics=metrics,
+            search_metrics=self._search_metrics,
+            cancel=self._cancel,
+            rule=self._rule,
+        )
         self._reference_thread = self._reference_to_measure()
         self._reference_running = self._reference_thread is not None
         for trial in trials:
@@ -231,10 +224,8 @@ class SearchRunner:
         """Stop proposing, abort in-flight work; the search ends CANCELLED."""
         self._cancel.set()
         with self._lock:
-            aborts = [abort for fns in self._aborts.values() for abort in fns]
             self._lock.notify_all()
-        for abort in aborts:
-            abort()
+        self._calls.abort_all()
 
     def stop(self) -> None:
         """Abort in-flight work without recording final states (controller shutdown).
@@ -420,7 +411,7 @@ class SearchRunner:
         try:
             self._reuse_duplicate(trial)
             self._attempt_until_done(trial)
-        except _Cancelled:
+        except Cancelled:
             trial.state = TS.TRIAL_STATE_CANCELLED
         except Exception as err:  # a bug must not hang the search
             _logger.exception("trial %s/%d crashed", self.search.id, trial.number)
@@ -442,11 +433,11 @@ class SearchRunner:
             accuracy=trial.training.accuracy if completed else None,
             reward=trial.reward if completed else None,
         )
-        weights = self._weights.pop(trial.number, None)
-        measured = self._measured.pop(trial.number, None)
+        weights = self._calls.weights.pop(trial.number, None)
+        measured = self._calls.measured.pop(trial.number, None)
+        self._calls.forget(trial.number)
         with self._lock:
             self._running.discard(trial.number)
-            self._aborts.pop(trial.number, None)
             keep: dict[int, bytes] = {}
             dropped: list[common_pb2.Trial] = []
             if trial.state == TS.TRIAL_STATE_COMPLETED:
@@ -523,18 +514,18 @@ class SearchRunner:
         max_attempts = self.spec.budget.max_attempts
         avoid: dict[str, set[str]] = {"latency": set(), "trainer": set()}
         while True:
-            self._check_cancel()
+            self._calls.check_cancel()
             trial.attempts += 1
             try:
                 if not trial.HasField("latency"):
-                    self._measure(trial, avoid["latency"])
+                    self._calls.measure(trial, avoid["latency"])
                 if not trial.HasField("training"):
-                    self._train(trial, avoid["trainer"])
-                self._score(trial)
+                    self._calls.train(trial, avoid["trainer"])
+                self._calls.score(trial)
                 trial.state = TS.TRIAL_STATE_COMPLETED
                 trial.error = ""
                 return
-            except _Stopped as stop:
+            except Stopped as stop:
                 progress = stop.progress
                 trial.training.CopyFrom(
                     common_pb2.TrainResult(
@@ -545,7 +536,7 @@ class SearchRunner:
                     )
                 )
                 trial.stopped_at_step = progress.step
-                self._score(trial)
+                self._calls.score(trial)
                 trial.state = TS.TRIAL_STATE_STOPPED
                 trial.error = ""
                 _logger.info(
@@ -558,7 +549,7 @@ class SearchRunner:
                 )
                 return
             except WorkerError as err:
-                self._check_cancel()
+                self._calls.check_cancel()
                 if err.busy:  # refused at the door: no attempt was made; wait for a slot
                     trial.attempts -= 1
                     _logger.debug("trial %s/%d: %s", self.search.id, trial.number, err)
@@ -572,167 +563,6 @@ class SearchRunner:
                 self._search_metrics.retried(_failed_step(trial))
                 self._store.save_trial(trial)
                 self._publish(controller_pb2.EVENT_KIND_TRIAL_RETRIED, trial)
-
-    def _check_cancel(self) -> None:
-        if self._cancel.is_set():
-            raise _Cancelled
-
-    def _acquire(self, pool: WorkerPool, avoid: set[str]) -> str:
-        started = time.monotonic()
-        try:
-            with self._gate.released():
-                return pool.acquire(avoid=avoid, cancelled=self._cancel.is_set)
-        except NoWorkers:
-            raise _Cancelled from None
-        finally:
-            self._search_metrics.phase("queued", time.monotonic() - started)
-
-    def _measure(self, trial: common_pb2.Trial, avoid: set[str]) -> None:
-        key = measurement_key(trial.architecture.id, self.spec.latency, self.resolved.latency_build)
-        # A prediction costs less than a store read and changes when its predictor is
-        # calibrated again: predicted classes are asked every time, not recorded.
-        predicted = is_predicted(self.spec.latency.device_class)
-        recorded = None if predicted else self._store.find_measurement(key)
-        if recorded is not None:  # measured before, in this search or another
-            trial.latency.CopyFrom(recorded)
-            trial.latency_worker = "store"
-            return
-        address = self._acquire(self._backends.latency, avoid)
-        request = latency_pb2.MeasureRequest(
-            architecture=common_pb2.Architecture(canonical=trial.architecture.canonical),
-            build=self.resolved.latency_build,
-            settings=self.spec.latency,
-        )
-        started = time.monotonic()
-        failed = busy = False
-        try:
-            with self._gate.released():
-                response = self._backends.measure(
-                    address, request, register_cancel=self._abort_on_cancel(trial.number)
-                )
-        except WorkerError as err:
-            self._check_cancel()  # aborted by a cancel: not the endpoint's failure
-            failed = err.endpoint_failed
-            busy = err.busy
-            avoid.add(address)
-            self._metrics.trial_attempts.labels("latency", "busy" if busy else "failed").inc()
-            raise
-        finally:
-            with self._lock:
-                self._aborts.pop(trial.number, None)
-            self._backends.latency.release(address, failed=failed, busy=busy)
-            self._search_metrics.phase("measuring", time.monotonic() - started)
-        self._metrics.trial_attempts.labels("latency", "ok").inc()
-        trial.latency.CopyFrom(response.stats)
-        trial.latency_worker = address
-        if not predicted:
-            self._measured[trial.number] = (key, response.stats)
-        trial.latency_seconds = time.monotonic() - started
-        trial.export_seconds = response.export_seconds
-        self._metrics.model_latency.labels(response.stats.device_class).observe(
-            reported_seconds(response.stats)
-        )
-
-    def _train(self, trial: common_pb2.Trial, avoid: set[str]) -> None:
-        address = self._acquire(self._backends.trainers, avoid)
-        request = trainer_pb2.TrainRequest(
-            architecture=common_pb2.Architecture(canonical=trial.architecture.canonical),
-            build=self.resolved.build,
-            training=self.spec.training,
-        )
-        started = time.monotonic()
-        del trial.evaluations[:]
-        best = -math.inf
-
-        def on_progress(progress: common_pb2.TrainProgress) -> None:
-            nonlocal best
-            trial.total_steps = progress.total_steps
-            if not progress.HasField("accuracy"):
-                return
-            trial.evaluations.add(step=progress.step, accuracy=progress.accuracy)
-            best = max(best, progress.accuracy)
-            if self._rule is not None and self._rule.should_stop(progress.step, best):
-                raise _Stopped(progress)
-
-        try:
-            result, weights = self._training(trial.number, address, request, on_progress)
-        except _Stopped:
-            self._metrics.trial_attempts.labels("trainer", "stopped").inc()
-            raise
-        except WorkerError as err:
-            avoid.add(address)
-            self._metrics.trial_attempts.labels("trainer", "busy" if err.busy else "failed").inc()
-            raise
-        finally:
-            trial.trainer = address
-            trial.train_seconds = time.monotonic() - started
-            self._search_metrics.phase("training", trial.train_seconds)
-        self._metrics.trial_attempts.labels("trainer", "ok").inc()
-        trial.training.CopyFrom(result)
-        if weights is not None:
-            self._weights[trial.number] = weights
-
-    def _training(
-        self,
-        key: int,
-        address: str,
-        request: trainer_pb2.TrainRequest,
-        on_progress: Callable[[common_pb2.TrainProgress], None],
-    ) -> tuple[common_pb2.TrainResult, bytes | None]:
-        """Run one training on ``address``, whose slot the caller took: a cancel of the
-        search aborts it (as ``key`` among the aborts), and ``_Stopped`` from
-        ``on_progress`` ends it. The slot is given back; the endpoint is benched when it
-        failed, and paused when it refused the job for want of a free slot."""
-        failed = busy = False
-        aborts: list[Callable[[], None]] = []
-        on_cancel = self._abort_on_cancel(key)
-
-        def register(abort: Callable[[], None]) -> None:
-            aborts.append(abort)
-            on_cancel(abort)
-
-        try:
-            with self._gate.released():
-                return self._backends.train(
-                    address, request, on_progress=on_progress, register_cancel=register
-                )
-        except _Stopped:
-            for abort in aborts:
-                abort()
-            raise
-        except WorkerError as err:
-            failed = err.endpoint_failed and not self._cancel.is_set()
-            busy = err.busy
-            raise
-        finally:
-            with self._lock:
-                self._aborts.pop(key, None)
-            self._backends.trainers.release(address, failed=failed, busy=busy)
-
-    def _abort_on_cancel(self, key: int) -> Callable[[Callable[[], None]], None]:
-        """A function that files an abort of in-flight work under ``key``, for a cancel
-        of the search to call (at once when the search is cancelled already). The caller
-        pops ``key`` from the aborts when the work is over."""
-
-        def register(abort: Callable[[], None]) -> None:
-            with self._lock:
-                self._aborts.setdefault(key, []).append(abort)
-            if self._cancel.is_set():
-                abort()
-
-        return register
-
-    def _score(self, trial: common_pb2.Trial) -> None:
-        started = time.monotonic()
-        request = reward_pb2.ScoreRequest(
-            accuracy=trial.training.accuracy,
-            latency_seconds=reported_seconds(trial.latency),
-            objective=self.spec.objective,
-        )
-        with self._gate.released():
-            trial.reward = self._backends.score(request)
-        trial.reward_seconds = time.monotonic() - started
-        self._search_metrics.phase("scoring", trial.reward_seconds)
 
     # -- the reference network -------------------------------------------------------
 
@@ -762,8 +592,8 @@ class SearchRunner:
             reference = common_pb2.Reference()
             reference.CopyFrom(self.search.reference)
         try:
-            self._train_reference(reference)
-        except _Cancelled:
+            self._calls.train_reference(reference)
+        except Cancelled:
             reference.state = RS.REFERENCE_STATE_FAILED
             reference.error = "the search ended before it was measured"
         except Exception as err:  # a bug must not hang or fail the search
@@ -796,49 +626,6 @@ class SearchRunner:
                 reference.name,
                 reference.error,
             )
-
-    def _train_reference(self, reference: common_pb2.Reference) -> None:
-        """Train ``reference`` as a trial is trained (the same build and training, retried
-        on another trainer up to ``budget.max_attempts``), without early stopping or
-        weights; ``reference`` ends MEASURED or FAILED."""
-        request = trainer_pb2.TrainRequest(
-            architecture=common_pb2.Architecture(canonical=reference.architecture.canonical),
-            build=self.resolved.build,
-            training=self.spec.training,
-        )
-        request.training.return_weights = False
-        avoid: set[str] = set()
-        while True:
-            self._check_cancel()
-            try:
-                address = self._backends.trainers.acquire(
-                    avoid=avoid, cancelled=self._cancel.is_set
-                )
-            except NoWorkers:
-                raise _Cancelled from None
-            reference.attempts += 1
-            started = time.monotonic()
-            try:
-                result, _ = self._training(_REFERENCE, address, request, lambda _: None)
-            except WorkerError as err:
-                avoid.add(address)
-                self._check_cancel()
-                if err.busy:  # refused at the door: no attempt was made; wait for a slot
-                    reference.attempts -= 1
-                    continue
-                reference.error = str(err)
-                if not err.retryable or reference.attempts >= self.spec.budget.max_attempts:
-                    reference.state = RS.REFERENCE_STATE_FAILED
-                    return
-                _logger.info("search %s: reference retrying after: %s", self.search.id, err)
-                continue
-            finally:
-                reference.trainer = address
-                reference.train_seconds = time.monotonic() - started
-            reference.training.CopyFrom(result)
-            reference.state = RS.REFERENCE_STATE_MEASURED
-            reference.error = ""
-            return
 
     # -- helpers ---------------------------------------------------------------------
 
