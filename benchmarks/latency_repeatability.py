@@ -24,9 +24,10 @@ import sys
 from collections.abc import Callable
 
 from mnas import references
+from mnas.build import BuildParams
 from services.latency.export import export_arch
 from services.latency.oracle import HostOracle, LatencyResult, MeasureSettings
-from services.latency.service import BuildParams, LatencyService
+from services.latency.service import LatencyService
 
 _logger = logging.getLogger(__name__)
 

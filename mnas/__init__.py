@@ -33,7 +33,7 @@ _LAZY = {
     "LatencyFigure": "mnas.results",
     "Reference": "mnas.results",
     "ReferenceState": "mnas.results",
-    "BuildParams": "mnas.results",
+    "BuildParams": "mnas.build",
     "build_model": "mnas.models",
     "load_model": "mnas.models",
 }
@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from mnas.build import BuildParams
     from mnas.client import (
         Client,
         ControllerUnavailable,
@@ -75,7 +76,6 @@ if TYPE_CHECKING:
     )
     from mnas.models import build_model, load_model
     from mnas.results import (
-        BuildParams,
         EventKind,
         Latency,
         LatencyFigure,

@@ -150,9 +150,10 @@ def _measure_locally(args: argparse.Namespace, canonical: str) -> tuple[Any, flo
     if args.device_class not in (None, "host-cpu"):
         raise UsageError(f"--local measures on host-cpu, not {args.device_class!r}")
     try:
+        from mnas.build import BuildParams
         from services.latency.conversions import stats_to_proto
         from services.latency.oracle import HostOracle, MeasureSettings
-        from services.latency.service import BuildParams, LatencyService
+        from services.latency.service import LatencyService
     except ImportError as err:
         raise UsageError(
             f"--local needs the latency extra (pip install 'mnas[latency]'): {err}"

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from mnas import references
 from mnas.arch import Architecture, decode
-from mnas.results import BuildParams, SearchInfo, Trial
+from mnas.build import BuildParams
+from mnas.results import SearchInfo, Trial
 
 if TYPE_CHECKING:
     import torch

@@ -18,11 +18,11 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mnas.arch import Architecture, decode
+from mnas.build import BuildParams
 from mnas.latency import is_predicted, reported_seconds
 from mnas.v1 import common_pb2, controller_pb2
 
 __all__ = [
-    "BuildParams",
     "EventKind",
     "Latency",
     "LatencyFigure",
@@ -137,7 +137,7 @@ class _Plain:
 
 
 def _plain(value: object) -> Any:
-    if isinstance(value, _Plain):
+    if isinstance(value, _Plain | BuildParams):
         return value.to_dict()
     if isinstance(value, enum.Enum):
         return str(value.value)
@@ -335,25 +335,6 @@ class StrategyStatus(_Plain):
                 message.reference_log_prob if message.HasField("reference_log_prob") else None
             ),
             proto=message,
-        )
-
-
-@dataclass(frozen=True)
-class BuildParams(_Plain):
-    """How a search's trials were instantiated for training: what a module needs to take
-    their weights."""
-
-    num_classes: int = 1000
-    resolution: int = 224
-    width: float = 1.0
-
-    @classmethod
-    def from_spec(cls, spec: common_pb2.SearchSpec) -> BuildParams:
-        space = spec.space
-        return cls(
-            num_classes=space.num_classes or cls.num_classes,
-            resolution=space.resolution or cls.resolution,
-            width=space.width or cls.width,
         )
 
 

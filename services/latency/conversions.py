@@ -9,12 +9,13 @@ that is set too.
 
 from __future__ import annotations
 
+from mnas.build import BuildParams
 from mnas.defaults import DEFAULT_RUNS, DEFAULT_THREADS, DEFAULT_WARMUP_RUNS
 from mnas.errors import InvalidInput
 from mnas.v1 import common_pb2, latency_pb2
 from services.latency.oracle import HOST_CPU, MeasureSettings
 from services.latency.phones.oracle import PhoneLatencyResult, PhoneOracle
-from services.latency.service import BuildParams, LatencyService, Measurement
+from services.latency.service import LatencyService, Measurement
 
 __all__ = [
     "build_from_proto",

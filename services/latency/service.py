@@ -10,7 +10,6 @@ overlaps a timing run there.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -19,8 +18,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 from mnas.arch import Architecture, decode
+from mnas.build import BuildParams
 from mnas.errors import InvalidInput
-from mnas.validation import check_int
 from services.latency.keys import MeasurementKey
 from services.latency.oracle import (
     HOST_CPU,
@@ -33,7 +32,6 @@ from services.latency.predictor.adapter import PredictedLatency
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
-    "BuildParams",
     "Exporter",
     "LatencyService",
     "Measurement",
@@ -45,28 +43,6 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SIZE = 4096
-MAX_RESOLUTION = 2048
-MAX_CLASSES = 100_000
-MAX_WIDTH = 8.0
-
-
-@dataclass(frozen=True)
-class BuildParams:
-    """How an architecture is instantiated for measurement (batch 1)."""
-
-    resolution: int = 224
-    num_classes: int = 1000
-    width: float = 1.0
-
-    def validate(self, prefix: str = "build") -> None:
-        """Raise ``ValueError`` naming the first bad field (``build.resolution``, ...)."""
-        check_int(f"{prefix}.resolution", self.resolution, 2, MAX_RESOLUTION)
-        check_int(f"{prefix}.num_classes", self.num_classes, 1, MAX_CLASSES)
-        width = self.width
-        if isinstance(width, bool) or not isinstance(width, (int, float)):
-            raise ValueError(f"{prefix}.width: expected a number, got {width!r}")
-        if not (math.isfinite(width) and 0.0 < width <= MAX_WIDTH):
-            raise ValueError(f"{prefix}.width: must be in (0, {MAX_WIDTH:g}], got {width}")
 
 
 @dataclass(frozen=True)

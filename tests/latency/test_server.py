@@ -14,12 +14,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mnas.arch import Architecture
+from mnas.build import BuildParams
 from mnas.rpc import channel
 from mnas.v1 import common_pb2, latency_pb2, latency_pb2_grpc
 from services.common.server import RunningServer
 from services.latency.oracle import HostOracle, LatencyResult, MeasureSettings
 from services.latency.server import SERVICE_NAME, make_server
-from services.latency.service import BuildParams
 from tests.common.grpc_helpers import health_status, reflected_services
 
 TINY = "stem:8 r1_k3_s11_e1_i8_o8 r1_k3_s22_e3_i8_o16 head:32"

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from mnas.arch import Architecture, decode
+from mnas.build import BuildParams
 from services.latency.oracle import (
     HOST_CPU,
     DeviceInfo,
@@ -17,7 +18,7 @@ from services.latency.oracle import (
     LatencyResult,
     MeasureSettings,
 )
-from services.latency.service import BuildParams, LatencyService, Measurement
+from services.latency.service import LatencyService, Measurement
 
 TINY = "stem:8 r1_k3_s11_e1_i8_o8 r1_k3_s22_e3_i8_o16 head:32"
 OTHER = "stem:8 r1_k3_s22_e1_i8_o16_noskip head:32"

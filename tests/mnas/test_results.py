@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from mnas.build import BuildParams
 from mnas.results import (
-    BuildParams,
     EventKind,
     Latency,
     LatencyFigure,
