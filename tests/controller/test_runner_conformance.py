@@ -21,7 +21,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mnas.errors import InvalidInput
-from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2
 from services.controller.backends import Workers
 from services.controller.clients import Backends
@@ -37,32 +36,16 @@ from services.trainer.server import CapacityExhausted
 from tests.common.blocked_oracle import BlockedOracle
 from tests.common.fake_trainer import ServedTraining, serve
 from tests.common.local_workers import InProcessWorkers, TrainFn, real_training
+from tests.common.tiny_spec import tiny_spec
 
 WAIT_SECONDS = 120.0  # a bound for a hung test, never reached when things work
 TS = common_pb2.TrialState
 SS = common_pb2.SearchState
 
-SPEC = """
-strategy: random
-space:
-  resolution: 28
-  stages: [{expansion: 1, filters: 16, layers: 1, stride: 1}]
-  choices: {ops: [dconv], kernels: [3, 5], se_ratios: [0], skips: [identity],
-            filter_ratios: [1], layer_deltas: [0]}
-objective: {kind: soft, target_latency_seconds: 0.001}
-budget: {max_trials: 1, parallel_trials: 1, max_attempts: 3}
-latency: {warmup_runs: 1, runs: 2}
-duplicates: DUPLICATE_POLICY_RETRAIN
-reference: none
-"""
 
-
-def spec(budget: str = "") -> common_pb2.SearchSpec:
-    """:data:`SPEC`, with ``budget`` in place of its budget's fields when given."""
-    text = SPEC
-    if budget:
-        text = SPEC.replace("max_trials: 1, parallel_trials: 1, max_attempts: 3", budget)
-    return parse_spec(text)
+def spec(*, trials: int = 1, parallel: int = 1, budget: str = "") -> common_pb2.SearchSpec:
+    """The four-network spec of the tests, with ``budget``'s fields added to its budget."""
+    return tiny_spec("conformance", trials=trials, parallel=parallel, budget=budget)
 
 
 def result(accuracy: float = 0.5) -> common_pb2.TrainResult:
@@ -154,7 +137,7 @@ class Scripted:
 def test_a_search_runs_to_success(harness: Harness) -> None:
     training = Scripted()
     core = harness.controller(training)
-    final = run(core, spec("max_trials: 3, parallel_trials: 2"))
+    final = run(core, spec(trials=3, parallel=2))
     assert final.state == SS.SEARCH_STATE_SUCCEEDED, final.error
     done = trials(core, final.id)
     assert final.trials_completed == len(done) == training.calls == 3
@@ -170,7 +153,7 @@ def test_a_search_runs_to_success(harness: Harness) -> None:
 
 def test_progress_reaches_the_trial_and_weights_the_store(harness: Harness) -> None:
     core = harness.controller(Scripted())
-    final = run(core, spec("max_trials: 1, parallel_trials: 1, keep_weights: 1"))
+    final = run(core, spec(budget="keep_weights: 1"))
     assert final.state == SS.SEARCH_STATE_SUCCEEDED, final.error
     (trial,) = trials(core, final.id)
     assert [(e.step, round(e.accuracy, 6)) for e in trial.evaluations] == [
@@ -256,7 +239,7 @@ def test_a_worker_failure_is_retried_unless_the_trial_is_at_fault(
 def test_busy_refusals_use_no_attempts(harness: Harness) -> None:
     training = Scripted(CapacityExhausted("busy"), CapacityExhausted("busy"))
     core = harness.controller(training)
-    final = run(core, spec("max_trials: 1, parallel_trials: 1, max_attempts: 1"))
+    final = run(core, spec(budget="max_attempts: 1"))
     assert final.state == SS.SEARCH_STATE_SUCCEEDED, final.error
     (trial,) = trials(core, final.id)
     assert trial.state == TS.TRIAL_STATE_COMPLETED
