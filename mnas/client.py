@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from mnas.errors import NotFound, ServiceUnreachable
+from mnas.client_errors import (
+    ControllerUnavailable,
+    InvalidSpec,
+    MnasError,
+    SearchExists,
+    SearchNotFound,
+    Unauthenticated,
+)
 from mnas.pareto import pareto_front
 from mnas.results import Reference, SearchEvent, SearchInfo, SearchState, Trial, TrialState
 from mnas.rpc import channel
@@ -49,31 +56,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class MnasError(Exception):
-    """A call to the controller failed."""
-
-
-class InvalidSpec(MnasError, ValueError):
-    """The controller refused the spec; the message names the field."""
-
-
-class SearchNotFound(MnasError, NotFound, KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "search not found"
-
-
-class SearchExists(MnasError):
-    """A search with the id asked for exists already (a repeated submission)."""
-
-
-class ControllerUnavailable(MnasError, ServiceUnreachable, ConnectionError):
-    """The controller could not be reached (after retries)."""
-
-
-class Unauthenticated(MnasError, PermissionError):
-    """The controller checks tokens and this client's was missing or not known."""
 
 
 _ERRORS: dict[grpc.StatusCode, type[MnasError]] = {

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from mnas import references
 from mnas.arch import Architecture, decode
 from mnas.build import BuildParams
+from mnas.client_errors import SearchNotFound
 from mnas.results import SearchInfo, Trial
 
 if TYPE_CHECKING:
@@ -68,8 +69,6 @@ def load_model(
 
     chosen = search.trial(trial) if isinstance(trial, int) else trial
     if chosen is None:
-        from mnas.client import SearchNotFound
-
         raise SearchNotFound(f"search {search.id!r} has no trial {trial}")
     data = search.weights(chosen.number)
     state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)

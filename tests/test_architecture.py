@@ -12,7 +12,8 @@ are for the type checker only and do not count. The rules:
   by its own service's ``__main__`` alone;
 - gRPC stays at the edges: in ``services`` only servicers, ``__main__`` modules,
   ``services.common`` and :data:`GRPC_CLIENTS` import ``grpc``;
-- no import cycles among modules, but for :data:`KNOWN_CYCLE_EDGES`;
+- no import cycles among modules, lazy imports included (a cycle through one still ties
+  the two modules);
 - no module imports another's private (``_name``) names.
 """
 
@@ -61,15 +62,6 @@ GRPC_CLIENTS: dict[str, str] = {
     "services.controller.clients": "the controller's stubs of trainers, latency and reward",
     "services.controller.auth": "the controller's token interceptor",
 }
-
-# Import edges that close a cycle, known and being untangled; listed so that no new cycle
-# slips in meanwhile. Lazy imports count: a cycle through one still ties the two modules.
-KNOWN_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset(
-    {
-        # mnas.load_model raises the SDK client's SearchNotFound (lazily).
-        ("mnas.models", "mnas.client"),
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -183,10 +175,8 @@ def test_the_walk_sees_the_project() -> None:
     assert not edges[("services.controller.spec", "services.reward.conversions")].lazy
     assert edges[("mnas.cli_latency", "services.latency.conversions")].lazy
     assert ("services.reward.server", "grpc") in edges
-    typing_and_lazy = [
-        i for i in IMPORTS if (i.importer, i.imported) == ("mnas.models", "mnas.client")
-    ]
-    assert typing_and_lazy and all(i.lazy for i in typing_and_lazy)
+    assert edges[("mnas.models", "services.trainer.builder")].lazy
+    assert ("mnas.models", "mnas.client") not in edges  # typing only
     assert "mnas.v1.common_pb2" not in MODULES  # generated code is not checked
 
 
@@ -336,10 +326,8 @@ def _cycles(edges: set[tuple[str, str]]) -> list[list[str]]:
 
 def test_no_import_cycles() -> None:
     edges = {(i.importer, i.imported) for i in IMPORTS if i.imported != "grpc"}
-    cycles = _cycles(edges - KNOWN_CYCLE_EDGES)
+    cycles = _cycles(edges)
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
-    stale = sorted(KNOWN_CYCLE_EDGES - edges)
-    assert not stale, f"known cycle edges no longer imported (drop them): {stale}"
 
 
 @pytest.mark.parametrize(
