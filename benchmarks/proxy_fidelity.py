@@ -53,18 +53,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnas.arch import Architecture
+from mnas.build import BuildParams
 from mnas.space import SearchSpace
 from mnas.specfile import load_spec
 from mnas.v1 import common_pb2
 from services.controller.spec import Dataset, resolve
 from services.controller.strategies import STRATEGIES
 from services.trainer.catalog import Catalog
+from services.trainer.conversions import build_from_proto, training_config_from_proto
 from services.trainer.cores import usable_cores
-from services.trainer.server import (
-    BuildParams,
-    build_params_from_proto,
-    training_config_from_proto,
-)
 from services.trainer.training import TrainingConfig, TrainOutcome, train
 
 _logger = logging.getLogger("benchmarks.proxy_fidelity")
@@ -145,7 +142,7 @@ def load_proxy(path: str | Path, overrides: argparse.Namespace | None = None) ->
     config = training_config_from_proto(resolved.spec.training)
     return Proxy(
         space=resolved.space,
-        build=build_params_from_proto(resolved.build),
+        build=build_from_proto(resolved.build, lambda: info),
         config=dataclasses.replace(config, evaluate_every_steps=0),
         preset=resolved.spec.space.preset,
         available=info.examples - config.validation_examples,

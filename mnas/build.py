@@ -1,8 +1,9 @@
-"""How an architecture is instantiated: one definition for the latency service, the SDK's
-results and whoever builds a trial's network (``mnas.build_model``).
+"""How an architecture is instantiated: one definition for the latency service, the
+trainer's jobs, the SDK's results and whoever builds a trial's network
+(``mnas.build_model``).
 
-A trainer's request may leave the resolution and the classes to its data set; once they
-are known, the network is built with these parameters (see the trainer's job).
+A trainer's request may leave the resolution and the classes to its data set; the trainer
+reads them off the data set before its job is made, so a job says exactly what it builds.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The ``mnas.v1.Trainer`` servicer: proto to domain, :func:`training.train`, domain to proto.
+"""The ``mnas.v1.Trainer`` servicer: a request to a job (:mod:`~services.trainer.conversions`),
+the job to its slots, progress and the result back; domain errors to status codes.
 
 Each accepted ``Train`` call takes a slot and trains in a child process of its own
 (:mod:`services.trainer.isolation`), streaming the child's progress reports, then one
@@ -15,56 +16,39 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from prometheus_client import CollectorRegistry
 
-from mnas import recipe
-from mnas.arch import Architecture, decode
-from mnas.defaults import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_EPOCHS,
-    DEFAULT_VALIDATION_EXAMPLES,
-    DEFAULT_WIDTH,
-)
-from mnas.errors import InvalidInput
 from mnas.tls import ServerTLS
 from mnas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common.errors import MAX_DETAILS, StatusTable
 from services.common.server import RunningServer, build_server
-from services.trainer import data
 from services.trainer.catalog import Catalog, DatasetNotServed
-from services.trainer.datasets import DatasetInfo
+from services.trainer.conversions import (
+    dataset_to_proto,
+    job_from_proto,
+    outcome_to_proto,
+    progress_to_proto,
+)
 from services.trainer.isolation import TrialFailed, start_fork_server
 from services.trainer.metrics import TrainerMetrics
-from services.trainer.slots import BuildParams, CapacityExhausted, Job, ShuttingDown, Slots
-from services.trainer.training import (
-    Progress,
-    TrainingCancelled,
-    TrainingConfig,
-    TrainOutcome,
-)
+from services.trainer.slots import CapacityExhausted, ShuttingDown, Slots
+from services.trainer.training import Progress, TrainingCancelled
 
 __all__ = [
     "SERVICE_NAME",
-    "BuildParams",
     "CapacityExhausted",
     "ShuttingDown",
     "TrainerConfig",
     "TrainerMetrics",
     "TrainerServicer",
-    "build_params_from_proto",
-    "dataset_to_proto",
     "make_server",
-    "outcome_to_proto",
-    "progress_to_proto",
     "status_for",
-    "training_config_from_proto",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -177,127 +161,6 @@ class TrainerConfig:
             raise ValueError(f"memory_limit_bytes: must be >= 1, got {self.memory_limit_bytes}")
 
 
-# --- proto <-> domain --------------------------------------------------------------------
-
-
-def architecture_from_proto(message: common_pb2.Architecture) -> Architecture:
-    """Decode the canonical form; its ``id`` is ignored on input."""
-    if not message.canonical.strip():
-        raise ValueError("architecture.canonical: empty")
-    try:
-        return decode(message.canonical)
-    except ValueError as err:
-        raise ValueError(f"architecture.canonical: {err}") from None
-
-
-def build_params_from_proto(message: common_pb2.BuildParams) -> BuildParams:
-    """Zero fields: the data set's classes and native resolution, width 1.0."""
-    if message.num_classes < 0:
-        raise ValueError(f"build.num_classes: must be >= 0, got {message.num_classes}")
-    if message.resolution < 0:
-        raise ValueError(f"build.resolution: must be >= 0, got {message.resolution}")
-    if not (math.isfinite(message.width) and message.width >= 0):
-        raise ValueError(f"build.width: must be a positive number, got {message.width}")
-    return BuildParams(
-        num_classes=message.num_classes or None,
-        resolution=message.resolution or None,
-        width=message.width or DEFAULT_WIDTH,
-    )
-
-
-_OPTIMIZERS = {
-    common_pb2.OPTIMIZER_UNSPECIFIED: "sgd",
-    common_pb2.OPTIMIZER_SGD: "sgd",
-    common_pb2.OPTIMIZER_RMSPROP: "rmsprop",
-}
-_SCHEDULES = {
-    common_pb2.LEARNING_RATE_SCHEDULE_UNSPECIFIED: "cosine",
-    common_pb2.LEARNING_RATE_SCHEDULE_COSINE: "cosine",
-    common_pb2.LEARNING_RATE_SCHEDULE_EXPONENTIAL: "exponential",
-    common_pb2.LEARNING_RATE_SCHEDULE_CONSTANT: "constant",
-}
-
-
-def training_config_from_proto(message: common_pb2.Training) -> TrainingConfig:
-    """Zero fields take the documented defaults (see ``common.proto``)."""
-    if message.optimizer not in _OPTIMIZERS:
-        raise ValueError(f"training.optimizer: unknown value {message.optimizer}")
-    if message.schedule not in _SCHEDULES:
-        raise ValueError(f"training.schedule: unknown value {message.schedule}")
-    optimizer = _OPTIMIZERS[message.optimizer]
-    batch_size = message.batch_size or DEFAULT_BATCH_SIZE
-    defaults = recipe.optimizer_defaults(optimizer, batch_size)
-    try:
-        return TrainingConfig(
-            dataset=message.dataset or data.FASHION_MNIST,
-            epochs=message.epochs or DEFAULT_EPOCHS,
-            steps=message.steps,
-            batch_size=batch_size,
-            learning_rate=message.learning_rate or defaults["learning_rate"],
-            seed=message.seed,
-            train_examples=message.train_examples,
-            validation_examples=message.validation_examples or DEFAULT_VALIDATION_EXAMPLES,
-            optimizer=optimizer,
-            momentum=message.momentum if message.HasField("momentum") else recipe.MOMENTUM,
-            weight_decay=message.weight_decay if message.HasField("weight_decay") else None,
-            label_smoothing=(
-                message.label_smoothing
-                if message.HasField("label_smoothing")
-                else recipe.LABEL_SMOOTHING
-            ),
-            warmup_fraction=(
-                message.warmup_fraction
-                if message.HasField("warmup_fraction")
-                else defaults["warmup_fraction"]
-            ),
-            schedule=_SCHEDULES[message.schedule],
-            evaluate_every_steps=message.evaluate_every_steps,
-            evaluation_examples=message.evaluation_examples or recipe.EVALUATION_EXAMPLES,
-        )
-    except ValueError as err:
-        raise ValueError(f"training.{err}") from None
-
-
-def timeout_from_proto(message: common_pb2.Training) -> float | None:
-    if not (math.isfinite(message.timeout_seconds) and message.timeout_seconds >= 0):
-        raise ValueError(
-            f"training.timeout_seconds: must be a number >= 0, got {message.timeout_seconds}"
-        )
-    return message.timeout_seconds or None
-
-
-def dataset_to_proto(info: DatasetInfo) -> trainer_pb2.Dataset:
-    return trainer_pb2.Dataset(
-        name=info.name,
-        format=info.format,
-        classes=info.classes,
-        resolution=info.native_resolution,
-        examples=info.examples,
-        channels=info.channels,
-    )
-
-
-def progress_to_proto(progress: Progress) -> common_pb2.TrainProgress:
-    return common_pb2.TrainProgress(
-        step=progress.step,
-        total_steps=progress.total_steps,
-        epoch=progress.epoch,
-        loss=progress.loss,
-        samples_seen=progress.samples_seen,
-        seconds=progress.seconds,
-        accuracy=progress.accuracy,
-    )
-
-
-def outcome_to_proto(outcome: TrainOutcome) -> common_pb2.TrainResult:
-    return common_pb2.TrainResult(
-        accuracy=outcome.accuracy,
-        loss=outcome.loss,
-        seconds=outcome.seconds,
-        samples_seen=outcome.samples_seen,
-    )
-
-
 # --- the servicer ------------------------------------------------------------------------
 
 
@@ -355,7 +218,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
     ) -> Iterator[trainer_pb2.TrainResponse]:
         try:
-            job = self._job(request)
+            job = job_from_proto(request, self._catalog)
             client_gone = threading.Event()
             context.add_callback(client_gone.set)
             events = self._slots.run(job, client_gone, context.is_active)
@@ -369,22 +232,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                         yield from _weights_chunks(event.weights)
         except Exception as err:
             _STATUS_TABLE.abort(context, err, logger=_logger, call="Train")
-
-    def _job(self, request: trainer_pb2.TrainRequest) -> Job:
-        """The request, validated: :class:`InvalidInput` names the bad field."""
-        try:
-            training = training_config_from_proto(request.training)
-            return Job(
-                arch=architecture_from_proto(request.architecture),
-                build=build_params_from_proto(request.build),
-                training=replace(training, dataset=self._catalog.directory(training.dataset)),
-                timeout_seconds=timeout_from_proto(request.training),
-                keep_weights=request.training.return_weights,
-            )
-        except DatasetNotServed:
-            raise
-        except ValueError as err:
-            raise InvalidInput(str(err)) from None
 
 
 def _preload_directory(catalog: Catalog, name: str) -> str:

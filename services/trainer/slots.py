@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from mnas.arch import Architecture
+from mnas.build import BuildParams
 from mnas.errors import InvalidInput
 from services.trainer.cores import threads_per_slot, threads_to_use
 from services.trainer.isolation import ChildJob, TrialFailed, run_isolated
@@ -34,7 +35,7 @@ from services.trainer.training import (
     train,
 )
 
-__all__ = ["BuildParams", "CapacityExhausted", "Job", "ShuttingDown", "Slots"]
+__all__ = ["CapacityExhausted", "Job", "ShuttingDown", "Slots"]
 
 _logger = logging.getLogger(__name__)
 
@@ -51,17 +52,9 @@ class ShuttingDown(Exception):
 
 
 @dataclass(frozen=True)
-class BuildParams:
-    """How to instantiate the architecture; ``None`` takes the data set's own value."""
-
-    num_classes: int | None
-    resolution: int | None
-    width: float
-
-
-@dataclass(frozen=True)
 class Job:
-    """One training: ``training.dataset`` is the directory to read."""
+    """One training: ``build`` is exactly what is built (the data set's classes and
+    resolution filled in), ``training.dataset`` the directory to read."""
 
     arch: Architecture
     build: BuildParams

@@ -16,7 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from mnas.errors import InvalidInput
@@ -29,16 +29,10 @@ from services.latency.oracle import HostOracle
 from services.latency.service import LatencyService, NotCalibrated
 from services.reward.conversions import objective_from_proto
 from services.reward.rewards import reward
-from services.trainer.catalog import Catalog, DatasetNotServed
+from services.trainer.catalog import Catalog
+from services.trainer.conversions import job_from_proto, outcome_to_proto, progress_to_proto
 from services.trainer.isolation import TrialFailed
-from services.trainer.server import (
-    CapacityExhausted,
-    architecture_from_proto,
-    build_params_from_proto,
-    outcome_to_proto,
-    progress_to_proto,
-    training_config_from_proto,
-)
+from services.trainer.slots import CapacityExhausted
 from services.trainer.training import train
 
 __all__ = [
@@ -159,25 +153,17 @@ def real_training(
     aborted: threading.Event,
 ) -> tuple[common_pb2.TrainResult, bytes | None]:
     """The trainer's training function on this thread, one torch thread, on the CPU."""
-    try:
-        config = training_config_from_proto(request.training)
-        config = replace(config, dataset=_CATALOG.directory(config.dataset))
-        arch = architecture_from_proto(request.architecture)
-        build = build_params_from_proto(request.build)
-    except DatasetNotServed:
-        raise
-    except ValueError as err:
-        raise InvalidInput(str(err)) from None
+    job = job_from_proto(request, _CATALOG)
     outcome = train(
-        arch,
-        num_classes=build.num_classes,
-        resolution=build.resolution,
-        width=build.width,
-        config=config,
+        job.arch,
+        num_classes=job.build.num_classes,
+        resolution=job.build.resolution,
+        width=job.build.width,
+        config=job.training,
         on_progress=lambda progress: report(progress_to_proto(progress)),
         cancelled=aborted.is_set,
         threads=1,
-        keep_weights=request.training.return_weights,
+        keep_weights=job.keep_weights,
     )
     return outcome_to_proto(outcome), outcome.weights
 

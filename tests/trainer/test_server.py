@@ -25,10 +25,8 @@ from services.trainer.isolation import TrainingError
 from services.trainer.server import (
     SERVICE_NAME,
     TrainerConfig,
-    build_params_from_proto,
     make_server,
     status_for,
-    training_config_from_proto,
 )
 from services.trainer.training import TrainingCancelled
 
@@ -322,25 +320,6 @@ def test_status_table() -> None:
     assert code is grpc.StatusCode.INTERNAL
     assert details.startswith("internal error: RuntimeError: x")
     assert len(details) <= 300
-
-
-def test_zero_proto_fields_take_the_defaults() -> None:
-    config = training_config_from_proto(common_pb2.Training())
-    assert (config.dataset, config.epochs, config.steps, config.batch_size) == (
-        "fashion-mnist",
-        1,
-        0,
-        128,
-    )
-    assert (config.learning_rate, config.validation_examples, config.train_examples) == (
-        0.05,
-        10000,
-        0,
-    )
-    build = build_params_from_proto(common_pb2.BuildParams())
-    assert (build.num_classes, build.resolution, build.width) == (None, None, 1.0)
-    with pytest.raises(ValueError, match=r"^build\.width"):
-        build_params_from_proto(common_pb2.BuildParams(width=-1.0))
 
 
 def test_main_serves_until_sigterm() -> None:
