@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from mnas.defaults import DEFAULT_NUM_CLASSES, DEFAULT_RESOLUTION, DEFAULT_WIDTH
 from mnas.v1 import common_pb2
 from mnas.validation import check_int
 
@@ -27,9 +28,9 @@ class BuildParams:
     """The classes of the output, the input resolution (pixels a side) and the width
     multiplier; ImageNet's 1000 classes and 224 px unless given."""
 
-    num_classes: int = 1000
-    resolution: int = 224
-    width: float = 1.0
+    num_classes: int = DEFAULT_NUM_CLASSES
+    resolution: int = DEFAULT_RESOLUTION
+    width: float = DEFAULT_WIDTH
 
     def validate(self, prefix: str = "build") -> None:
         """Raise ``ValueError`` naming the first bad field (``build.resolution``, ...)."""

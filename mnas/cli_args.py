@@ -8,6 +8,7 @@ import os
 
 from mnas import references
 from mnas.arch import Architecture, decode
+from mnas.defaults import DEFAULT_NUM_CLASSES, DEFAULT_RESOLUTION, DEFAULT_WIDTH
 from mnas.errors import UsageError
 from mnas.tls import ClientTLS, add_client_tls_arguments, client_tls_from_args
 
@@ -35,9 +36,24 @@ def add_arch_selector(p: argparse.ArgumentParser) -> None:
     """``NAME`` or ``--blocks``, and the build parameters (width, resolution, classes)."""
     p.add_argument("name", nargs="?", help=f"a reference: {', '.join(references.names())}")
     p.add_argument("--blocks", help="block strings, e.g. 'r1_k3_s11_e1_i32_o16_noskip ...'")
-    p.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
-    p.add_argument("--resolution", type=int, default=224, help="input size (default 224)")
-    p.add_argument("--classes", type=int, default=1000, help="number of classes (default 1000)")
+    p.add_argument(
+        "--width",
+        type=float,
+        default=DEFAULT_WIDTH,
+        help=f"width multiplier (default {DEFAULT_WIDTH})",
+    )
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=DEFAULT_RESOLUTION,
+        help=f"input size (default {DEFAULT_RESOLUTION})",
+    )
+    p.add_argument(
+        "--classes",
+        type=int,
+        default=DEFAULT_NUM_CLASSES,
+        help=f"number of classes (default {DEFAULT_NUM_CLASSES})",
+    )
 
 
 def arch_from_args(args: argparse.Namespace) -> tuple[str | None, Architecture]:

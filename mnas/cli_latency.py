@@ -23,6 +23,7 @@ from mnas.cli_args import (
     connection_from_args,
 )
 from mnas.cli_output import add_output_argument, print_data, results_console
+from mnas.defaults import DEFAULT_NUM_CLASSES, DEFAULT_RESOLUTION, DEFAULT_WIDTH
 from mnas.errors import ServiceUnreachable, UsageError
 from mnas.latency import reported_seconds
 from mnas.rpc import channel
@@ -286,9 +287,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         help="measure only the kernels of the calibration networks, not of the whole space",
     )
     calibrate.add_argument("--seed", type=int, default=0, help="which random networks (0)")
-    calibrate.add_argument("--width", type=float, default=1.0, help="width multiplier (1.0)")
-    calibrate.add_argument("--resolution", type=int, default=224, help="input size (224)")
-    calibrate.add_argument("--classes", type=int, default=1000, help="classes (1000)")
+    calibrate.add_argument(
+        "--width", type=float, default=DEFAULT_WIDTH, help=f"width multiplier ({DEFAULT_WIDTH})"
+    )
+    calibrate.add_argument(
+        "--resolution",
+        type=int,
+        default=DEFAULT_RESOLUTION,
+        help=f"input size ({DEFAULT_RESOLUTION})",
+    )
+    calibrate.add_argument(
+        "--classes", type=int, default=DEFAULT_NUM_CLASSES, help=f"classes ({DEFAULT_NUM_CLASSES})"
+    )
     calibrate.set_defaults(run=_cmd_calibrate)
 
     def show_help(_: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from mnas.cli_args import (
 from mnas.cli_output import add_output_argument, print_data, print_json_line, results_console
 from mnas.client import Client, MnasError, Search
 from mnas.cost import count
+from mnas.defaults import DEFAULT_NUM_CLASSES, DEFAULT_RESOLUTION, DEFAULT_WIDTH
 from mnas.errors import CommandFailed, UsageError
 from mnas.local import LocalStack, port_is_free
 from mnas.objective import describe, looks_for_front
@@ -78,9 +79,9 @@ def _print_trials(
         arch = trial.arch()
         cost = count(
             arch,
-            width=spec.space.width or 1.0,
-            resolution=spec.latency.resolution or spec.space.resolution or 224,
-            num_classes=spec.space.num_classes or 1000,
+            width=spec.space.width or DEFAULT_WIDTH,
+            resolution=spec.latency.resolution or spec.space.resolution or DEFAULT_RESOLUTION,
+            num_classes=spec.space.num_classes or DEFAULT_NUM_CLASSES,
         )
         table.add_row(
             str(trial.number),

@@ -13,10 +13,13 @@ from mnas.defaults import (
     DEFAULT_DATASET,
     DEFAULT_DEVICE_CLASS,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_NUM_CLASSES,
     DEFAULT_PRESET,
+    DEFAULT_RESOLUTION,
     DEFAULT_RUNS,
     DEFAULT_STRATEGY,
     DEFAULT_WARMUP_RUNS,
+    DEFAULT_WIDTH,
 )
 from mnas.objective import FRONT_TEXT, looks_for_front
 from mnas.spec_check import SPACE_REFERENCE, Problem, SpecError, search_space
@@ -74,7 +77,11 @@ def summarize(spec: common_pb2.SearchSpec) -> dict[str, Any]:
     """What a valid spec's search runs, defaults written in where the spec alone decides
     them (None: decided by the data set, or the strategy's default)."""
     b, t, lat, s = spec.budget, spec.training, spec.latency, spec.space
-    space = search_space(s, resolution=s.resolution or 224, num_classes=s.num_classes or 1000)
+    space = search_space(
+        s,
+        resolution=s.resolution or DEFAULT_RESOLUTION,
+        num_classes=s.num_classes or DEFAULT_NUM_CLASSES,
+    )
     objective: dict[str, Any] = {"kind": _enum(common_pb2.ObjectiveKind, spec.objective.kind)}
     if not looks_for_front(spec.objective):
         objective["target_latency_seconds"] = spec.objective.target_latency_seconds
@@ -99,7 +106,7 @@ def summarize(spec: common_pb2.SearchSpec) -> dict[str, Any]:
             "choices_per_block": space.choices_per_block,
             "size": space.size,
             "log10_size": round(space.log10_size, 2),
-            "width": s.width or 1.0,
+            "width": s.width or DEFAULT_WIDTH,
             "resolution": s.resolution or None,
         },
         "training": {

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mnas.arch import Architecture
+from mnas.defaults import DEFAULT_NUM_CLASSES, DEFAULT_RESOLUTION, DEFAULT_WIDTH
 from mnas.layers import LayerPlan, NetworkPlan, plan
 from mnas.primitives import (
     Add,
@@ -77,7 +78,11 @@ class CostReport:
 
 
 def count(
-    arch: Architecture, *, width: float = 1.0, resolution: int = 224, num_classes: int = 1000
+    arch: Architecture,
+    *,
+    width: float = DEFAULT_WIDTH,
+    resolution: int = DEFAULT_RESOLUTION,
+    num_classes: int = DEFAULT_NUM_CLASSES,
 ) -> CostReport:
     """Count ``arch`` at ``width``, ``resolution`` and ``num_classes``."""
     return count_plan(plan(arch, width=width, resolution=resolution, num_classes=num_classes))

@@ -10,7 +10,9 @@ __all__ = [
     "DEFAULT_EPOCHS",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_MIN_TRIALS",
+    "DEFAULT_NUM_CLASSES",
     "DEFAULT_PRESET",
+    "DEFAULT_RESOLUTION",
     "DEFAULT_RUNS",
     "DEFAULT_STRATEGY",
     "DEFAULT_THREADS",
@@ -26,6 +28,9 @@ DEFAULT_MIN_TRIALS = 3  # completed before the median early-stopping rule stops 
 # The space
 DEFAULT_PRESET = "mnasnet"
 DEFAULT_WIDTH = 1.0
+# The build, where neither a spec nor a data set says: ImageNet's, as in the paper
+DEFAULT_RESOLUTION = 224
+DEFAULT_NUM_CLASSES = 1000
 # Training
 DEFAULT_DATASET = "fashion-mnist"
 DEFAULT_EPOCHS = 1

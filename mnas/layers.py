@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 
 from mnas.arch import Activation, Architecture, Op, Skip, round_filters
+from mnas.defaults import DEFAULT_NUM_CLASSES, DEFAULT_RESOLUTION, DEFAULT_WIDTH
 
 __all__ = ["LayerPlan", "NetworkPlan", "Shortcut", "plan"]
 
@@ -115,7 +116,11 @@ IMAGE_CHANNELS = 3
 
 
 def plan(
-    arch: Architecture, *, width: float = 1.0, resolution: int = 224, num_classes: int = 1000
+    arch: Architecture,
+    *,
+    width: float = DEFAULT_WIDTH,
+    resolution: int = DEFAULT_RESOLUTION,
+    num_classes: int = DEFAULT_NUM_CLASSES,
 ) -> NetworkPlan:
     """Resolve ``arch`` at ``width``, ``resolution`` and ``num_classes``."""
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:

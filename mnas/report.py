@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from mnas.defaults import DEFAULT_DATASET, DEFAULT_DEVICE_CLASS, DEFAULT_STRATEGY
+from mnas.defaults import DEFAULT_DATASET, DEFAULT_DEVICE_CLASS, DEFAULT_STRATEGY, DEFAULT_WIDTH
 from mnas.latency import reported_seconds
 from mnas.objective import describe, looks_for_front, target_ms
 from mnas.pareto import pareto_front
@@ -93,7 +93,7 @@ def reference_summary(search: common_pb2.Search) -> str | None:
     reference = search.reference
     name = "mobilenetv2-like (space reference)" if reference.name == "space" else reference.name
     space = search.spec.space
-    where = f"{name} at width {space.width or 1.0:g}"
+    where = f"{name} at width {space.width or DEFAULT_WIDTH:g}"
     if space.resolution:
         where += f", {space.resolution}x{space.resolution}"
     if reference.state == RS.REFERENCE_STATE_MEASURED:

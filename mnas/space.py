@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mnas.arch import Activation, Architecture, BlockSpec, Op, Skip
+from mnas.defaults import DEFAULT_NUM_CLASSES, DEFAULT_RESOLUTION, DEFAULT_WIDTH
 
 __all__ = [
     "MOBILENETV2_STAGES",
@@ -147,9 +148,9 @@ class SearchSpace:
     activation: Activation = Activation.RELU
     dropout: float = 0.2
     filter_divisor: int = 8
-    resolution: int = 224
-    num_classes: int = 1000
-    width: float = 1.0
+    resolution: int = DEFAULT_RESOLUTION
+    num_classes: int = DEFAULT_NUM_CLASSES
+    width: float = DEFAULT_WIDTH
     _decisions: tuple[Decision, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

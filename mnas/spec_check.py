@@ -30,11 +30,14 @@ from mnas.defaults import (
     DEFAULT_DEVICE_CLASS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MIN_TRIALS,
+    DEFAULT_NUM_CLASSES,
     DEFAULT_PRESET,
+    DEFAULT_RESOLUTION,
     DEFAULT_RUNS,
     DEFAULT_STRATEGY,
     DEFAULT_VALIDATION_EXAMPLES,
     DEFAULT_WARMUP_RUNS,
+    DEFAULT_WIDTH,
 )
 from mnas.errors import InvalidInput
 from mnas.layers import plan
@@ -608,7 +611,10 @@ def _fastest_seconds(
 
 
 def search_space(
-    s: common_pb2.SearchSpaceSpec, *, resolution: int = 224, num_classes: int = 1000
+    s: common_pb2.SearchSpaceSpec,
+    *,
+    resolution: int = DEFAULT_RESOLUTION,
+    num_classes: int = DEFAULT_NUM_CLASSES,
 ) -> SearchSpace:
     """The space ``s`` describes, its omitted parts taking their defaults (the preset's
     stages, section 4.1's choices); ``ValueError`` names the first problem."""
@@ -631,7 +637,7 @@ def search_space(
         dropout=s.dropout if s.HasField("dropout") else defaults.dropout,
         resolution=resolution,
         num_classes=num_classes,
-        width=s.width or 1.0,
+        width=s.width or DEFAULT_WIDTH,
     )
 
 
@@ -672,8 +678,8 @@ def _space(s: common_pb2.SearchSpaceSpec) -> tuple[SearchSpace | None, list[Prob
             Activation(s.activation) if s.activation in known_activations else defaults.activation
         ),
         "dropout": s.dropout if s.HasField("dropout") and 0 <= s.dropout < 1 else 0.2,
-        "width": s.width if s.width > 0 and math.isfinite(s.width) else 1.0,
-        "num_classes": s.num_classes if s.num_classes > 0 else 1000,
+        "width": s.width if s.width > 0 and math.isfinite(s.width) else DEFAULT_WIDTH,
+        "num_classes": s.num_classes if s.num_classes > 0 else DEFAULT_NUM_CLASSES,
     }
     for _ in range(len(parts) + 1):
         try:

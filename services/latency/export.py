@@ -35,6 +35,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
 from mnas.arch import Architecture
+from mnas.defaults import DEFAULT_NUM_CLASSES, DEFAULT_RESOLUTION, DEFAULT_WIDTH
 from services.latency.tflite import WeightSource, write_tflite
 
 if TYPE_CHECKING:
@@ -119,9 +120,9 @@ EXPORTERS: dict[str, Callable[[keras.Model], bytes]] = {
 def export_arch(
     arch: Architecture,
     *,
-    num_classes: int = 1000,
-    resolution: int = 224,
-    width: float = 1.0,
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    resolution: int = DEFAULT_RESOLUTION,
+    width: float = DEFAULT_WIDTH,
     weights: WeightSource | None = None,
 ) -> bytes:
     """The ``.tflite`` flatbuffer of ``arch`` at batch 1, as the latency oracles run it.

@@ -21,6 +21,7 @@ import keras
 
 from mnas import primitives
 from mnas.arch import Activation, Architecture
+from mnas.defaults import DEFAULT_NUM_CLASSES, DEFAULT_RESOLUTION, DEFAULT_WIDTH
 from mnas.layers import IMAGE_CHANNELS, plan
 from mnas.primitives import entry, head_conv, layer_recipe, stem_conv
 
@@ -46,9 +47,9 @@ Tensor = Any  # a symbolic Keras tensor
 def build_keras(
     arch: Architecture,
     *,
-    num_classes: int = 1000,
-    resolution: int = 224,
-    width: float = 1.0,
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    resolution: int = DEFAULT_RESOLUTION,
+    width: float = DEFAULT_WIDTH,
     batch_size: int | None = 1,
 ) -> keras.Model:
     """A freshly initialised functional model for ``arch`` (NHWC input, logits out).

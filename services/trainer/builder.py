@@ -22,6 +22,7 @@ from torch import nn
 
 from mnas import primitives
 from mnas.arch import Activation, Architecture
+from mnas.defaults import DEFAULT_NUM_CLASSES, DEFAULT_RESOLUTION, DEFAULT_WIDTH
 from mnas.layers import plan
 from mnas.primitives import entry, head_conv, layer_recipe, stem_conv
 
@@ -32,7 +33,11 @@ BN_MOMENTUM = 0.01  # Keras' 0.99
 
 
 def build_torch(
-    arch: Architecture, *, num_classes: int = 1000, resolution: int = 224, width: float = 1.0
+    arch: Architecture,
+    *,
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    resolution: int = DEFAULT_RESOLUTION,
+    width: float = DEFAULT_WIDTH,
 ) -> MnasModel:
     """A freshly initialised ``nn.Module`` for ``arch`` (NCHW input, logits out)."""
     return MnasModel(arch, num_classes=num_classes, resolution=resolution, width=width)

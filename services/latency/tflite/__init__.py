@@ -8,6 +8,7 @@ fused), a weight source fills in the weights, and :mod:`.writer` packs the flatb
 from __future__ import annotations
 
 from mnas.arch import Architecture
+from mnas.defaults import DEFAULT_NUM_CLASSES, DEFAULT_RESOLUTION, DEFAULT_WIDTH
 from mnas.layers import plan
 from services.latency.tflite.network import INPUT_NAME, OUTPUT_NAME, network_graph
 from services.latency.tflite.weights import FoldedWeights, RandomWeights, WeightSource
@@ -26,9 +27,9 @@ __all__ = [
 def write_tflite(
     arch: Architecture,
     *,
-    num_classes: int = 1000,
-    resolution: int = 224,
-    width: float = 1.0,
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    resolution: int = DEFAULT_RESOLUTION,
+    width: float = DEFAULT_WIDTH,
     weights: WeightSource | None = None,
 ) -> bytes:
     """The ``.tflite`` flatbuffer of ``arch`` at batch 1 (random weights unless given)."""
