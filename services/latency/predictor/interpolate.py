@@ -4,9 +4,10 @@ A ridge regression of seconds on what a layer does, summed over the primitives o
 recipe (:func:`mnas.primitives.layer_recipe`): each primitive type adds to named columns
 (:data:`COLUMNS`) through one table, its multiply-adds and the elements it reads and
 writes, per kind (full and pointwise convolutions, depthwise, SE, pooling, the
-shortcut's addition). One fit per (op, stride) with at least :data:`MIN_GROUP` kernels,
-one over all layers for the rest. Unbiased but rough (see docs/predictor.md for its
-held-out error): a table that covers the search space needs none of it.
+shortcut's addition). The fit weighs relative error, as kernels span two orders of
+magnitude. One fit per (op, stride) with at least :data:`MIN_GROUP` kernels, one over all
+layers for the rest. Rough (see docs/predictor.md for its held-out error): a table that
+covers the search space needs none of it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
 
 MIN_GROUP = 30
 _RIDGE = 1e-6
+_FLOOR = 0.25
 
 # The feature vector's columns in order; the last is the constant 1.
 COLUMNS = (
@@ -161,8 +163,15 @@ class KernelInterpolator:
 
 
 def _ridge(points: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    """Least squares of relative error: each kernel weighted by 1 / its seconds, floored
+    at :data:`_FLOOR` times the group's median so kernels measured near zero (a
+    difference of two noisy probes) do not dominate."""
     x = np.stack([p[0] for p in points])
     y = np.array([p[1] for p in points])
+    floor = _FLOOR * float(np.median(y))
+    if floor > 0:
+        weights = 1.0 / np.maximum(y, floor)
+        x, y = x * weights[:, None], y * weights
     scale = np.abs(x).max(axis=0)
     scale[scale == 0] = 1.0
     z = x / scale
