@@ -5,9 +5,9 @@ recipe (:func:`mnas.primitives.layer_recipe`): each primitive type adds to named
 (:data:`COLUMNS`) through one table, its multiply-adds and the elements it reads and
 writes, per kind (full and pointwise convolutions, depthwise, SE, pooling, the
 shortcut's addition). The fit weighs relative error, as kernels span two orders of
-magnitude. One fit per (op, stride) with at least :data:`MIN_GROUP` kernels, one over all
-layers for the rest. Rough (see docs/predictor.md for its held-out error): a table that
-covers the search space needs none of it.
+magnitude, and leaves out kernels measured at 0. One fit per (op, stride) with at least
+:data:`MIN_GROUP` kernels, one over all layers for the rest. Rough (see docs/predictor.md
+for its held-out error): a table that covers the search space needs none of it.
 """
 
 from __future__ import annotations
@@ -145,12 +145,15 @@ class KernelInterpolator:
     def __init__(self, table: Mapping[Kernel, float]) -> None:
         points: dict[Group, list[tuple[np.ndarray, float]]] = {None: []}
         for kernel, seconds in table.items():
-            if isinstance(kernel, LayerKernel):
+            # 0 is a difference of probes floored there, not a time: nothing to fit.
+            if isinstance(kernel, LayerKernel) and seconds > 0:
                 point = (layer_features(kernel), seconds)
                 points.setdefault(_group(kernel), []).append(point)
                 points[None].append(point)
         if not points[None]:
-            raise KeyError("interpolation needs calibrated layer kernels; the table has none")
+            raise KeyError(
+                "interpolation needs calibrated layer kernels above 0 seconds; the table has none"
+            )
         self._fits = {
             group: _ridge(pts)
             for group, pts in points.items()
