@@ -77,6 +77,7 @@ class SqueezeExcite:
     name: str
     channels: int
     squeezed: int
+    size: int  # spatial size of what it gates (height = width), its output's too
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ class Add:
 
     name: str
     shortcut: tuple[Conv | AvgPool, ...]
+    channels: int  # channels of either addend and of the sum
+    size: int  # spatial size of either addend and of the sum (height = width)
     path: str = "shortcut"
 
 
@@ -163,11 +166,11 @@ def layer_recipe(layer: LayerPlan) -> LayerRecipe:
             steps.append(Conv("expand", layer.in_channels, mid, 1, 1, layer.in_size, act))
         steps.append(Depthwise("dw", mid, layer.kernel, layer.stride, size, act))
     if layer.se_channels:
-        steps.append(SqueezeExcite("se", mid, layer.se_channels))
+        steps.append(SqueezeExcite("se", mid, layer.se_channels, size))
     if layer.op is not Op.CONV:
         steps.append(Conv("project", mid, layer.out_channels, 1, 1, size, None))
     if layer.shortcut is not Shortcut.NONE:
-        steps.append(Add("add", _shortcut_path(layer)))
+        steps.append(Add("add", _shortcut_path(layer), layer.out_channels, size))
     return LayerRecipe(layer.name, tuple(steps))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import typing
 from pathlib import Path
 from typing import TypedDict
 
@@ -13,6 +14,7 @@ import pytest
 
 from mnas.arch import Architecture, decode
 from mnas.layers import plan
+from mnas.primitives import Primitive, entry
 from mnas.space import SearchSpace
 from services.latency.oracle import (
     HOST_CPU,
@@ -38,7 +40,11 @@ from services.latency.predictor import (
     recalibrate,
     space_kernels,
 )
-from services.latency.predictor.interpolate import layer_features
+from services.latency.predictor.interpolate import (
+    COLUMNS,
+    PRIMITIVE_FEATURES,
+    layer_features,
+)
 from services.latency.predictor.model import FEATURES
 from services.latency.predictor.probes import probes
 from tests.latency.archs import random_architectures
@@ -141,7 +147,11 @@ def test_unseen_kernel_is_measured_once_when_an_oracle_is_attached() -> None:
 
 def test_unseen_layer_is_estimated_from_the_measured_ones() -> None:
     # Seconds exactly linear in what a layer does: the estimate reproduces it.
-    weights = np.array([2e-11, 5e-11, 1e-10, 3e-10, 2e-10, 1e-10, 4e-10, 1e-10, 2e-10, 1e-5])
+    weights = np.array(
+        [2e-11, 1e-10, 3e-10, 3e-11, 2e-10, 1e-10, 5e-11, 4e-10, 3e-10, 6e-11, 4e-10, 2e-10,
+         1e-10, 1e-5]
+    )  # fmt: skip
+    assert len(weights) == len(COLUMNS)
     table: dict[Kernel, float] = {}
     for arch in random_architectures(40, seed=11):
         for kernel in network_kernels(arch, **SIZES).kernels:
@@ -162,6 +172,35 @@ def test_unseen_layer_is_estimated_from_the_measured_ones() -> None:
         assert predictor.kernel_seconds(kernel) == pytest.approx(expected, rel=1e-3)
     with pytest.raises(KeyError, match="recalibrate"):
         predictor.kernel_seconds(HeadKernel(40, 32, 32, 10, "relu"))
+
+
+def test_every_primitive_type_has_an_interpolation_entry() -> None:
+    for kind in typing.get_args(Primitive):
+        assert callable(entry(PRIMITIVE_FEATURES, kind))
+    assert set(PRIMITIVE_FEATURES) == set(typing.get_args(Primitive))
+
+
+def _columns(block: str) -> dict[str, float]:
+    arch = decode(f"stem:8 {block} head:32")
+    kernel = network_kernels(arch, **SIZES).kernels[1]
+    assert isinstance(kernel, LayerKernel)
+    features = layer_features(kernel)
+    assert features.shape == (len(COLUMNS),)
+    return dict(zip(COLUMNS, features.tolist(), strict=True))
+
+
+def test_se_and_the_pooling_shortcut_have_their_columns() -> None:
+    pooled = _columns("r1_k3_s22_e3_i8_o16_se0.25_poolskip")
+    for column in ("se_macs", "se_elements", "pool_elements", "add_elements", "depthwise_macs"):
+        assert pooled[column] > 0, column
+    assert pooled["pointwise_macs"] > 0  # expand, project and the shortcut's projection
+    assert pooled["constant"] == 1.0
+    plain = _columns("r1_k3_s22_e3_i8_o16_noskip")
+    for column in ("se_macs", "se_elements", "pool_elements", "add_elements", "conv_macs"):
+        assert plain[column] == 0, column
+    conv = _columns("r1_k5_s11_e1_i8_o8_conv")  # identity shortcut: an addition, no pooling
+    assert conv["conv_macs"] > 0 and conv["add_elements"] > 0
+    assert conv["pool_elements"] == conv["depthwise_macs"] == conv["pointwise_macs"] == 0
 
 
 def test_fit_correction_recovers_a_linear_residual() -> None:

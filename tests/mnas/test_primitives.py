@@ -37,9 +37,9 @@ def test_mnasnet_a1_layers_in_order() -> None:
     assert recipe.steps == (
         Conv("expand", 40, 120, 1, 1, 28, se_layer.activation),
         Depthwise("dw", 120, 5, 1, 28, se_layer.activation),
-        SqueezeExcite("se", 120, 10),  # squeeze from the declared input filters: 40 / 4
+        SqueezeExcite("se", 120, 10, 28),  # squeeze from the declared input filters: 40 / 4
         Conv("project", 120, 40, 1, 1, 28, None),
-        Add("add", ()),
+        Add("add", (), 40, 28),
     )
 
 
@@ -49,7 +49,7 @@ def test_pool_skip_pools_and_projects_the_input() -> None:
     act = layer.activation
     assert layer_recipe(layer).steps == (
         Conv("conv", 32, 16, 3, 2, 4, act),
-        Add("add", (AvgPool("pool", 32, 2, 4), Conv("proj", 32, 16, 1, 1, 4, None))),
+        Add("add", (AvgPool("pool", 32, 2, 4), Conv("proj", 32, 16, 1, 1, 4, None)), 16, 4),
     )
 
 
