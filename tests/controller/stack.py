@@ -82,10 +82,18 @@ def controller_stack(
 
 @contextlib.contextmanager
 def local_stack(
-    tmp_path: Path, workers: Workers, *, work_slots: int = DEFAULT_SLOTS
+    tmp_path: Path,
+    workers: Workers,
+    *,
+    users: Users | None = None,
+    max_workers: int = 256,
+    work_slots: int = DEFAULT_SLOTS,
 ) -> Iterator[Stack]:
-    """A controller served on loopback, its workers ``workers`` (in process)."""
-    with _controller(tmp_path, workers, work_slots=work_slots) as (address, store, core):
+    """A controller served on loopback, its workers ``workers`` (in process); ``users``:
+    the controller checks their tokens."""
+    with _controller(
+        tmp_path, workers, users=users, max_workers=max_workers, work_slots=work_slots
+    ) as (address, store, core):
         yield Stack(address, store, CollectorRegistry(), core)
 
 
