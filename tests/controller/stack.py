@@ -1,7 +1,8 @@
-"""A controller on loopback, on in-process workers or with the real latency and reward
-services and a given trainer servicer (for tests whose subject is what the controller
-does with its workers' answers); optionally with every service on mutual TLS, and the
-controller checking tokens."""
+"""A controller on loopback, on in-process workers (:func:`local_stack`, for tests whose
+subject is what the controller, the SDK or the CLI does) or on the real latency and reward
+services and a given trainer servicer (:func:`controller_stack`, for tests whose subject
+is the calls to the workers: mutual TLS to them, a latency service given by address);
+optionally with the controller checking tokens."""
 
 from __future__ import annotations
 
