@@ -1,7 +1,8 @@
-"""A controller on loopback, on in-process workers or with the real latency and reward
-services and a given trainer servicer (for tests whose subject is what the controller
-does with its workers' answers); optionally with every service on mutual TLS, and the
-controller checking tokens."""
+"""A controller on loopback, on in-process workers (:func:`local_stack`, for tests whose
+subject is what the controller, the SDK or the CLI does) or on the real latency and reward
+services and a given trainer servicer (:func:`controller_stack`, for tests whose subject
+is the calls to the workers: mutual TLS to them, a latency service given by address);
+optionally with the controller checking tokens."""
 
 from __future__ import annotations
 
@@ -82,10 +83,18 @@ def controller_stack(
 
 @contextlib.contextmanager
 def local_stack(
-    tmp_path: Path, workers: Workers, *, work_slots: int = DEFAULT_SLOTS
+    tmp_path: Path,
+    workers: Workers,
+    *,
+    users: Users | None = None,
+    max_workers: int = 256,
+    work_slots: int = DEFAULT_SLOTS,
 ) -> Iterator[Stack]:
-    """A controller served on loopback, its workers ``workers`` (in process)."""
-    with _controller(tmp_path, workers, work_slots=work_slots) as (address, store, core):
+    """A controller served on loopback, its workers ``workers`` (in process); ``users``:
+    the controller checks their tokens."""
+    with _controller(
+        tmp_path, workers, users=users, max_workers=max_workers, work_slots=work_slots
+    ) as (address, store, core):
         yield Stack(address, store, CollectorRegistry(), core)
 
 

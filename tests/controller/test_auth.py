@@ -1,6 +1,7 @@
 """Who may search: a controller started with users checks every call's bearer token, and a
-user reads and cancels only their own searches. Real controller, latency and reward
-services on loopback; the trainer is a scripted gRPC server (``GatedTrainer``)."""
+user reads and cancels only their own searches. A real controller on loopback, its workers
+in process (a training that ends when the test lets it, :class:`GatedTraining`); the
+mutual-TLS test calls real worker servers, since TLS to the workers is its subject."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc, trainer_pb2
 from services.controller.users import User, Users
 from tests.common.certs import make_pki
-from tests.common.fake_trainer import FakeTrainer
+from tests.common.fake_trainer import ServedTraining
 from tests.common.grpc_helpers import health_status, reflected_services
-from tests.controller.stack import Stack, controller_stack
+from tests.common.local_workers import InProcessWorkers, instant_training
+from tests.controller.stack import Stack, controller_stack, local_stack
 
 SPEC = """
 strategy: random
@@ -43,36 +45,35 @@ ADMIN = "ops-token-0123456789abcdef00"
 USERS = Users([(ALICE, User("alice")), (BOB, User("bob")), (ADMIN, User("ops", admin=True))])
 
 
-class GatedTrainer(FakeTrainer):
-    """Trains each trial until ``open`` is set (then reports 0.5), or until the call ends."""
+class GatedTraining:
+    """Trains each trial until ``open`` is set (then reports 0.5), or until the call is
+    aborted."""
 
-    def __init__(self, *, open_: bool = False) -> None:
+    def __init__(self) -> None:
         self.open = threading.Event()
-        if open_:
-            self.open.set()
         self.started = threading.Event()
 
-    def Train(
-        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
-    ) -> Iterator[trainer_pb2.TrainResponse]:
+    def __call__(
+        self,
+        request: trainer_pb2.TrainRequest,
+        report: Callable[[common_pb2.TrainProgress], None],
+        aborted: threading.Event,
+    ) -> tuple[common_pb2.TrainResult, bytes | None]:
         self.started.set()
-        while not self.open.wait(timeout=0.1):  # polls whether the call was cancelled
-            if not context.is_active():
-                return
-        if context.is_active():
-            yield trainer_pb2.TrainResponse(
-                result=common_pb2.TrainResult(accuracy=0.5, samples_seen=1)
-            )
+        while not self.open.wait(timeout=0.1):  # polls whether the call was aborted
+            if aborted.is_set():
+                break
+        return common_pb2.TrainResult(accuracy=0.5, samples_seen=1), None
 
 
 @pytest.fixture
-def trainer() -> GatedTrainer:
-    return GatedTrainer()
+def trainer() -> GatedTraining:
+    return GatedTraining()
 
 
 @pytest.fixture
-def stack(tmp_path: Path, trainer: GatedTrainer) -> Iterator[Stack]:
-    with controller_stack(tmp_path, trainer, users=USERS) as running:
+def stack(tmp_path: Path, trainer: GatedTraining) -> Iterator[Stack]:
+    with local_stack(tmp_path, InProcessWorkers(trainer), users=USERS) as running:
         yield running
         trainer.open.set()
 
@@ -165,7 +166,7 @@ def test_health_and_reflection_stay_open(stack: Stack) -> None:
 
 
 def test_a_search_is_its_submitters_and_hidden_from_other_users(
-    stack: Stack, trainer: GatedTrainer
+    stack: Stack, trainer: GatedTraining
 ) -> None:
     with _client(stack, ALICE) as alice, _client(stack, BOB) as bob:
         search = alice.submit(_spec())
@@ -213,7 +214,7 @@ def _raw(stack: Stack, token: str, method: str, search_id: str) -> Any:
             raise
 
 
-def test_an_admin_sees_and_cancels_every_search(stack: Stack, trainer: GatedTrainer) -> None:
+def test_an_admin_sees_and_cancels_every_search(stack: Stack, trainer: GatedTraining) -> None:
     with _client(stack, ALICE) as alice, _client(stack, BOB) as bob, _client(stack, ADMIN) as ops:
         first = alice.submit(_spec())
         second = bob.submit(_spec())
@@ -248,7 +249,7 @@ def test_a_search_runs_with_every_service_on_mutual_tls_and_a_token(tmp_path: Pa
     """The controller calls the trainer, latency and reward services with its client
     certificate; the client calls the controller with its own and a token."""
     pki = make_pki()
-    trainer = GatedTrainer(open_=True)
+    trainer = ServedTraining(instant_training)
     with controller_stack(tmp_path, trainer, pki=pki, users=USERS) as running:
         with Client(running.address, tls=pki.client(), token=ALICE, timeout=30) as client:
             final = client.submit(_spec(trials=2)).wait(timeout=120)

@@ -3,8 +3,8 @@ string, a token file or call metadata, the answer is a clear error (a ``ValueErr
 naming what is wrong, INVALID_ARGUMENT over gRPC) and never another exception, a hang or
 a stored half-search; a message over the size limit is refused.
 
-Properties run with hypothesis; the gRPC ones against a real controller with the real
-latency and reward services on loopback and a scripted trainer.
+Properties run with hypothesis; the gRPC ones against a real controller on loopback, its
+workers in process (a training that answers at once).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from mnas.v1 import common_pb2, controller_pb2, controller_pb2_grpc
 from services.controller.spec import resolve
 from services.controller.strategies import STRATEGIES
 from services.controller.users import User, Users
-from tests.common.fake_trainer import FakeTrainer
-from tests.controller.stack import Stack, controller_stack
+from tests.common.local_workers import InProcessWorkers, instant_training
+from tests.controller.stack import Stack, local_stack
 from tests.controller.test_spec import DEVICES, FASHION
 
 # Field names a spec document may hold, at any depth, so generated documents often reach
@@ -211,7 +211,8 @@ def test_any_phone_farm_document_is_loaded_or_refused_with_a_value_error(
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with controller_stack(tmp_path_factory.mktemp("bad-input"), FakeTrainer()) as running:
+    workers = InProcessWorkers(instant_training)
+    with local_stack(tmp_path_factory.mktemp("bad-input"), workers) as running:
         yield running
 
 

@@ -56,6 +56,62 @@ class HoldingTrainer(FakeTrainer):
         return common_pb2.GetCapacityResponse(max_concurrent=1, hardware="holding")
 
 
+class ChunkingTrainer(FakeTrainer):
+    """Answers at once, then sends ``weights`` in chunks of ``size`` bytes at ``offsets``
+    (each chunk's true offset when None)."""
+
+    def __init__(self, weights: bytes, size: int, offsets: list[int] | None = None) -> None:
+        self.weights, self.size, self.offsets = weights, size, offsets
+
+    def Train(
+        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
+    ) -> Iterator[trainer_pb2.TrainResponse]:
+        yield trainer_pb2.TrainResponse(result=common_pb2.TrainResult(accuracy=0.5, samples_seen=1))
+        starts = range(0, len(self.weights), self.size)
+        for start, offset in zip(starts, self.offsets or starts, strict=True):
+            yield trainer_pb2.TrainResponse(
+                weights=common_pb2.WeightsChunk(
+                    data=self.weights[start : start + self.size],
+                    offset=offset,
+                    total_bytes=len(self.weights),
+                )
+            )
+
+
+def _train_with_weights(servicer: FakeTrainer) -> tuple[common_pb2.TrainResult, bytes | None]:
+    server = build_server(
+        service_names=["mnas.v1.Trainer"],
+        add_servicers=lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, s),
+        registry=CollectorRegistry(),
+    )
+    backends = Backends(trainers=[server.address], latency=[], reward=server.address)
+    request = trainer_pb2.TrainRequest(training=common_pb2.Training(return_weights=True))
+    try:
+        return backends.train(
+            server.address,
+            request,
+            on_progress=lambda progress: None,
+            register_cancel=lambda abort: None,
+        )
+    finally:
+        backends.close()
+        server.stop(0)
+
+
+def test_weights_sent_in_chunks_are_joined_in_order() -> None:
+    weights = bytes(range(256)) * 40  # 10240 bytes: three chunks of 4096, the last short
+    result, received = _train_with_weights(ChunkingTrainer(weights, 4096))
+    assert result.accuracy == 0.5
+    assert received == weights
+
+
+def test_a_weights_chunk_out_of_order_is_a_worker_error() -> None:
+    weights = bytes(range(256)) * 32
+    with pytest.raises(WorkerError, match="weights chunk at offset 0 out of order") as caught:
+        _train_with_weights(ChunkingTrainer(weights, 4096, offsets=[0, 0]))
+    assert caught.value.retryable
+
+
 def _resident_mib() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -2,8 +2,8 @@
 never stored and left unstarted, and watchers past the cap are refused. (Cancels of work
 in flight and which worker failures are retried: test_runner_conformance.py.)
 
-Real controller, latency and reward services on loopback; the trainer is scripted and the
-latency service's oracle one that blocks until the test lets it go.
+A real controller on loopback, its workers in process: a training that answers at once,
+and the latency service's core on an oracle that blocks until the test lets it go.
 """
 
 from __future__ import annotations
@@ -14,18 +14,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client import CollectorRegistry
 
 from mnas.client import Client, ControllerUnavailable
 from mnas.results import SearchState
 from mnas.rpc import channel
 from mnas.specfile import parse_spec
 from mnas.v1 import controller_pb2, controller_pb2_grpc
-from services.common.server import RunningServer
-from services.latency.server import make_server as make_latency_server
+from services.latency.service import LatencyService
 from tests.common.blocked_oracle import BlockedOracle
-from tests.common.fake_trainer import FakeTrainer
-from tests.controller.stack import controller_stack
+from tests.common.local_workers import InProcessWorkers, instant_training
+from tests.controller.stack import local_stack
 
 SPEC = """
 strategy: random
@@ -48,16 +46,8 @@ def oracle() -> Iterator[BlockedOracle]:
     blocked.release.set()
 
 
-@pytest.fixture
-def latency(oracle: BlockedOracle) -> Iterator[RunningServer]:
-    running = make_latency_server(registry=CollectorRegistry(), oracles=[oracle])
-    yield running
-    oracle.release.set()
-    running.stop(0)
-
-
 def test_a_submission_during_shutdown_is_unavailable_and_not_stored(tmp_path: Path) -> None:
-    with controller_stack(tmp_path, FakeTrainer()) as stack:
+    with local_stack(tmp_path, InProcessWorkers(instant_training)) as stack:
         stack.controller.shutdown()
         with channel(stack.address, max_attempts=2, initial_backoff=0.01) as ch:
             stub = controller_pb2_grpc.ControllerStub(ch)
@@ -74,11 +64,12 @@ def test_a_submission_during_shutdown_is_unavailable_and_not_stored(tmp_path: Pa
 
 
 def test_watchers_past_the_cap_are_refused_and_other_calls_still_answer(
-    tmp_path: Path, oracle: BlockedOracle, latency: RunningServer
+    tmp_path: Path, oracle: BlockedOracle
 ) -> None:
     """64 server threads: 32 watches at most, the rest kept for the other calls."""
+    workers = InProcessWorkers(instant_training, latency=LatencyService([oracle]))
     with (
-        controller_stack(tmp_path, FakeTrainer(), latency=latency.address, max_workers=64) as stack,
+        local_stack(tmp_path, workers, max_workers=64) as stack,
         Client(stack.address) as client,
         channel(stack.address) as ch,
     ):

@@ -1,10 +1,11 @@
 """A pareto objective end to end over the SDK and the CLI: no target latency, the tpe
 strategy told each trial's accuracy and latency, and the front as the search's result.
 
-A real controller with the real latency service (LiteRT on this CPU) and reward service on
-loopback; the trainer answers at once with an accuracy that depends on the architecture
-(what is under test is what the controller, the SDK and the CLI do with a front search,
-not what a network learns). ``tests/e2e/test_cli_search.py`` runs one with real training.
+A real controller on loopback, its workers in process: the latency service's core
+(LiteRT on this CPU), the reward function, and a training that answers at once with an
+accuracy that depends on the architecture (what is under test is what the controller, the
+SDK and the CLI do with a front search, not what a network learns).
+``tests/e2e/test_cli_search.py`` runs one with real training.
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from mnas.client import Client
 from mnas.results import SearchState, Trial, TrialState
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2
-from tests.common.fake_trainer import FakeTrainer
-from tests.controller.stack import Stack, controller_stack
+from tests.common.local_workers import InProcessWorkers
+from tests.controller.stack import Stack, local_stack
 
 MNAS = str(Path(sys.executable).parent / "mnas")
 WAIT = 300.0  # seconds: only ever reached when a test is about to fail
@@ -42,27 +43,21 @@ reference: none
 """
 
 
-class ScoringTrainer(FakeTrainer):
+def scoring_training(
+    request: trainer_pb2.TrainRequest,
+    report: Callable[[common_pb2.TrainProgress], None],
+    aborted: threading.Event,
+) -> tuple[common_pb2.TrainResult, bytes | None]:
     """Answers at once; the accuracy is a fixed function of the architecture."""
-
-    def GetCapacity(
-        self, request: common_pb2.GetCapacityRequest, context: grpc.ServicerContext
-    ) -> common_pb2.GetCapacityResponse:
-        return common_pb2.GetCapacityResponse(max_concurrent=4, hardware="scripted")
-
-    def Train(
-        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
-    ) -> Iterator[trainer_pb2.TrainResponse]:
-        digest = hashlib.sha256(request.architecture.canonical.encode()).digest()
-        accuracy = 0.5 + digest[0] / 1000
-        yield trainer_pb2.TrainResponse(
-            result=common_pb2.TrainResult(accuracy=accuracy, loss=1.0, samples_seen=1)
-        )
+    digest = hashlib.sha256(request.architecture.canonical.encode()).digest()
+    accuracy = 0.5 + digest[0] / 1000
+    return common_pb2.TrainResult(accuracy=accuracy, loss=1.0, samples_seen=1), None
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
-    with controller_stack(tmp_path_factory.mktemp("pareto"), ScoringTrainer()) as stack:
+    workers = InProcessWorkers(scoring_training, trainer_capacity=4)
+    with local_stack(tmp_path_factory.mktemp("pareto"), workers) as stack:
         with Client(stack.address) as client:
             search = client.submit(parse_spec(SPEC))
             final = search.wait(timeout=WAIT)

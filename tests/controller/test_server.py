@@ -1,8 +1,8 @@
 """The Controller servicer over real gRPC: bad specs refused, nothing stored, CLI exit 2.
 
-The controller runs in-process on a loopback port with a real SQLite store, a real
-latency server (for its device classes), a real reward server and a scripted trainer that
-only answers which data sets it serves: nothing here gets past validation.
+The controller runs on a loopback port with a real SQLite store, its workers in process
+(the latency service's core tells its device classes, the trainer which data sets it
+serves): nothing here but one accepted submission gets past validation.
 """
 
 from __future__ import annotations
@@ -12,20 +12,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client import CollectorRegistry
 
 from mnas.cli import main
 from mnas.client import Client, InvalidSpec, SearchNotFound
 from mnas.v1 import controller_pb2, controller_pb2_grpc
-from services.common.server import RunningServer
-from services.controller.clients import Backends
-from services.controller.core import Controller
-from services.controller.metrics import ControllerMetrics
-from services.controller.server import make_server
-from services.controller.store import Store
-from services.latency.server import make_server as make_latency_server
-from services.reward.server import make_server as make_reward_server
-from tests.common.fake_trainer import FakeTrainer, serve
+from tests.common.local_workers import InProcessWorkers, instant_training
+from tests.controller.stack import Stack, local_stack
 
 GOOD = """
 objective: {kind: soft, target_latency_seconds: 0.01}
@@ -75,38 +67,25 @@ BAD_SPECS = [
 
 
 @pytest.fixture
-def controller(tmp_path: Path) -> Iterator[tuple[RunningServer, Store]]:
-    latency = make_latency_server(registry=CollectorRegistry())
-    reward = make_reward_server(registry=CollectorRegistry())
-    trainer = serve(FakeTrainer())
-    store = Store.open(str(tmp_path / "mnas.db"))
-    backends = Backends(
-        trainers=[trainer.address], latency=[latency.address], reward=reward.address
-    )
-    core = Controller(store, backends, ControllerMetrics(CollectorRegistry()))
-    server = make_server(core, registry=CollectorRegistry())
-    yield server, store
-    server.stop(0)
-    latency.stop(0)
-    reward.stop(0)
-    trainer.stop(0)
-    store.close()
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with local_stack(tmp_path, InProcessWorkers(instant_training)) as running:
+        yield running
 
 
 @pytest.mark.parametrize(
     ("text", "field"), [b[1:] for b in BAD_SPECS], ids=[b[0] for b in BAD_SPECS]
 )
 def test_bad_spec_cli_prints_one_line_exits_2_and_stores_nothing(
-    controller: tuple[RunningServer, Store],
+    stack: Stack,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     text: str,
     field: str,
 ) -> None:
-    server, store = controller
+    store = stack.store
     path = tmp_path / "spec.yaml"
     path.write_text(text)
-    code = main(["submit", str(path), "--target", server.address])
+    code = main(["submit", str(path), "--target", stack.address])
     out, err = capsys.readouterr()
     assert code == 2
     assert out == ""
@@ -119,13 +98,11 @@ def test_bad_spec_cli_prints_one_line_exits_2_and_stores_nothing(
 @pytest.mark.parametrize(
     ("text", "field"), [b[1:] for b in BAD_SPECS[:12]], ids=[b[0] for b in BAD_SPECS[:12]]
 )
-def test_bad_spec_is_invalid_argument_naming_the_field(
-    controller: tuple[RunningServer, Store], text: str, field: str
-) -> None:
+def test_bad_spec_is_invalid_argument_naming_the_field(stack: Stack, text: str, field: str) -> None:
     from mnas.specfile import parse_spec
 
-    server, store = controller
-    stub = controller_pb2_grpc.ControllerStub(grpc.insecure_channel(server.address))
+    store = stack.store
+    stub = controller_pb2_grpc.ControllerStub(grpc.insecure_channel(stack.address))
     with pytest.raises(grpc.RpcError) as info:
         stub.SubmitSearch(controller_pb2.SubmitSearchRequest(spec=parse_spec(text)), timeout=10)
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -133,16 +110,16 @@ def test_bad_spec_is_invalid_argument_naming_the_field(
     assert store.list_searches() == []
 
 
-def test_invalid_argument_lists_every_problem(controller: tuple[RunningServer, Store]) -> None:
+def test_invalid_argument_lists_every_problem(stack: Stack) -> None:
     """Each problem on its own line, those only the workers can tell (the device class)
     among them."""
     from mnas.specfile import parse_spec
 
-    server, store = controller
+    store = stack.store
     text = GOOD.replace("parallel_trials: 2", "parallel_trials: 9") + (
         "strategy: ppo9000\nlatency: {device_class: pixel-1}\n"
     )
-    stub = controller_pb2_grpc.ControllerStub(grpc.insecure_channel(server.address))
+    stub = controller_pb2_grpc.ControllerStub(grpc.insecure_channel(stack.address))
     with pytest.raises(grpc.RpcError) as info:
         stub.SubmitSearch(controller_pb2.SubmitSearchRequest(spec=parse_spec(text)), timeout=10)
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -156,14 +133,14 @@ def test_invalid_argument_lists_every_problem(controller: tuple[RunningServer, S
 
 
 def test_the_cli_prints_each_problem_the_controller_finds(
-    controller: tuple[RunningServer, Store], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Problems only the workers' facts show pass the offline check; the controller's
     answer is printed one line per problem."""
-    server, store = controller
+    store = stack.store
     path = tmp_path / "spec.yaml"
     path.write_text(GOOD + "training: {validation_examples: 60000}\nlatency: {device_class: x}\n")
-    code = main(["submit", str(path), "--target", server.address])
+    code = main(["submit", str(path), "--target", stack.address])
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
     assert [line.split(": ")[2] for line in err.splitlines()] == [
@@ -174,11 +151,10 @@ def test_the_cli_prints_each_problem_the_controller_finds(
     assert store.list_searches() == []
 
 
-def test_sdk_maps_codes_to_exceptions(controller: tuple[RunningServer, Store]) -> None:
+def test_sdk_maps_codes_to_exceptions(stack: Stack) -> None:
     from mnas.specfile import parse_spec
 
-    server, _ = controller
-    with Client(server.address) as client:
+    with Client(stack.address) as client:
         with pytest.raises(InvalidSpec, match=r"spec\.objective"):
             client.submit(parse_spec("budget: {max_trials: 1}"))
         with pytest.raises(SearchNotFound, match="nope"):
@@ -186,13 +162,13 @@ def test_sdk_maps_codes_to_exceptions(controller: tuple[RunningServer, Store]) -
         assert client.searches() == []
 
 
-def test_a_chosen_search_id_is_taken_once(controller: tuple[RunningServer, Store]) -> None:
+def test_a_chosen_search_id_is_taken_once(stack: Stack) -> None:
     """A client that retries a submission with the same id submits exactly once."""
     from mnas.client import SearchExists
     from mnas.specfile import parse_spec
 
-    server, store = controller
-    with Client(server.address) as client:
+    store = stack.store
+    with Client(stack.address) as client:
         search = client.submit(parse_spec(GOOD), search_id="k8s-0123abcd")
         assert search.id == "k8s-0123abcd"
         with pytest.raises(SearchExists, match="k8s-0123abcd"):
@@ -201,13 +177,11 @@ def test_a_chosen_search_id_is_taken_once(controller: tuple[RunningServer, Store
 
 
 @pytest.mark.parametrize("bad", ["UPPER", "-lead", "trail-", "a" * 64, "has space", "a_b"])
-def test_a_malformed_search_id_is_invalid_argument(
-    controller: tuple[RunningServer, Store], bad: str
-) -> None:
+def test_a_malformed_search_id_is_invalid_argument(stack: Stack, bad: str) -> None:
     from mnas.specfile import parse_spec
 
-    server, store = controller
-    stub = controller_pb2_grpc.ControllerStub(grpc.insecure_channel(server.address))
+    store = stack.store
+    stub = controller_pb2_grpc.ControllerStub(grpc.insecure_channel(stack.address))
     request = controller_pb2.SubmitSearchRequest(spec=parse_spec(GOOD), search_id=bad)
     with pytest.raises(grpc.RpcError) as info:
         stub.SubmitSearch(request, timeout=10)
@@ -217,19 +191,18 @@ def test_a_malformed_search_id_is_invalid_argument(
 
 
 def test_list_in_a_pipe_prints_every_value_whole(
-    controller: tuple[RunningServer, Store],
+    stack: Stack,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Standard output is not a terminal here, as in `mnas list | grep`: rich would
     assume 80 columns and cut the long name and the state ("succe…")."""
-    server, _ = controller
     name = "a-search-whose-name-is-long-enough-to-be-cut-at-eighty-columns"
     path = tmp_path / "spec.yaml"
     path.write_text(GOOD + f"name: {name}\nreference: none\n")
-    assert main(["submit", str(path), "--target", server.address]) == 0
+    assert main(["submit", str(path), "--target", stack.address]) == 0
     search_id = capsys.readouterr().out.strip()
-    assert main(["list", "--target", server.address]) == 0
+    assert main(["list", "--target", stack.address]) == 0
     out = capsys.readouterr().out
     assert "…" not in out
     (row,) = [line for line in out.splitlines() if search_id in line]

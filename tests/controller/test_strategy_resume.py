@@ -8,6 +8,7 @@ before the next ends. Part way the controller is killed with SIGKILL and started
 the same store. The search's trials must be the ones an uninterrupted strategy proposes
 when told the same outcomes in the same order. (PPO learns in the background, so its
 proposals depend on timing; ``tests/e2e/test_resume.py`` kills and resumes it.)
+Real worker servers, since a controller in a process of its own reaches them only by gRPC.
 """
 
 from __future__ import annotations

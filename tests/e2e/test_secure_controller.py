@@ -3,7 +3,8 @@
 
 The controller (``python -m services.controller``) and the CLI are real processes; the
 reward and latency services are real servers in this process and the trainer a scripted
-one, all asking for the same CA's client certificates.
+one, all asking for the same CA's client certificates: real worker servers, since the
+controller's TLS flags toward its workers are under test.
 """
 
 from __future__ import annotations

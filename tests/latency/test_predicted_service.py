@@ -1,6 +1,9 @@
 """A calibrated predictor served beside the host CPU: over gRPC as ``host-cpu-predicted``,
 in a search, and made and remade by ``mnas latency calibrate``; the robust figure in
-every measured result."""
+every measured result.
+
+The search calls the served latency service by its address (a real worker server), since
+what it checks is that service answering a controller, every trial asked over the wire."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """The search commands' results for scripts: ``-o json|yaml`` on list, trials, best,
 submit, cancel, and ``watch`` as JSON lines or, in a pipe, one line per trial as it ends.
 
-The CLI runs as a user runs it, a subprocess; the controller, latency and reward services
-are real, on loopback, with a trainer that answers when the test lets it (what is under
-test is what the CLI prints, not what the trainer learns).
+The CLI runs as a user runs it, a subprocess; the controller is real, on loopback, its
+workers in process: the latency service's core, the reward function, and a training that
+answers when the test lets it (what is under test is what the CLI prints, not what the
+trainer learns).
 """
 
 from __future__ import annotations
@@ -14,39 +15,39 @@ import select
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
-import grpc
 import pytest
 import yaml
 
 from mnas.v1 import common_pb2, trainer_pb2
-from tests.common.fake_trainer import FakeTrainer
+from tests.common.local_workers import InProcessWorkers
 from tests.common.tiny_spec import tiny_spec, tiny_text
-from tests.controller.stack import Stack, controller_stack
+from tests.controller.stack import Stack, local_stack
 
 MNAS = str(Path(sys.executable).parent / "mnas")
 WAIT = 120.0  # seconds: only ever reached when a test is about to fail
 
 
-class PacedTrainer(FakeTrainer):
+class PacedTraining:
     """Each training waits for a permit from the test (all at once when ``free``)."""
 
     def __init__(self, *, free: bool) -> None:
         self.permits = threading.Semaphore(1_000_000 if free else 0)
 
-    def Train(
-        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
-    ) -> Iterator[trainer_pb2.TrainResponse]:
-        while not self.permits.acquire(timeout=0.5):
-            if not context.is_active():
-                return
-        yield trainer_pb2.TrainResponse(
-            result=common_pb2.TrainResult(accuracy=0.6, loss=1.0, samples_seen=1)
-        )
+    def __call__(
+        self,
+        request: trainer_pb2.TrainRequest,
+        report: Callable[[common_pb2.TrainProgress], None],
+        aborted: threading.Event,
+    ) -> tuple[common_pb2.TrainResult, bytes | None]:
+        while not self.permits.acquire(timeout=0.5):  # polls whether the call was aborted
+            if aborted.is_set():
+                break
+        return common_pb2.TrainResult(accuracy=0.6, loss=1.0, samples_seen=1), None
 
 
 def read_line(stream: IO[str], timeout: float = WAIT) -> str:
@@ -66,7 +67,8 @@ def mnas(stack: Stack, *argv: str, timeout: float = WAIT) -> subprocess.Complete
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
     """A controller with one search of three trials, finished."""
-    with controller_stack(tmp_path_factory.mktemp("cli"), PacedTrainer(free=True)) as stack:
+    workers = InProcessWorkers(PacedTraining(free=True))
+    with local_stack(tmp_path_factory.mktemp("cli"), workers) as stack:
         search = stack.controller.submit(tiny_spec("scripted", seed=3, trials=3))
         final = stack.controller.wait(search.id, timeout=WAIT)
         assert final.state == common_pb2.SEARCH_STATE_SUCCEEDED, final.error
@@ -126,7 +128,7 @@ def test_a_table_says_which_latency_it_shows(finished: tuple[Stack, str]) -> Non
 def test_submit_and_cancel_print_the_search(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text(tiny_text("scripted", seed=3, trials=5))
-    with controller_stack(tmp_path, PacedTrainer(free=False)) as stack:
+    with local_stack(tmp_path, InProcessWorkers(PacedTraining(free=False))) as stack:
         submitted = mnas(stack, "submit", str(spec), "-o", "json")
         assert submitted.returncode == 0, submitted.stderr
         search = json.loads(submitted.stdout)
@@ -140,8 +142,8 @@ def test_submit_and_cancel_print_the_search(tmp_path: Path) -> None:
 def test_a_piped_watch_prints_each_trial_as_it_ends(tmp_path: Path) -> None:
     """A line on where the search stands, then the first trial's line, which arrives
     while the second trial still waits for its trainer."""
-    trainer = PacedTrainer(free=False)
-    with controller_stack(tmp_path, trainer) as stack:
+    trainer = PacedTraining(free=False)
+    with local_stack(tmp_path, InProcessWorkers(trainer)) as stack:
         search = stack.controller.submit(tiny_spec("scripted", seed=3, trials=2))
         env = {**os.environ, "MNAS_TARGET": stack.address}
         watch = subprocess.Popen(

@@ -11,10 +11,10 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from mnas.cli import main
@@ -25,8 +25,8 @@ from mnas.space import SearchSpace
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2, trainer_pb2
 from services.controller.store import Store
-from tests.common.fake_trainer import FakeTrainer
-from tests.controller.stack import controller_stack
+from tests.common.local_workers import InProcessWorkers
+from tests.controller.stack import local_stack
 
 TS = common_pb2.TrialState
 CHROMIUM = "/usr/bin/chromium"
@@ -282,16 +282,14 @@ def test_report_of_an_unreachable_controller_exits_2(
     assert not (tmp_path / "r.html").exists()
 
 
-class InstantTrainer(FakeTrainer):
+def sized_training(
+    request: trainer_pb2.TrainRequest,
+    report: Callable[[common_pb2.TrainProgress], None],
+    aborted: threading.Event,
+) -> tuple[common_pb2.TrainResult, bytes | None]:
     """Answers at once with an accuracy that grows with the network's size."""
-
-    def Train(
-        self, request: trainer_pb2.TrainRequest, context: grpc.ServicerContext
-    ) -> Iterator[trainer_pb2.TrainResponse]:
-        accuracy = 0.5 + (len(request.architecture.canonical) % 37) / 100
-        yield trainer_pb2.TrainResponse(
-            result=common_pb2.TrainResult(accuracy=accuracy, samples_seen=1)
-        )
+    accuracy = 0.5 + (len(request.architecture.canonical) % 37) / 100
+    return common_pb2.TrainResult(accuracy=accuracy, samples_seen=1), None
 
 
 SPEC = """
@@ -311,8 +309,11 @@ latency: {warmup_runs: 1, runs: 2}
 def test_report_from_a_controller_matches_the_store(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A real controller, latency and reward service; the trainer answers at once."""
-    with controller_stack(tmp_path, InstantTrainer()) as stack, Client(stack.address) as client:
+    """A real controller on loopback, its workers in process; the training answers at once."""
+    with (
+        local_stack(tmp_path, InProcessWorkers(sized_training)) as stack,
+        Client(stack.address) as client,
+    ):
         search = client.submit(parse_spec(SPEC))
         final = search.wait(timeout=120)
         assert final.state is SearchState.SUCCEEDED, final.error

@@ -1,5 +1,6 @@
-"""The Python SDK against a real controller, latency (LiteRT) and reward service on
-loopback; the trainer is scripted and sends real PyTorch weights: results as dataclasses,
+"""The Python SDK against a real controller on loopback, its workers in process (the
+latency service's core on LiteRT, the reward function, and a scripted training that
+returns real PyTorch weights): results as dataclasses,
 pages fetched as the iteration reaches them, ``wait``'s timeout, the DataFrame, and the
 models built from a search's architectures and kept weights."""
 
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from prometheus_client import CollectorRegistry
 
 import mnas
 from mnas.client import Client, ControllerUnavailable, Search, SearchNotFound
@@ -24,12 +24,11 @@ from mnas.local import free_port
 from mnas.results import SearchEvent, SearchInfo, SearchState, Trial, TrialState
 from mnas.specfile import parse_spec
 from mnas.v1 import common_pb2
-from services.common.server import RunningServer
-from services.latency.server import make_server as make_latency_server
+from services.latency.service import LatencyService
 from tests.common.blocked_oracle import BlockedOracle
-from tests.common.fake_trainer import FakeTrainer
-from tests.controller.stack import controller_stack
-from tests.mnas.weights_trainer import WeightsTrainer
+from tests.common.local_workers import InProcessWorkers, instant_training
+from tests.controller.stack import local_stack
+from tests.mnas.weights_training import WeightsTraining
 
 TRIALS = 6
 KEPT = 2
@@ -55,15 +54,15 @@ reference: none
 @dataclass(frozen=True)
 class Finished:
     address: str
-    trainer: WeightsTrainer
+    trainer: WeightsTraining
     search_id: str
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Finished]:
     """One search run to its end, shared by the tests that only read it."""
-    trainer = WeightsTrainer()
-    with controller_stack(tmp_path_factory.mktemp("sdk"), trainer) as stack:
+    trainer = WeightsTraining()
+    with local_stack(tmp_path_factory.mktemp("sdk"), InProcessWorkers(trainer)) as stack:
         with Client(stack.address) as client:
             search = client.submit(parse_spec(SPEC))
             search.wait(timeout=120)
@@ -243,20 +242,19 @@ reference: none
 
 
 @pytest.fixture
-def blocked_latency() -> Iterator[RunningServer]:
-    """A latency service whose measurements wait until the test ends."""
+def blocked_latency() -> Iterator[LatencyService]:
+    """A latency service's core whose measurements wait until the test ends."""
     oracle = BlockedOracle(timeout=120)
-    running = make_latency_server(registry=CollectorRegistry(), oracles=[oracle])
-    yield running
+    yield LatencyService([oracle])
     oracle.release.set()
-    running.stop(0)
 
 
 def test_wait_raises_timeout_error_when_the_search_runs_on(
-    tmp_path: Path, blocked_latency: RunningServer
+    tmp_path: Path, blocked_latency: LatencyService
 ) -> None:
+    workers = InProcessWorkers(instant_training, latency=blocked_latency)
     with (
-        controller_stack(tmp_path, FakeTrainer(), latency=blocked_latency.address) as stack,
+        local_stack(tmp_path, workers) as stack,
         Client(stack.address) as client,
     ):
         search = client.submit(parse_spec(RUNNING_SPEC))  # its measurement never ends

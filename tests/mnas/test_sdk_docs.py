@@ -1,6 +1,7 @@
-"""The example of docs/sdk.md, run as written against a real controller, latency (LiteRT)
-and reward service on loopback, with the repository's examples/quickstart.yaml; only the
-controller's address is changed. The trainer is scripted and sends real PyTorch weights."""
+"""The example of docs/sdk.md, run as written against a real controller on loopback, with
+the repository's examples/quickstart.yaml; only the controller's address is changed. The
+workers are in process (the latency service's core on LiteRT, the reward function), the
+training scripted, returning real PyTorch weights."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import pytest
 import torch
 
 from mnas.results import Trial
-from tests.controller.stack import controller_stack
-from tests.mnas.weights_trainer import WeightsTrainer
+from tests.common.local_workers import InProcessWorkers
+from tests.controller.stack import local_stack
+from tests.mnas.weights_training import WeightsTraining
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "sdk.md"
@@ -37,10 +39,13 @@ def test_the_example_runs_against_a_real_controller(
     assert code.count(TARGET) == 1, "the example names the controller once"
     assert '"examples/quickstart.yaml"' in code
     monkeypatch.chdir(ROOT)  # the example's path is relative to the repository
-    trainer = WeightsTrainer()
+    trainer = WeightsTraining()
     out = io.StringIO()
     namespace: dict[str, object] = {"__name__": "__sdk_example__"}
-    with controller_stack(tmp_path, trainer) as stack, contextlib.redirect_stdout(out):
+    with (
+        local_stack(tmp_path, InProcessWorkers(trainer)) as stack,
+        contextlib.redirect_stdout(out),
+    ):
         exec(compile(code.replace(TARGET, repr(stack.address)), str(DOC), "exec"), namespace)
     lines = out.getvalue().splitlines()
     assert re.fullmatch(r"search \S+ succeeded: 8 completed", lines[0]), lines
