@@ -24,6 +24,7 @@ from typing import Any
 
 from mnas import references
 from mnas.arch import Activation, Architecture
+from mnas.build import MAX_CLASSES, MAX_RESOLUTION, MAX_WIDTH
 from mnas.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATASET,
@@ -241,9 +242,11 @@ _FRACTION = _Bound(0, 1, high_open=True)
 _STRATEGY_DEFAULT = "the strategy's default"
 
 _RULES: dict[str, _Rule] = {
-    "space.resolution": _Rule(_Bound(2), "the data set's resolution"),
-    "space.num_classes": _Rule(_AT_LEAST_1, "the data set's classes"),
-    "space.width": _Rule(_POSITIVE, "1.0"),
+    # The bounds every service builds within (mnas.build): a finite but huge width
+    # overflows the filter rounding, a huge resolution or head allocates without end.
+    "space.resolution": _Rule(_Bound(2, MAX_RESOLUTION), "the data set's resolution"),
+    "space.num_classes": _Rule(_Bound(1, MAX_CLASSES), "the data set's classes"),
+    "space.width": _Rule(_Bound(0, MAX_WIDTH, low_open=True), str(DEFAULT_WIDTH)),
     "space.stem_filters": _Rule(_AT_LEAST_1, "32"),
     "space.head_filters": _Rule(_AT_LEAST_1, "1280"),
     "space.dropout": _Rule(_FRACTION),
@@ -678,8 +681,8 @@ def _space(s: common_pb2.SearchSpaceSpec) -> tuple[SearchSpace | None, list[Prob
             Activation(s.activation) if s.activation in known_activations else defaults.activation
         ),
         "dropout": s.dropout if s.HasField("dropout") and 0 <= s.dropout < 1 else 0.2,
-        "width": s.width if s.width > 0 and math.isfinite(s.width) else DEFAULT_WIDTH,
-        "num_classes": s.num_classes if s.num_classes > 0 else DEFAULT_NUM_CLASSES,
+        "width": s.width if 0 < s.width <= MAX_WIDTH else DEFAULT_WIDTH,
+        "num_classes": s.num_classes if 0 < s.num_classes <= MAX_CLASSES else DEFAULT_NUM_CLASSES,
     }
     for _ in range(len(parts) + 1):
         try:

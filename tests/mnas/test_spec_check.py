@@ -73,10 +73,21 @@ def test_an_omitted_budget_is_reported_as_omitted_not_as_zero() -> None:
 
 def test_a_zero_written_out_where_zero_means_the_default_is_refused() -> None:
     found = errors(GOOD + "space: {width: 0}\ntraining: {batch_size: 0}\n")
-    assert found["space.width"] == "0 means the default (1.0); omit it, or give a value > 0"
+    assert found["space.width"] == "0 means the default (1.0); omit it, or give a value in (0, 8]"
     assert found["training.batch_size"].startswith("0 means the default (128)")
     found = errors(GOOD.replace("max_trials: 4", "max_trials: 0"))
     assert found == {"budget.max_trials": "must be in [1, 1000000], got 0"}
+
+
+def test_build_fields_past_what_any_service_builds_are_refused() -> None:
+    """A finite but huge width once got past the checks and overflowed the filter
+    rounding (found by hypothesis: width 5.6e305)."""
+    found = errors(GOOD + "space: {width: 5.6177910464447375e+305, resolution: 4096}\n")
+    assert found["space.width"] == "must be in (0, 8], got 5.61779e+305"
+    assert found["space.resolution"] == "must be in [2, 2048], got 4096"
+    found = errors(GOOD + "space: {num_classes: 100001}\n")
+    assert found == {"space.num_classes": "must be in [1, 100000], got 100001"}
+    assert errors(GOOD + "space: {width: 8, resolution: 2048}\n") == {}
 
 
 def test_zeros_that_are_values_are_accepted() -> None:
