@@ -18,6 +18,7 @@ from importlib import metadata
 import numpy as np
 
 from mnas.arch import Architecture, decode
+from mnas.defaults import DEFAULT_NUM_CLASSES, DEFAULT_RESOLUTION, DEFAULT_WIDTH
 from mnas.space import SearchSpace
 from services.latency.oracle import HOST_CPU, LatencyOracle, MeasureSettings, host_cpu_model
 from services.latency.predictor.kernels import Kernel, network_kernels, space_kernels
@@ -149,9 +150,9 @@ def calibrate(
     oracle: LatencyOracle,
     archs: Iterable[Architecture],
     *,
-    resolution: int = 224,
-    width: float = 1.0,
-    num_classes: int = 1000,
+    resolution: int = DEFAULT_RESOLUTION,
+    width: float = DEFAULT_WIDTH,
+    num_classes: int = DEFAULT_NUM_CLASSES,
     settings: MeasureSettings | None = None,
     space: SearchSpace | None = None,
     build: str | None = None,

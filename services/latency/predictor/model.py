@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mnas.arch import Architecture
+from mnas.defaults import DEFAULT_NUM_CLASSES, DEFAULT_RESOLUTION, DEFAULT_WIDTH
 from services.latency.predictor.interpolate import KernelInterpolator
 from services.latency.predictor.kernels import (
     Kernel,
@@ -165,9 +166,13 @@ class LatencyPredictor:
         return math.fsum(self.kernel_seconds(k) for k in net.kernels)
 
     def predict(
-        self, arch: Architecture, *, resolution: int = 224, width: float = 1.0,
-        num_classes: int = 1000,
-    ) -> float:  # fmt: skip
+        self,
+        arch: Architecture,
+        *,
+        resolution: int = DEFAULT_RESOLUTION,
+        width: float = DEFAULT_WIDTH,
+        num_classes: int = DEFAULT_NUM_CLASSES,
+    ) -> float:
         """Predicted seconds per inference of ``arch`` at these sizes (batch 1)."""
         net = self.network(arch, resolution=resolution, width=width, num_classes=num_classes)
         total = self.kernel_sum(net)
