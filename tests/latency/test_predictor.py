@@ -12,7 +12,7 @@ from typing import TypedDict
 import numpy as np
 import pytest
 
-from mnas.arch import Architecture, decode
+from mnas.arch import Architecture, Op, decode
 from mnas.layers import plan
 from mnas.primitives import Primitive, entry
 from mnas.space import SearchSpace
@@ -99,6 +99,27 @@ def test_probes_reproduce_each_layer_exactly(width: float) -> None:
             (probed,) = plan(probe.arch, width=1.0, resolution=probe.resolution).layers
             for name in fields:
                 assert getattr(probed, name) == getattr(layer, name), (arch.id, name)
+
+
+def test_a_layer_probe_and_its_baseline_differ_by_the_layer_alone() -> None:
+    """Both end at the layer's output size, so their heads cost the same; a stride-2
+    layer's baseline strides too (with a baseline at the input size, a cheap strided
+    layer measured below zero)."""
+    strided = 0
+    for arch in [*random_architectures(20, seed=3), *_space_sample(5)]:
+        for kernel in network_kernels(arch, resolution=64, width=1.0, num_classes=10).kernels:
+            if not isinstance(kernel, LayerKernel):
+                continue
+            probe, base = probes(kernel)
+            assert base is not None
+            with_layer = plan(probe.arch, width=1.0, resolution=probe.resolution)
+            without = plan(base.arch, width=1.0, resolution=base.resolution)
+            assert with_layer.stem_size == without.stem_size == kernel.in_size
+            assert with_layer.final_size == without.final_size, kernel
+            (block,) = without.layers
+            assert (block.op, block.kernel, block.stride) == (Op.CONV, 1, kernel.stride)
+            strided += kernel.stride > 1
+    assert strided
 
 
 def _space_sample(count: int, space: SearchSpace | None = None) -> list[Architecture]:
@@ -308,11 +329,13 @@ def test_calibrates_on_the_host_and_recalibrates(tmp_path: Path) -> None:
 
 def test_kernel_measurer_measures_a_shared_baseline_once() -> None:
     measurer = KernelMeasurer(HostOracle(), QUICK)
-    layers = [k for k in network_kernels(TINY, **SIZES).kernels if isinstance(k, LayerKernel)]
-    same_input = [k for k in layers if (k.in_channels, k.in_size) == (8, 16)]
-    for kernel in same_input:
+    arch = decode("stem:8 r1_k3_s11_e1_i8_o8 r1_k5_s11_e3_i8_o8 r2_k3_s22_e3_i8_o16 head:32")
+    layers = [k for k in network_kernels(arch, **SIZES).kernels if isinstance(k, LayerKernel)]
+    baselines = {(k.in_channels, k.in_size, k.stride) for k in layers}
+    assert len(baselines) < len(layers)  # some share one
+    for kernel in layers:
         assert measurer(kernel) >= 0
-    assert measurer.measurements == len(same_input) + 1
+    assert measurer.measurements == len(layers) + len(baselines)
 
 
 def test_calibrate_needs_a_build_for_other_devices() -> None:

@@ -6,10 +6,12 @@ stem, a block and a head, so a kernel is measured as the difference of two probe
 share everything else:
 
 - layer: stem (to the layer's input channels, at twice its input size) + the layer + a
-  minimal head (1x1 conv to 8 channels, 1 class), minus the *baseline* of that input:
-  the same stem + a 1x1 conv to 8 channels + the minimal head;
-- stem: the baseline at the network's resolution, undifferenced (it carries the fixed
-  cost of an invocation, which the correction then apportions);
+  minimal head (1x1 conv to 8 channels, 1 class), minus the *baseline* of that input
+  and stride: the same stem + a 1x1 conv to 8 channels with the layer's stride + the
+  minimal head. Both heads then run at the layer's output size, so what is left besides
+  the layer is one small 1x1 conv, at any stride;
+- stem: the baseline at the network's resolution, stride 1, undifferenced (it carries
+  the fixed cost of an invocation, which the correction then apportions);
 - head: stem + a 1x1 conv that keeps the channels + the real head, minus the same with
   the minimal head.
 """
@@ -45,12 +47,12 @@ def _one_block(block: BlockSpec, stem: int, head: int, activation: str) -> Archi
     )
 
 
-def _conv1x1(channels_in: int, channels_out: int) -> BlockSpec:
+def _conv1x1(channels_in: int, channels_out: int, stride: int = 1) -> BlockSpec:
     return BlockSpec(
         op=Op.CONV,
         repeats=1,
         kernel=1,
-        stride=1,
+        stride=stride,
         expansion=1,
         input_filters=channels_in,
         output_filters=channels_out,
@@ -58,9 +60,11 @@ def _conv1x1(channels_in: int, channels_out: int) -> BlockSpec:
     )
 
 
-def baseline(channels: int, resolution: int, activation: str) -> Probe:
-    """Stem to ``channels`` at ``resolution`` + 1x1 conv to 8 + minimal head."""
-    arch = _one_block(_conv1x1(channels, PROBE_HEAD), channels, PROBE_HEAD, activation)
+def baseline(channels: int, resolution: int, activation: str, stride: int = 1) -> Probe:
+    """Stem to ``channels`` at ``resolution`` + 1x1 conv to 8 at ``stride`` + minimal
+    head."""
+    block = _conv1x1(channels, PROBE_HEAD, stride)
+    arch = _one_block(block, channels, PROBE_HEAD, activation)
     return Probe(arch, resolution, 1)
 
 
@@ -84,7 +88,7 @@ def probes(kernel: Kernel) -> tuple[Probe, Probe | None]:
         arch = _one_block(block, kernel.in_channels, PROBE_HEAD, kernel.activation)
         return (
             Probe(arch, resolution, 1),
-            baseline(kernel.in_channels, resolution, kernel.activation),
+            baseline(kernel.in_channels, resolution, kernel.activation, kernel.stride),
         )
     keep = _conv1x1(kernel.in_channels, kernel.in_channels)
     resolution = 2 * kernel.size
